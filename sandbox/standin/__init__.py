@@ -48,7 +48,8 @@ def build_standin(
     if behaviour not in BEHAVIOURS:
         raise ValueError(f"stand-in behaviour {behaviour!r} is not one of {BEHAVIOURS}")
     text = _TEMPLATE.format(
-        python=sys.executable, version=version, arch=arch, behaviour=behaviour, startup_seconds=startup_seconds
+        python=sys.executable, version=version, arch=arch, behaviour=behaviour,
+        startup_seconds=startup_seconds,
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")

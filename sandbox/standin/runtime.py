@@ -182,10 +182,12 @@ def run_node(binary: str, role: str, args: list[str], version: str, arch: str, b
                     reason = "KubeletReady" if ready else "KubeletNotReady"
                     message = "kubelet is posting ready status" if ready else "k3s is starting"
                     api.call("PATCH", f"/api/v1/nodes/{cfg.node_name}/status",
-                             status_body(version, arch, ready, reason, message), "application/merge-patch+json")
+                             status_body(version, arch, ready, reason, message),
+                             "application/merge-patch+json")
             except OSError as exc:
                 _log(f"API server {cfg.api_url} unreachable: {exc}")
-        stop.wait(HEARTBEAT_SECONDS if ready or behaviour != "ok" else min(HEARTBEAT_SECONDS, startup_seconds))
+        starting = behaviour == "ok" and not ready
+        stop.wait(min(HEARTBEAT_SECONDS, startup_seconds) if starting else HEARTBEAT_SECONDS)
     if api is not None and registered:
         try:
             api.call("PATCH", f"/api/v1/nodes/{cfg.node_name}/status",
