@@ -1,0 +1,315 @@
+"""`Cluster` over the official (synchronous) kubernetes client, kept off the event loop.
+
+Every call runs in a worker thread (`asyncio.to_thread`). We use the client's configuration, auth and
+connection pool, but talk JSON dicts at the REST level (`param_serialize` + `call_api`), so that custom
+resources, merge patches and watches all go through one small path and the engine never sees client
+models. Library exceptions become `coordinator.kube.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from coordinator.kube import errors
+from coordinator.kube.protocol import Obj, StoredLease, TokenIdentity, WatchEvent
+from coordinator.kube.resources import EVENTS, LEASES, NODES, PODS, TOKEN_REVIEWS, Resource
+
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _error(status: int, what: str, detail: str) -> errors.KubeError:
+    msg = f"{what}: {status} {detail}".strip()
+    if status == 404:
+        return errors.NotFound(msg, status)
+    if status == 409:
+        return errors.Conflict(msg, status)
+    if status == 410:
+        return errors.Expired(msg, status)
+    if status in (401, 403):
+        return errors.Forbidden(msg, status)
+    if status in (400, 415, 422):
+        return errors.Invalid(msg, status)
+    return errors.KubeUnavailable(msg, status)
+
+
+def _detail(body: bytes | str | None) -> str:
+    if not body:
+        return ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return str(body)[:300]
+    return str(data.get("message", data)) if isinstance(data, dict) else str(data)[:300]
+
+
+class KubeCluster:
+    """The production `Cluster`. Build with `KubeCluster.from_settings(kubeconfig)`."""
+
+    def __init__(self, api: k8s.ApiClient, request_timeout: float = 30.0) -> None:
+        self._api = api
+        self._timeout = request_timeout
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None) -> KubeCluster:
+        """From a kubeconfig file, or the in-cluster ServiceAccount when `kubeconfig` is None."""
+        cfg = k8s.Configuration()
+        try:
+            if kubeconfig:
+                k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+            else:
+                k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException as exc:
+            raise errors.Invalid(f"kubeconfig {kubeconfig or '(in-cluster)'}: {exc}") from exc
+        return cls(k8s.ApiClient(cfg))
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    # -- the one request path ------------------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        stream: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            _m, url, hdrs, data, _ = self._api.param_serialize(
+                method,
+                path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self._api.call_api(
+                _m, url, header_params=hdrs, body=data, _request_timeout=timeout or self._timeout
+            )
+        except ApiException as exc:
+            raise _error(exc.status or 0, what, _detail(exc.body) or str(exc.reason)) from exc
+        except Exception as exc:  # urllib3/socket errors: the API server is unreachable
+            raise errors.KubeUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if stream and 200 <= resp.status < 300:
+            return resp.response
+        raw = resp.read()  # type: ignore[no-untyped-call]
+        if not 200 <= resp.status < 300:
+            raise _error(resp.status, what, _detail(raw))
+        return json.loads(raw) if raw else {}
+
+    async def _acall(self, method: str, path: str, what: str, **kw: Any) -> Any:
+        return await asyncio.to_thread(self._call, method, path, what, **kw)
+
+    # -- Cluster ------------------------------------------------------------------------------
+    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        }
+        out = await self._acall("POST", TOKEN_REVIEWS.path(), "TokenReview", body=body)
+        status = out.get("status") or {}
+        if not status.get("authenticated"):
+            return None
+        if audience not in (status.get("audiences") or [audience]):
+            return None
+        user = status.get("user") or {}
+        node = ((user.get("extra") or {}).get(NODE_NAME_EXTRA) or [None])[0]
+        return TokenIdentity(username=str(user.get("username", "")), node=node)
+
+    async def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[Obj], str]:
+        out = await self._acall("GET", res.path(namespace), f"list {res.plural}")
+        return list(out.get("items") or []), str((out.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch(
+        self, res: Resource, namespace: str | None, resource_version: str, timeout_seconds: int
+    ) -> AsyncIterator[WatchEvent]:
+        """Lines are read by a thread and handed over through a queue; closing the generator stops it."""
+        what = f"watch {res.plural}"
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", str(timeout_seconds)),
+            ("allowWatchBookmarks", "true"),
+        ]
+        resp = await self._acall(
+            "GET", res.path(namespace), what, query=query, stream=True, timeout=timeout_seconds + 10
+        )
+        lines: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=1000)
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def pump() -> None:
+            buf = b""
+            try:
+                for chunk in resp.stream(amt=None, decode_content=True):
+                    if stop.is_set():
+                        return
+                    buf += chunk
+                    *complete, buf = buf.split(b"\n")
+                    for line in complete:
+                        if line.strip():
+                            lines.put(line)
+            except BaseException as exc:  # handed to the consumer, not swallowed
+                if not stop.is_set():
+                    lines.put(exc)
+            finally:
+                lines.put(None)
+
+        thread = threading.Thread(target=pump, name=f"watch-{res.plural}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await loop.run_in_executor(None, lines.get)
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise errors.KubeUnavailable(f"{what}: stream broke: {item}") from item
+                event = json.loads(item)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise _error(int(obj.get("code", 500)), what, str(obj.get("message", "")))
+                yield WatchEvent(type=str(event.get("type")), obj=obj)
+        finally:
+            stop.set()
+            resp.release_conn() if hasattr(resp, "release_conn") else None
+            resp.close()
+
+    async def get(self, res: Resource, namespace: str | None, name: str) -> Obj:
+        out: Obj = await self._acall("GET", res.path(namespace, name), f"get {res.plural} {name}")
+        return out
+
+    async def get_lease(self, namespace: str, name: str) -> StoredLease | None:
+        try:
+            out = await self.get(LEASES, namespace, name)
+        except errors.NotFound:
+            return None
+        return _stored(out)
+
+    async def write_lease(
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str],
+        spec: Mapping[str, Any],
+        resource_version: str | None,
+    ) -> StoredLease:
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "annotations": dict(annotations)}
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
+        what = f"Lease {namespace}/{name}"
+        if resource_version is None:
+            out = await self._acall("POST", LEASES.path(namespace), f"create {what}", body=body)
+        else:
+            meta["resourceVersion"] = resource_version
+            out = await self._acall("PUT", LEASES.path(namespace, name), f"update {what}", body=body)
+        return _stored(out)
+
+    async def patch_node(
+        self,
+        name: str,
+        labels: Mapping[str, str | None] | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+        unschedulable: bool | None = None,
+    ) -> Obj:
+        patch: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
+        if labels:
+            meta["labels"] = dict(labels)
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        if meta:
+            patch["metadata"] = meta
+        if unschedulable is not None:
+            patch["spec"] = {"unschedulable": unschedulable or None}
+        out: Obj = await self._acall(
+            "PATCH", NODES.path(None, name), f"patch Node {name}", body=patch, content_type=MERGE_PATCH
+        )
+        return out
+
+    async def patch_status(self, res: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> Obj:
+        out: Obj = await self._acall(
+            "PATCH",
+            res.path(namespace, name, "status"),
+            f"patch {res.plural} {namespace}/{name} status",
+            body={"status": dict(status)},
+            content_type=MERGE_PATCH,
+        )
+        return out
+
+    async def create_event(
+        self, namespace: str, involved: Mapping[str, str], type_: str, reason: str, message: str
+    ) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        name = f"{involved.get('name', 'x')}.{datetime.now(UTC).strftime('%s%f')}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": dict(involved),
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "k3s-upgrade-coordinator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._acall(
+            "POST", EVENTS.path(namespace), f"create Event {reason} for {involved.get('name')}", body=body
+        )
+
+    async def list_pods_on_node(self, node: str) -> list[Obj]:
+        out = await self._acall(
+            "GET", PODS.path(None), f"list pods on {node}", query=[("fieldSelector", f"spec.nodeName={node}")]
+        )
+        return list(out.get("items") or [])
+
+    async def evict_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+        body: dict[str, Any] = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        if grace_seconds is not None:
+            body["deleteOptions"] = {"gracePeriodSeconds": grace_seconds}
+        try:
+            await self._acall(
+                "POST", PODS.path(namespace, name, "eviction"), f"evict Pod {namespace}/{name}", body=body
+            )
+        except errors.KubeUnavailable as exc:
+            if exc.status == 429:
+                raise errors.EvictionBlocked(str(exc), 429) from exc
+            raise
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        await self._acall("DELETE", PODS.path(namespace, name), f"delete Pod {namespace}/{name}", body=body)
+
+
+def _stored(obj: Obj) -> StoredLease:
+    meta = obj.get("metadata") or {}
+    return StoredLease(
+        name=str(meta.get("name", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        annotations=dict(meta.get("annotations") or {}),
+        spec=dict(obj.get("spec") or {}),
+    )
