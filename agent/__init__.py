@@ -1,5 +1,3 @@
-"""The node agent: stages, applies, verifies and rolls back the k3s binary on its host.
+"""The node agent: upgrades this node's k3s binary when the coordinator says so (see agent.upgrade)."""
 
-It talks only to the coordinator (over `wire`), never to the Kubernetes API, and must not import
-the `kubernetes` package or anything from `coordinator`.
-"""
+__version__ = "0.1.0"

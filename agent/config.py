@@ -1,0 +1,80 @@
+"""The agent's settings: flags with environment-variable fallbacks, each with a documented default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/k3s-upgrade/token"
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
+         "armv6l": "arm"}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    coordinator_url: str
+    host_root: Path = Path("/host")
+    token_file: Path = Path(DEFAULT_TOKEN_FILE)
+    state_dir: Path = Path("/host/var/lib/k3s-upgrader")
+    arch: str = "amd64"
+    poll_wait: float = 30.0
+    request_timeout: float = 10.0
+    retry_backoff: float = 1.0
+    max_backoff: float = 30.0
+    download_attempts: int = 5
+    space_margin: int = 16 * 1024 * 1024
+    systemd_unit: str | None = None
+    log_level: str = "INFO"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
+    p = argparse.ArgumentParser(prog="k3s-upgrade-agent",
+                                description="Upgrades this node's k3s binary as the coordinator says.")
+    p.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    p.add_argument("--coordinator", default=os.environ.get("COORDINATOR_URL"),
+                   help="coordinator base URL (env COORDINATOR_URL)")
+    p.add_argument("--host-root", default=_env("HOST_ROOT", "/host"),
+                   help="where the host's / is mounted (env HOST_ROOT; default /host)")
+    p.add_argument("--token-file", default=_env("TOKEN_FILE", DEFAULT_TOKEN_FILE),
+                   help=f"projected ServiceAccount token, re-read per request (default {DEFAULT_TOKEN_FILE})")
+    p.add_argument("--state-dir", default=os.environ.get("STATE_DIR"),
+                   help="crash journal directory (env STATE_DIR; default <host-root>/var/lib/k3s-upgrader)")
+    p.add_argument("--arch", default=_env("NODE_ARCH", _ARCH.get(platform.machine(), platform.machine())),
+                   help="GOARCH of this node (env NODE_ARCH; default from the machine)")
+    p.add_argument("--poll-wait", type=float, default=float(_env("POLL_WAIT_SECONDS", "30")),
+                   help="long-poll wait in seconds (env POLL_WAIT_SECONDS; default 30)")
+    p.add_argument("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT_SECONDS", "10")),
+                   help="HTTP timeout beyond the long-poll wait (default 10)")
+    p.add_argument("--retry-backoff", type=float, default=float(_env("RETRY_BACKOFF_SECONDS", "1")),
+                   help="first retry delay, doubled up to --max-backoff (default 1)")
+    p.add_argument("--max-backoff", type=float, default=float(_env("MAX_BACKOFF_SECONDS", "30")),
+                   help="longest retry delay (default 30)")
+    p.add_argument("--download-attempts", type=int, default=int(_env("DOWNLOAD_ATTEMPTS", "5")),
+                   help="download attempts before giving up (default 5)")
+    p.add_argument("--space-margin", type=int, default=int(_env("SPACE_MARGIN_BYTES", str(16 * 1024 * 1024))),
+                   help="free bytes to keep beyond the new binary (default 16 MiB)")
+    p.add_argument("--systemd-unit", default=os.environ.get("SYSTEMD_UNIT") or None,
+                   help="restart by `systemctl restart UNIT` via nsenter (default: SIGTERM the process)")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="default INFO")
+    ns = p.parse_args(argv)
+    if not ns.node:
+        p.error("--node (or NODE_NAME) is required")
+    if not ns.coordinator:
+        p.error("--coordinator (or COORDINATOR_URL) is required")
+    host_root = Path(ns.host_root)
+    return AgentConfig(
+        node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),
+        state_dir=Path(ns.state_dir) if ns.state_dir else host_root / "var/lib/k3s-upgrader",
+        arch=ns.arch, poll_wait=ns.poll_wait, request_timeout=ns.request_timeout,
+        retry_backoff=ns.retry_backoff, max_backoff=ns.max_backoff, download_attempts=ns.download_attempts,
+        space_margin=ns.space_margin, systemd_unit=ns.systemd_unit, log_level=ns.log_level.upper(),
+    )

@@ -1,0 +1,132 @@
+"""Fetching a release binary: streamed, hashed in the same pass, resumed with Range, retried with backoff.
+
+Errors: `DownloadError` (temporary: network trouble after every retry), `ChecksumMismatch` and
+`NoSpace` (permanent: retrying cannot help; the partial file is removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+_CHUNK = 256 * 1024
+
+
+class DownloadError(Exception):
+    """The artifact could not be fetched (after retries)."""
+
+
+class ChecksumMismatch(DownloadError):
+    """The bytes received do not have the expected SHA-256."""
+
+
+class NoSpace(DownloadError):
+    """The binary's file system has not enough free space for the new binary."""
+
+
+def check_free_space(directory: Path, needed: int, margin: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed + margin:
+        raise NoSpace(
+            f"not enough free space in {directory}: {free} bytes free, {needed} needed for the new k3s "
+            f"binary plus a {margin}-byte margin"
+        )
+
+
+async def download(
+    url: str,
+    sha256: str,
+    part: Path,
+    *,
+    attempts: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 30.0,
+    read_timeout: float = 60.0,
+    space_margin: int = 16 * 1024 * 1024,
+    progress: Callable[[float], None] | None = None,
+) -> None:
+    """Download `url` into `part` (resuming what is there) and verify it; the file is fsynced."""
+    hasher = hashlib.sha256()
+    offset = 0
+    if await asyncio.to_thread(part.exists):  # resume after a restart: hash what we already have once
+        offset = await asyncio.to_thread(_hash_prefix, part, hasher)
+    delay = backoff
+    last: Exception | None = None
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=read_timeout, sock_read=read_timeout)
+    for attempt in range(1, attempts + 1):
+        try:
+            async with aiohttp.ClientSession(timeout=client_timeout) as session:
+                offset, hasher = await _fetch(session, url, part, offset, hasher, space_margin, progress)
+            break
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            last = exc
+            log.warning("download of %s interrupted at byte %d (attempt %d/%d): %s",
+                        url, offset, attempt, attempts, exc)
+            if attempt == attempts:
+                raise DownloadError(f"download of {url} failed after {attempts} attempts: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(max_backoff, delay * 2)
+    else:  # pragma: no cover - the loop either breaks or raises
+        raise DownloadError(f"download of {url} failed: {last}")
+    digest = hasher.hexdigest()
+    if digest != sha256:
+        await asyncio.to_thread(part.unlink, missing_ok=True)
+        raise ChecksumMismatch(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}")
+
+
+def _hash_prefix(part: Path, hasher: hashlib._Hash) -> int:
+    size = 0
+    with open(part, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return size
+
+
+async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, offset: int, hasher: hashlib._Hash,
+                 margin: int, progress: Callable[[float], None] | None) -> tuple[int, hashlib._Hash]:
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    async with session.get(url, headers=headers) as response:
+        if response.status == 416 and offset:
+            return offset, hasher  # we already have every byte
+        if response.status not in (200, 206):
+            text = (await response.text(errors="replace"))[:200]
+            if response.status >= 500:
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status,
+                                                  message=text)
+            raise DownloadError(f"GET {url} answered {response.status}: {text}")
+        if response.status == 200 and offset:
+            log.info("server ignored Range for %s; starting over", url)
+            offset, hasher = 0, hashlib.sha256()
+        total = offset + (response.content_length or 0)
+        if response.content_length is not None:
+            check_free_space(part.parent, response.content_length, margin)
+        mode = "ab" if offset else "wb"
+        try:
+            # Local-disk writes of 256 KiB chunks: blocking briefly is cheaper than a thread hop per chunk.
+            with open(part, mode) as handle:  # noqa: ASYNC230
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    handle.write(chunk)
+                    hasher.update(chunk)
+                    offset += len(chunk)
+                    if progress and total:
+                        progress(min(1.0, offset / total))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                part.unlink(missing_ok=True)  # noqa: ASYNC240
+                raise NoSpace(f"file system of {part.parent} is full writing the new k3s: {exc}") from exc
+            raise
+        if response.content_length is not None and offset < total:
+            raise aiohttp.ClientPayloadError(f"connection closed at byte {offset} of {total}")
+    return offset, hasher

@@ -1,0 +1,96 @@
+"""Putting a binary into place on the host atomically, and taking it back.
+
+Every step keeps the invariant that the live path holds a complete binary: the new file is written next
+to the live one (same file system), fsynced and made executable; the live file is hard-linked to the
+rollback copy; then `rename(2)` swaps the new one in and the directory is fsynced. Owner, mode and the
+SELinux label (`security.selinux` xattr) of the old binary are copied to the new one first.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from agent.journal import fsync_dir
+
+SELINUX_XATTR = "security.selinux"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def staging_paths(binary: Path, sha256: str) -> tuple[Path, Path]:
+    """(partial download, verified staged file) next to the live binary."""
+    return (binary.with_name(f".{binary.name}.{sha256[:16]}.part"),
+            binary.with_name(f".{binary.name}.{sha256[:16]}.new"))
+
+
+def rollback_path(binary: Path) -> Path:
+    return binary.with_name(f".{binary.name}.rollback")
+
+
+def finalize_staged(part: Path, staged: Path) -> None:
+    """Make the verified download the staged binary: fsync, mode 0755, rename, fsync the directory."""
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(part, 0o755)
+    os.replace(part, staged)
+    fsync_dir(staged.parent)
+
+
+def copy_metadata(source: Path, target: Path) -> None:
+    st = os.stat(source)
+    if (st.st_uid, st.st_gid) != (os.stat(target).st_uid, os.stat(target).st_gid):
+        os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, (st.st_mode & 0o7777) | 0o755)
+    try:
+        label = os.getxattr(source, SELINUX_XATTR)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        return
+    os.setxattr(target, SELINUX_XATTR, label)
+
+
+def keep_rollback_copy(binary: Path) -> Path:
+    """Hard-link the live binary as the rollback copy (replacing an older one atomically)."""
+    backup = rollback_path(binary)
+    tmp = backup.with_name(backup.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    os.link(binary, tmp)
+    os.replace(tmp, backup)
+    fsync_dir(binary.parent)
+    return backup
+
+
+def swap_in(staged: Path, binary: Path) -> None:
+    """Atomically put `staged` at `binary`, keeping the old one as the rollback copy."""
+    copy_metadata(binary, staged)
+    keep_rollback_copy(binary)
+    os.replace(staged, binary)
+    fsync_dir(binary.parent)
+
+
+def restore(binary: Path) -> None:
+    """Atomically put the rollback copy back at `binary` (the copy stays, as a link to the same file)."""
+    backup = rollback_path(binary)
+    tmp = binary.with_name(f".{binary.name}.restore")
+    tmp.unlink(missing_ok=True)
+    os.link(backup, tmp)
+    os.replace(tmp, binary)
+    fsync_dir(binary.parent)
+
+
+def discard(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

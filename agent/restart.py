@@ -1,0 +1,66 @@
+"""Restarting k3s the way its service manager expects, and waiting for the new process to stay up.
+
+By default the agent sends SIGTERM to the k3s process it found: systemd (`Restart=always`), OpenRC's
+supervise-daemon, or the sandbox's supervisord starts it again from the binary now in place. With
+`--systemd-unit` it instead runs `nsenter -t 1 -m -u -i -n -p -- systemctl restart <unit>` in the host's
+namespaces (needs hostPID and privilege).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from agent.discovery import DiscoveryError, K3sProcess, find_k3s, pid_alive
+
+
+class RestartFailed(Exception):
+    """The new k3s did not come up, or did not stay up, in time."""
+
+
+async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
+    if systemd_unit:
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "systemctl", "restart", systemd_unit,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            text = out.decode(errors="replace")[:300]
+            raise RestartFailed(f"systemctl restart {systemd_unit} exited {proc.returncode}: {text}")
+        return
+    if process is None:
+        return  # nothing runs: the service manager is already starting it
+    try:
+        os.kill(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+async def wait_for_new_process(host_root: Path, binary: Path, started_after: float, *, limit: float,
+                               stable: float, interval: float = 0.1) -> K3sProcess:
+    """A k3s process running `binary`, started after `started_after` (wall time), alive for `stable` s."""
+    deadline = time.monotonic() + limit
+    last_error = "no k3s process started"
+    seen: set[int] = set()
+    while time.monotonic() < deadline:
+        try:
+            found = await asyncio.to_thread(find_k3s, host_root)
+        except DiscoveryError as exc:
+            last_error = str(exc)
+            found = None
+        if found is not None and found.binary == binary and found.create_time >= started_after - 0.02:
+            seen.add(found.pid)
+            stable_until = time.monotonic() + stable
+            # A process gives no event when it dies unless it is our child: poll its liveness.
+            while time.monotonic() < stable_until and pid_alive(found.pid, found.create_time):  # noqa: ASYNC110
+                await asyncio.sleep(min(interval, max(0.0, stable_until - time.monotonic())))
+            if pid_alive(found.pid, found.create_time):
+                return found
+            last_error = f"k3s pid {found.pid} exited within {stable} s of starting"
+        await asyncio.sleep(interval)
+    crashes = f" ({len(seen)} short-lived processes seen)" if seen else ""
+    raise RestartFailed(f"no stable k3s from {binary} within {limit} s: {last_error}{crashes}")

@@ -1,0 +1,303 @@
+"""The upgrade of this node, step by step, resumable from the crash journal.
+
+    stage     discover k3s -> download + verify (nothing on the host changes) -> `--version` -> staged
+    apply     journal(applying, swap time) -> rename new into place -> SIGTERM -> a NEW stable process
+              running the new binary -> restarted   (or, if it does not come up: roll back)
+    rollback  journal(rolling_back) -> restore the old binary -> restart -> old version runs -> rolled_back
+    finish    drop the rollback copy, clear the journal
+
+Every step first writes the journal, then acts, and on resume looks at the disk (checksum of the live
+file) and at the running process (started before or after the swap?) to know what is left to do. A
+binary is reported `restarted` only when a process started after the swap runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from agent import __version__
+from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
+from agent.config import AgentConfig
+from agent.discovery import DiscoveryError, K3sProcess, binary_version, find_k3s
+from agent.download import DownloadError, download
+from agent.install import (
+    discard,
+    finalize_staged,
+    restore,
+    rollback_path,
+    sha256_of,
+    staging_paths,
+    swap_in,
+)
+from agent.journal import Journal, JournalEntry
+from agent.restart import RestartFailed, restart, wait_for_new_process
+from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssignment, Report
+
+log = logging.getLogger(__name__)
+
+
+class Upgrader:
+    def __init__(self, config: AgentConfig, client: CoordinatorClient) -> None:
+        self.config = config
+        self.client = client
+        self.journal = Journal(config.state_dir)
+        self.entry: JournalEntry | None = self.journal.load()
+        self.progress: float | None = None
+        self.discovery_error: str | None = None
+        self.k3s_version: str | None = None
+        self.k3s_binary: str | None = None
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _save(self, entry: JournalEntry) -> None:
+        self.journal.save(entry)
+        self.entry = entry
+
+    async def observe(self) -> K3sProcess | None:
+        """Refresh what runs on the node (for the poll body); errors are kept for the coordinator."""
+        try:
+            proc = await asyncio.to_thread(find_k3s, self.config.host_root)
+            self.k3s_binary = "/" + str(proc.binary.relative_to(self.config.host_root)) \
+                if proc.binary.is_relative_to(self.config.host_root) else str(proc.binary)
+            self.k3s_version = await binary_version(proc.binary)
+            self.discovery_error = None
+            return proc
+        except (DiscoveryError, ValueError, OSError) as exc:
+            self.discovery_error = str(exc)
+            return None
+
+    def state(self) -> AgentState:
+        entry = self.entry
+        return AgentState(
+            node=self.config.node, agent_version=__version__, arch=self.config.arch,
+            k3s_version=self.k3s_version, k3s_binary=self.k3s_binary,
+            lease_id=entry.lease.lease_id if entry else None,
+            phase=entry.phase if entry else AgentPhase.IDLE,
+            progress=self.progress if entry and entry.phase == AgentPhase.DOWNLOADING else None,
+            error=(entry.error if entry and entry.error else None) or self.discovery_error,
+        )
+
+    async def report(self, phase: AgentPhase, *, error: str | None = None, detail: str = "",
+                     version: str | None = None) -> None:
+        """Send a report, retrying until the coordinator answers (never giving up on a temporary error)."""
+        assert self.entry is not None
+        body = Report(node=self.config.node, lease_id=self.entry.lease.lease_id, phase=phase,
+                      k3s_version=version, error=error, detail=detail)
+        delay = self.config.retry_backoff
+        while True:
+            try:
+                await self.client.report(body)
+                log.info("reported %s for lease %s", phase.value, body.lease_id,
+                         extra={"phase": phase.value, "error": error})
+                return
+            except Rejected as exc:
+                log.error("coordinator rejected report %s: %s", phase.value, exc)
+                return
+            except CoordinatorUnavailable as exc:
+                log.warning("report %s not delivered, retrying in %.1f s: %s", phase.value, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(self.config.max_backoff, delay * 2)
+
+    # -- instructions ---------------------------------------------------------------------------------
+    async def handle(self, instruction: Instruction) -> None:
+        entry, lease = self.entry, instruction.lease
+        action = instruction.action
+        if action == Action.IDLE:
+            if entry and entry.phase in (AgentPhase.DOWNLOADING, AgentPhase.STAGED, AgentPhase.ROLLED_BACK,
+                                         AgentPhase.FAILED):
+                self._drop(entry)
+            return
+        if lease is None:
+            log.error("instruction %s without a lease ignored", action.value)
+            return
+        if entry and entry.lease.lease_id != lease.lease_id:
+            if entry.phase in (AgentPhase.APPLYING, AgentPhase.RESTARTED, AgentPhase.ROLLING_BACK):
+                log.error("instruction %s for lease %s while lease %s is %s: ignored", action.value,
+                          lease.lease_id, entry.lease.lease_id, entry.phase.value)
+                return
+            self._drop(entry)
+            entry = None
+        if action == Action.STAGE:
+            if entry and entry.phase == AgentPhase.STAGED:
+                await self.report(AgentPhase.STAGED, detail="already staged")
+            elif entry is None or entry.phase == AgentPhase.DOWNLOADING:
+                await self.stage(lease)
+        elif action == Action.APPLY:
+            if entry is None or entry.phase == AgentPhase.DOWNLOADING:
+                if not await self.stage(lease, report=False):
+                    return
+                entry = self.entry
+            assert entry is not None
+            if entry.phase in (AgentPhase.STAGED, AgentPhase.APPLYING):
+                await self.apply()
+            elif entry.phase == AgentPhase.RESTARTED:
+                await self.report(AgentPhase.RESTARTED, version=entry.observed_version, detail="again")
+        elif action == Action.ROLLBACK:
+            if entry is None or entry.phase in (AgentPhase.DOWNLOADING, AgentPhase.STAGED):
+                if entry is None:
+                    return
+                self._drop(entry)
+                self.entry = entry.model_copy(update={"phase": AgentPhase.ROLLED_BACK})
+                await self.report(AgentPhase.ROLLED_BACK, detail="nothing had changed on the host")
+                self.entry = None
+            elif entry.phase in (AgentPhase.APPLYING, AgentPhase.RESTARTED, AgentPhase.ROLLING_BACK):
+                await self.rollback(instruction.reason or "the coordinator asked for a rollback")
+            elif entry.phase == AgentPhase.ROLLED_BACK:
+                await self.report(AgentPhase.ROLLED_BACK, error=entry.error, version=entry.observed_version)
+        elif action == Action.FINISH:
+            if entry and entry.phase == AgentPhase.RESTARTED:
+                discard(rollback_path(Path(entry.binary)))
+                self.journal.clear()
+                self.entry = None
+                log.info("lease %s finished", lease.lease_id)
+
+    def _drop(self, entry: JournalEntry) -> None:
+        if entry.binary:
+            discard(*staging_paths(Path(entry.binary), entry.lease.artifact.sha256))
+        self.journal.clear()
+        self.entry = None
+
+    async def resume(self) -> None:
+        """After a restart: finish the host-changing step the journal says was in flight."""
+        entry = self.entry
+        if entry is None:
+            return
+        log.info("resuming lease %s in phase %s", entry.lease.lease_id, entry.phase.value)
+        if entry.phase == AgentPhase.APPLYING:
+            await self.apply()
+        elif entry.phase == AgentPhase.ROLLING_BACK:
+            await self.rollback(entry.error or "resumed rollback")
+
+    # -- steps ------------------------------------------------------------------------------------------
+    async def _fail(self, entry: JournalEntry, message: str) -> None:
+        log.error("lease %s failed: %s", entry.lease.lease_id, message)
+        self._save(entry.model_copy(update={"phase": AgentPhase.FAILED, "error": message}))
+        await self.report(AgentPhase.FAILED, error=message, version=self.k3s_version)
+
+    async def stage(self, lease: LeaseAssignment, *, report: bool = True) -> bool:
+        proc = await self.observe()
+        if proc is None:
+            entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary="")
+            self.entry = entry
+            await self._fail(entry, f"cannot stage: {self.discovery_error}")
+            return False
+        binary = proc.binary
+        current = self.entry
+        if current is not None and current.lease.lease_id == lease.lease_id and current.binary:
+            entry = current
+        else:
+            entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary=str(binary),
+                                 old_version=self.k3s_version)
+            self._save(entry)
+        part, staged = staging_paths(binary, lease.artifact.sha256)
+        self.progress = 0.0
+
+        def progress(value: float) -> None:
+            self.progress = value
+
+        try:
+            if not (staged.exists() and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256):
+                await download(lease.artifact.url, lease.artifact.sha256, part,
+                               attempts=self.config.download_attempts, backoff=self.config.retry_backoff,
+                               max_backoff=self.config.max_backoff, space_margin=self.config.space_margin,
+                               progress=progress)
+                await asyncio.to_thread(finalize_staged, part, staged)
+            version = await binary_version(staged)
+        except (DownloadError, ValueError, OSError) as exc:
+            discard(staged)
+            await self._fail(entry, f"staging {lease.artifact.name} {lease.target_version} failed: {exc}")
+            return False
+        if version != lease.target_version:
+            discard(staged)
+            await self._fail(entry, f"downloaded binary reports {version}, expected {lease.target_version}")
+            return False
+        self._save(entry.model_copy(update={"phase": AgentPhase.STAGED}))
+        log.info("staged %s at %s", lease.target_version, staged)
+        if report:
+            await self.report(AgentPhase.STAGED, version=self.k3s_version)
+        return True
+
+    async def apply(self) -> None:
+        entry = self.entry
+        assert entry is not None
+        lease, binary = entry.lease, Path(entry.binary)
+        _, staged = staging_paths(binary, lease.artifact.sha256)
+        if entry.phase == AgentPhase.STAGED:
+            if not staged.exists() or await asyncio.to_thread(sha256_of, staged) != lease.artifact.sha256:
+                await self._fail(entry, f"staged binary {staged} is missing or changed; nothing was replaced")
+                return
+            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "swap_started_at": time.time(),
+                                             "old_sha256": await asyncio.to_thread(sha256_of, binary)})
+            self._save(entry)
+        assert entry.swap_started_at is not None
+        live = await asyncio.to_thread(sha256_of, binary)
+        if live == entry.old_sha256 and live != lease.artifact.sha256:
+            if not staged.exists():
+                await self._fail(entry, f"staged binary {staged} vanished before the swap; nothing replaced")
+                return
+            await asyncio.to_thread(swap_in, staged, binary)
+            log.info("replaced %s with %s", binary, lease.target_version)
+        elif live != lease.artifact.sha256:
+            await self._fail(entry, f"{binary} has an unexpected checksum {live}; not touching it")
+            return
+        proc = await self.observe()
+        if proc is None or proc.create_time < entry.swap_started_at - 0.02:
+            try:
+                await restart(proc, self.config.systemd_unit)
+            except RestartFailed as exc:
+                await self.rollback(str(exc))
+                return
+        try:
+            new = await wait_for_new_process(
+                self.config.host_root, binary, entry.swap_started_at,
+                limit=lease.restart_timeout_seconds, stable=lease.restart_stable_seconds,
+            )
+            version = await binary_version(binary)
+        except (RestartFailed, ValueError) as exc:
+            await self.rollback(f"new k3s {lease.target_version} did not come up: {exc}")
+            return
+        if version != lease.target_version:
+            await self.rollback(f"{binary} reports {version} after the swap, expected {lease.target_version}")
+            return
+        self.k3s_version = version
+        self._save(entry.model_copy(update={"phase": AgentPhase.RESTARTED, "observed_version": version}))
+        log.info("k3s %s runs as pid %d", version, new.pid)
+        await self.report(AgentPhase.RESTARTED, version=version, detail=f"pid {new.pid}")
+
+    async def rollback(self, cause: str) -> None:
+        entry = self.entry
+        assert entry is not None
+        binary = Path(entry.binary)
+        if entry.phase != AgentPhase.ROLLING_BACK:
+            entry = entry.model_copy(update={"phase": AgentPhase.ROLLING_BACK, "error": cause,
+                                             "rollback_started_at": time.time()})
+            self._save(entry)
+        log.warning("rolling back %s: %s", binary, cause)
+        assert entry.rollback_started_at is not None
+        backup = rollback_path(binary)
+        live = await asyncio.to_thread(sha256_of, binary)
+        if entry.old_sha256 and live != entry.old_sha256:
+            if not backup.exists() or await asyncio.to_thread(sha256_of, backup) != entry.old_sha256:
+                await self._fail(entry, f"{cause}; rollback impossible: copy {backup} missing or changed")
+                return
+            await asyncio.to_thread(restore, binary)
+        proc = await self.observe()
+        if proc is None or proc.create_time < entry.rollback_started_at - 0.02:
+            try:
+                await restart(proc, self.config.systemd_unit)
+            except RestartFailed as exc:
+                await self._fail(entry, f"{cause}; restart after rollback failed: {exc}")
+                return
+        try:
+            await wait_for_new_process(self.config.host_root, binary, entry.rollback_started_at,
+                                       limit=entry.lease.restart_timeout_seconds,
+                                       stable=entry.lease.restart_stable_seconds)
+            version = await binary_version(binary)
+        except (RestartFailed, ValueError) as exc:
+            await self._fail(entry, f"{cause}; the old k3s did not come back: {exc}")
+            return
+        self.k3s_version = version
+        self._save(entry.model_copy(update={"phase": AgentPhase.ROLLED_BACK, "observed_version": version}))
+        await self.report(AgentPhase.ROLLED_BACK, error=cause, version=version)
