@@ -1,0 +1,242 @@
+"""The agent API (`/v1/agents/{node}/poll` and `/v1/agents/{node}/report`), a thin aiohttp layer.
+
+Each handler: authenticate (TokenReview via `coordinator.auth`, the token's node must be `{node}`),
+parse the body with the pydantic models of `wire.messages`, hand it to an `AgentBroker`, serialise the
+`Instruction`. The broker holds the logic: the reconciler's broker applies reports to the lease table
+and answers with the engine's instruction; `IdleBroker` answers "idle" (used while not the leader).
+
+Status codes (every error body is a `wire.messages.ErrorBody`):
+    200  an Instruction
+    400  malformed JSON, a body that does not validate, a body naming another node, a bad `wait`
+    401  no/invalid token;  403  a token of another node
+    404  a report for a lease this node does not hold;  409  a report that does not fit the lease's phase
+    503  not ready (TokenReview or the API server unreachable): retry with backoff
+
+Authentication (invariant 7: only the agent of node N may obtain or report N's lease): agents present
+a projected ServiceAccount token (audience `wire.messages.TOKEN_AUDIENCE`) bound to their Pod;
+TokenReview tells us the node (`authentication.kubernetes.io/node-name` in `user.extra`). Successful
+reviews are cached for a short TTL so long-polls do not cost one API call each; failures are never
+cached (a token may become valid moments later, right after it is minted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from coordinator.kube.errors import KubeError
+from coordinator.kube.protocol import TokenIdentity
+from wire.messages import API_VERSION, TOKEN_AUDIENCE, Action, AgentState, ErrorBody, Instruction, Report
+
+log = logging.getLogger("coordinator.api")
+M = TypeVar("M", bound=BaseModel)
+
+
+class TokenReviewer(Protocol):
+    async def review_token(self, token: str, audience: str) -> TokenIdentity | None: ...
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NodeAuthenticator:
+    """Checks `Authorization: Bearer <token>` against TokenReview and the node in the request path."""
+
+    def __init__(
+        self,
+        reviewer: TokenReviewer,
+        ttl: float = 10.0,
+        audience: str = TOKEN_AUDIENCE,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 20000,
+    ) -> None:
+        self._reviewer = reviewer
+        self._ttl = ttl
+        self._audience = audience
+        self._clock = clock
+        self._max = max_entries
+        self._cache: dict[str, tuple[float, TokenIdentity]] = {}
+        self.reviews = 0
+        """TokenReview calls made (visible to tests and metrics)."""
+
+    async def identify(self, authorization: str | None) -> TokenIdentity:
+        if not authorization:
+            raise AuthError(401, "missing Authorization header (expected: Bearer <ServiceAccount token>)")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError(401, "malformed Authorization header (expected: Bearer <ServiceAccount token>)")
+        now = self._clock()
+        hit = self._cache.get(token)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            self.reviews += 1
+            ident = await self._reviewer.review_token(token, self._audience)
+        except KubeError as exc:
+            raise AuthError(503, f"cannot review the token now: {exc}") from exc
+        if ident is None:
+            self._cache.pop(token, None)
+            raise AuthError(401, f"token rejected by TokenReview (audience {self._audience})")
+        if len(self._cache) >= self._max:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+        self._cache[token] = (now + self._ttl, ident)
+        return ident
+
+    async def authorize(self, authorization: str | None, node: str) -> TokenIdentity:
+        """The caller's identity, if it may act for `node`; otherwise `AuthError` (401 or 403)."""
+        ident = await self.identify(authorization)
+        if ident.node is None:
+            raise AuthError(
+                401, f"token of {ident.username!r} is not bound to a node (use a Pod-bound token)"
+            )
+        if ident.node != node:
+            raise AuthError(403, f"token of node {ident.node!r} may not act for node {node!r}")
+        return ident
+
+
+class BrokerError(Exception):
+    """The broker refuses a request; `status` is the HTTP status to answer with (404, 409, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AgentBroker(Protocol):
+    async def poll(self, state: AgentState, wait: float) -> Instruction:
+        """The instruction for this agent; may wait up to `wait` seconds for one that differs."""
+        ...
+
+    async def report(self, report: Report) -> Instruction:
+        """Record a phase change of the lease, then answer with the next instruction."""
+        ...
+
+
+class IdleBroker:
+    """Answers every agent with `idle` after the long-poll wait: what a replica that is not leader says.
+
+    `wake` ends pending waits early (e.g. when this replica becomes leader and should answer for real).
+    """
+
+    def __init__(self, reason: str = "this coordinator replica is not the leader") -> None:
+        self.reason = reason
+        self.wake = asyncio.Event()
+
+    async def poll(self, state: AgentState, wait: float) -> Instruction:
+        if wait > 0:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+        return Instruction(action=Action.IDLE, reason=self.reason, poll_after_seconds=1.0)
+
+    async def report(self, report: Report) -> Instruction:
+        raise BrokerError(503, f"{self.reason}; report for lease {report.lease_id} not accepted, retry")
+
+
+class BrokerSlot:
+    """The broker currently answering agents (swapped on leadership changes)."""
+
+    def __init__(self, broker: AgentBroker) -> None:
+        self.broker = broker
+
+
+AUTH = web.AppKey("auth", NodeAuthenticator)
+BROKER = web.AppKey("broker", BrokerSlot)
+POLL_WAIT_MAX = web.AppKey("poll_wait_max", float)
+
+
+def error(status: int, message: str) -> web.Response:
+    body = ErrorBody(error=message, status=status)
+    return web.json_response(text=body.model_dump_json(), status=status)
+
+
+def _ok(model: BaseModel) -> web.Response:
+    return web.json_response(text=model.model_dump_json())
+
+
+async def _parse(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise web.HTTPBadRequest(
+            text=ErrorBody(error=f"invalid {model.__name__}: {problems}", status=400).model_dump_json(),
+            content_type="application/json",
+        ) from exc
+
+
+async def _authorize(request: web.Request, node: str) -> web.Response | None:
+    try:
+        await request.app[AUTH].authorize(request.headers.get("Authorization"), node)
+    except AuthError as exc:
+        log.info("agent request refused", extra={"node": node, "status": exc.status, "cause": str(exc)})
+        resp = error(exc.status, str(exc))
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="k3s-upgrade-coordinator"'
+        return resp
+    return None
+
+
+async def poll(request: web.Request) -> web.Response:
+    node = request.match_info["node"]
+    refused = await _authorize(request, node)
+    if refused is not None:
+        return refused
+    raw_wait = request.query.get("wait", "0")
+    try:
+        wait = float(raw_wait)
+        if not 0 <= wait < float("inf"):
+            raise ValueError
+    except ValueError:
+        return error(400, f"query parameter wait={raw_wait!r} is not a number of seconds >= 0")
+    state = await _parse(request, AgentState)
+    if state.node != node:
+        return error(400, f"body names node {state.node!r} but the path names {node!r}")
+    try:
+        instruction = await request.app[BROKER].broker.poll(state, min(wait, request.app[POLL_WAIT_MAX]))
+    except BrokerError as exc:
+        return error(exc.status, str(exc))
+    return _ok(instruction)
+
+
+async def report(request: web.Request) -> web.Response:
+    node = request.match_info["node"]
+    refused = await _authorize(request, node)
+    if refused is not None:
+        return refused
+    body = await _parse(request, Report)
+    if body.node != node:
+        return error(400, f"body names node {body.node!r} but the path names {node!r}")
+    try:
+        instruction = await request.app[BROKER].broker.report(body)
+    except BrokerError as exc:
+        return error(exc.status, str(exc))
+    return _ok(instruction)
+
+
+def add_agent_routes(
+    app: web.Application, auth: NodeAuthenticator, slot: BrokerSlot, poll_wait_max: float
+) -> None:
+    """Mount the agent API on `app`."""
+    app[AUTH] = auth
+    app[BROKER] = slot
+    app[POLL_WAIT_MAX] = poll_wait_max
+    prefix = f"/{API_VERSION}/agents/{{node}}"
+    app.router.add_post(f"{prefix}/poll", poll)
+    app.router.add_post(f"{prefix}/report", report)

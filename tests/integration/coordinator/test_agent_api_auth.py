@@ -1,0 +1,183 @@
+"""The agent API's door: who may call it and what it refuses, over real HTTP on loopback.
+
+Aspects covered:
+- 401 without a token, with a malformed Authorization header, with a token TokenReview rejects, and with
+  a valid token that is not bound to a node; 401 answers carry WWW-Authenticate;
+- 403 when node A's token polls or reports for node B;
+- 400 for malformed JSON, a body that fails validation, a body naming another node, a bad `wait`;
+- every error body is a `wire.messages.ErrorBody` with the matching status;
+- successful TokenReviews are cached (one review for many polls), rejections are not;
+- the long-poll holds the request until `wait` (capped) and ends early when the broker is woken;
+- a replica that is not the leader answers polls with `idle` and refuses reports with 503.
+
+The TokenReview side is a stand-in `TokenReviewer` (the Protocol the API server adapter implements):
+these tests are about the HTTP layer; the adapter against the API server is covered elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
+from coordinator.kube.protocol import TokenIdentity
+from wire.messages import TOKEN_AUDIENCE, Action, AgentState, ErrorBody, Instruction, Report
+
+
+class Reviewer:
+    """Knows a fixed set of tokens; counts reviews."""
+
+    def __init__(self, tokens: dict[str, TokenIdentity]) -> None:
+        self.tokens = tokens
+        self.calls = 0
+
+    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+        self.calls += 1
+        assert audience == TOKEN_AUDIENCE
+        return self.tokens.get(token)
+
+
+TOKENS = {
+    "tok-a": TokenIdentity(username="system:serviceaccount:system-upgrade:agent", node="node-a"),
+    "tok-b": TokenIdentity(username="system:serviceaccount:system-upgrade:agent", node="node-b"),
+    "tok-unbound": TokenIdentity(username="system:serviceaccount:default:default", node=None),
+}
+
+
+class Server:
+    def __init__(self, url: str, reviewer: Reviewer, broker: IdleBroker) -> None:
+        self.url = url
+        self.reviewer = reviewer
+        self.broker = broker
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    reviewer = Reviewer(dict(TOKENS))
+    broker = IdleBroker()
+    app = web.Application()
+    add_agent_routes(app, NodeAuthenticator(reviewer, ttl=60.0), BrokerSlot(broker), poll_wait_max=2.0)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield Server(f"http://127.0.0.1:{port}", reviewer, broker)
+    finally:
+        await runner.cleanup()
+
+
+def state(node: str) -> str:
+    return AgentState(node=node, agent_version="test", arch="amd64").model_dump_json()
+
+
+def report(node: str) -> str:
+    return Report(node=node, lease_id="l-1", phase="staged").model_dump_json()  # type: ignore[arg-type]
+
+
+async def call(
+    url: str, body: str | bytes, token: str | None = None, header: str | None = None
+) -> tuple[int, dict]:  # type: ignore[type-arg]
+    headers = {"Content-Type": "application/json"}
+    if header is not None:
+        headers["Authorization"] = header
+    elif token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+        data = await r.json()
+        if r.status == 401:
+            assert r.headers.get("WWW-Authenticate", "").startswith("Bearer")
+        return r.status, data
+
+
+@pytest.mark.parametrize(
+    ("token", "header", "status", "fragment"),
+    [
+        (None, None, 401, "missing Authorization"),
+        (None, "Basic dXNlcjpwYXNz", 401, "malformed"),
+        (None, "Bearer ", 401, "malformed"),
+        ("not-a-token", None, 401, "rejected"),
+        ("tok-unbound", None, 401, "not bound to a node"),
+        ("tok-b", None, 403, "node-b"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["poll", "report"])
+async def test_requests_without_the_nodes_own_token_are_refused(
+    server: Server, endpoint: str, token: str | None, header: str | None, status: int, fragment: str
+) -> None:
+    body = state("node-a") if endpoint == "poll" else report("node-a")
+    code, data = await call(f"{server.url}/v1/agents/node-a/{endpoint}", body, token, header)
+    assert code == status
+    err = ErrorBody.model_validate(data)
+    assert err.status == status and fragment in err.error
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "query", "fragment"),
+    [
+        ("poll", b"{not json", "", "invalid AgentState"),
+        ("poll", b'{"node": "node-a"}', "", "agent_version"),
+        (
+            "poll",
+            b'{"node": "node-a", "agent_version": "x", "arch": "amd64", "phase": "dancing"}',
+            "",
+            "phase",
+        ),
+        ("poll", b'{"node": "node-a", "agent_version": "x", "arch": "amd64", "extra": 1}', "", "extra"),
+        ("poll", state("node-b").encode(), "", "names node 'node-b'"),
+        ("poll", state("node-a").encode(), "?wait=soon", "wait="),
+        ("poll", state("node-a").encode(), "?wait=-1", "wait="),
+        ("report", b"[]", "", "invalid Report"),
+        ("report", report("node-b").encode(), "", "names node 'node-b'"),
+    ],
+)
+async def test_malformed_requests_get_400_and_change_nothing(
+    server: Server, endpoint: str, body: bytes, query: str, fragment: str
+) -> None:
+    code, data = await call(f"{server.url}/v1/agents/node-a/{endpoint}{query}", body, "tok-a")
+    assert code == 400
+    err = ErrorBody.model_validate(data)
+    assert err.status == 400 and fragment in err.error, err.error
+
+
+async def test_successful_reviews_are_cached_and_rejections_are_not(server: Server) -> None:
+    for _ in range(5):
+        code, _ = await call(f"{server.url}/v1/agents/node-a/poll", state("node-a"), "tok-a")
+        assert code == 200
+    assert server.reviewer.calls == 1
+    for _ in range(3):
+        code, _ = await call(f"{server.url}/v1/agents/node-a/poll", state("node-a"), "late-token")
+        assert code == 401
+    assert server.reviewer.calls == 4
+    server.reviewer.tokens["late-token"] = TokenIdentity(username="sa", node="node-a")
+    code, _ = await call(f"{server.url}/v1/agents/node-a/poll", state("node-a"), "late-token")
+    assert code == 200
+
+
+async def test_non_leader_answers_idle_after_the_capped_wait_and_refuses_reports(server: Server) -> None:
+    started = time.monotonic()
+    code, data = await call(f"{server.url}/v1/agents/node-a/poll?wait=30", state("node-a"), "tok-a")
+    elapsed = time.monotonic() - started
+    assert code == 200
+    assert Instruction.model_validate(data).action is Action.IDLE
+    assert 1.9 <= elapsed < 5, "wait is capped by poll_wait_max (2 s) and honoured"
+    code, data = await call(f"{server.url}/v1/agents/node-a/report", report("node-a"), "tok-a")
+    assert code == 503 and "not the leader" in ErrorBody.model_validate(data).error
+
+
+async def test_waking_the_broker_ends_a_long_poll_early(server: Server) -> None:
+    started = time.monotonic()
+    pending = asyncio.create_task(
+        call(f"{server.url}/v1/agents/node-a/poll?wait=2", state("node-a"), "tok-a")
+    )
+    await asyncio.sleep(0.2)
+    server.broker.wake.set()
+    code, _ = await pending
+    assert code == 200
+    assert time.monotonic() - started < 1.5
