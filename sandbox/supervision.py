@@ -82,9 +82,14 @@ stdout_logfile={self.log_dir / "k3s.log"}
 stdout_logfile_maxbytes=10MB
 """
 
-    def _rpc(self) -> Any:
+    def _call(self, method: str, *args: Any) -> Any:
+        """One XML-RPC call over the unix socket (the connection is closed again)."""
         transport = SupervisorTransport(None, None, f"unix://{self.socket}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        try:
+            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+            return getattr(proxy.supervisor, method)(*args)
+        finally:
+            transport.close()
 
     def start(self, timeout: float = 20.0) -> None:
         self._sockdir = tempfile.mkdtemp(prefix="k3s-sup-")
@@ -101,7 +106,7 @@ stdout_logfile_maxbytes=10MB
                 code = self._process.returncode
                 raise SupervisorError(f"supervisord for {self.host_root} exited with {code}")
             try:
-                if self._rpc().supervisor.getState()["statename"] == "RUNNING":
+                if self._call("getState")["statename"] == "RUNNING":
                     return
             except (OSError, xmlrpc.client.Fault):
                 pass
@@ -111,7 +116,7 @@ stdout_logfile_maxbytes=10MB
 
     def k3s_pid(self) -> int | None:
         """The PID of the k3s program now, or None while it is not running."""
-        info = self._rpc().supervisor.getProcessInfo("k3s")
+        info = self._call("getProcessInfo", "k3s")
         pid = int(info["pid"])
         return pid if pid > 0 and info["statename"] in {"RUNNING", "STARTING"} else None
 
