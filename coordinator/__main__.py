@@ -1,0 +1,175 @@
+"""`python -m coordinator` (`k3s-upgrade-coordinator`): settings, adapter, HTTP server, election, runtime.
+
+Startup: parse flags + environment (exit 2 with a message on a bad value), JSON logs on stderr, connect
+to the API server (kubeconfig or in-cluster), serve HTTP (agent API, /status, /metrics, /healthz,
+/readyz) and print `coordinator listening on http://HOST:PORT`. Without `--leader-elect` this replica
+acts at once; with it, only while it holds the Lease `k3s-upgrade-coordinator` (otherwise agents are
+answered "idle" and nothing is written). SIGTERM/SIGINT: stop acting, close the server, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from coordinator import config
+from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
+from coordinator.election import LeaderElector
+from coordinator.kube.client import KubeCluster
+from coordinator.metrics import Metrics
+from coordinator.reconciler import Runtime
+from coordinator.web import add_status_routes
+
+log = logging.getLogger("coordinator")
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in vars(record).items():
+            if k not in _STD:
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+async def serve(settings: config.Settings) -> None:
+    cluster = KubeCluster.connect(settings.kubeconfig)
+    metrics = Metrics()
+    idle = IdleBroker()
+    slot = BrokerSlot(idle)
+    runtime = Runtime(cluster, settings, metrics)
+    app = web.Application()
+    add_agent_routes(
+        app,
+        NodeAuthenticator(cluster, ttl=settings.timeouts.token_cache),
+        slot,
+        settings.timeouts.poll_wait_max,
+    )
+    add_status_routes(app, runtime.status, runtime.ready, metrics)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(f"coordinator listening on http://{host}:{port}", flush=True)
+    log.info(
+        "serving",
+        extra={
+            "host": host,
+            "port": port,
+            "namespace": settings.namespace,
+            "leader_elect": settings.leader_elect,
+            "identity": settings.identity,
+        },
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.run_caches(), name="caches")]
+    acting: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None
+    if settings.leader_elect:
+        elector = LeaderElector(
+            cluster,
+            settings.namespace,
+            config.LEADER_LEASE_NAME,
+            settings.identity,
+            settings.timeouts.leader_lease,
+        )
+        tasks.append(asyncio.create_task(elector.run(), name="election"))
+
+    def start_acting() -> None:
+        nonlocal acting
+        if acting is None:
+            metrics.is_leader.set(1)
+            acting = asyncio.create_task(runtime.run(), name="reconciler")
+            slot.broker = runtime.broker
+            idle.wake.set()
+
+    async def stop_acting() -> None:
+        nonlocal acting
+        slot.broker = idle
+        idle.wake.clear()
+        metrics.is_leader.set(0)
+        if acting is not None:
+            acting.cancel()
+            await asyncio.gather(acting, return_exceptions=True)
+            acting = None
+
+    try:
+        if elector is None:
+            start_acting()
+            await stop.wait()
+        else:
+            while not stop.is_set():
+                waiter = asyncio.create_task(elector.changed.wait())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                elector.changed.clear()
+                if elector.leading.is_set():
+                    start_acting()
+                else:
+                    await stop_acting()
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        log.info("shutting down")
+        await stop_acting()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        cluster.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = config.load(argv)
+    except config.ConfigError as exc:
+        print(f"k3s-upgrade-coordinator: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except Exception:
+        log.exception("coordinator stopped on an error")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

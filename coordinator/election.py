@@ -1,0 +1,129 @@
+"""Leader election (`--leader-elect`) with a coordination.k8s.io Lease named `k3s-upgrade-coordinator`.
+
+Standard semantics (as client-go's leaderelection): the holder renews `spec.renewTime` every third of
+`leaseDurationSeconds`; anyone may take the lease once `renewTime + leaseDurationSeconds` has passed;
+every write is conditional on the resourceVersion read, so two replicas never both win. A leader that
+cannot renew within the lease duration steps down (stops writing) before another replica may take over.
+
+The decision (`claim`) is a pure function of the Lease as read, our identity and the clock; the loop
+(`LeaderElector.run`) does the I/O. Safety of the lease table does not depend on this: every table
+write is conditional anyway; election just keeps a second replica from wasting work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from coordinator.kube.errors import Conflict, KubeError
+from coordinator.kube.protocol import Cluster
+
+log = logging.getLogger("coordinator.election")
+
+
+def _fmt(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def claim(
+    spec: Mapping[str, Any] | None, identity: str, now: datetime, duration: float
+) -> dict[str, Any] | None:
+    """The Lease spec to write to hold (or take) leadership now, or None if someone else validly holds it."""
+    seconds = max(1, round(duration))
+    if spec is None:
+        return {
+            "holderIdentity": identity,
+            "leaseDurationSeconds": seconds,
+            "acquireTime": _fmt(now),
+            "renewTime": _fmt(now),
+            "leaseTransitions": 0,
+        }
+    holder = spec.get("holderIdentity")
+    renew = _parse(spec.get("renewTime"))
+    held_for = float(spec.get("leaseDurationSeconds") or seconds)
+    if holder == identity:
+        return {**spec, "renewTime": _fmt(now), "leaseDurationSeconds": seconds}
+    if holder and renew is not None and renew + timedelta(seconds=held_for) > now:
+        return None
+    return {
+        "holderIdentity": identity,
+        "leaseDurationSeconds": seconds,
+        "acquireTime": _fmt(now),
+        "renewTime": _fmt(now),
+        "leaseTransitions": int(spec.get("leaseTransitions") or 0) + 1,
+    }
+
+
+class LeaderElector:
+    """Runs the election loop; `leading` is set while this replica may write."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._cluster = cluster
+        self._namespace = namespace
+        self._name = name
+        self.identity = identity
+        self._duration = duration
+        self._clock = clock
+        self.leading = asyncio.Event()
+        self.changed = asyncio.Event()
+        """Set on every gain or loss of leadership (the caller clears it)."""
+
+    def _set(self, leading: bool) -> None:
+        if leading != self.leading.is_set():
+            (self.leading.set if leading else self.leading.clear)()
+            self.changed.set()
+            log.info(
+                "leadership %s",
+                "acquired" if leading else "lost",
+                extra={"identity": self.identity, "lease": f"{self._namespace}/{self._name}"},
+            )
+
+    async def try_once(self) -> bool:
+        """One attempt to acquire or renew; True if we hold the lease afterwards."""
+        current = await self._cluster.get_lease(self._namespace, self._name)
+        spec = claim(current.spec if current else None, self.identity, self._clock(), self._duration)
+        if spec is None:
+            return False
+        try:
+            await self._cluster.write_lease(
+                self._namespace, self._name, {}, spec, current.resource_version if current else None
+            )
+        except Conflict:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Forever: renew/acquire every third of the duration; step down when renewals keep failing."""
+        last_ok: datetime | None = None
+        while True:
+            try:
+                ok = await self.try_once()
+                if ok:
+                    last_ok = self._clock()
+                self._set(ok)
+            except KubeError as exc:
+                log.warning("leader election attempt failed: %s", exc)
+                # Step down before the lease could expire for the others (with a safety margin).
+                if last_ok is None or (self._clock() - last_ok).total_seconds() > self._duration * 2 / 3:
+                    self._set(False)
+            await asyncio.sleep(self._duration / 3)

@@ -1,0 +1,109 @@
+"""Settings come from flags, then SUC's environment variables, then documented defaults.
+
+Aspects covered:
+- defaults (namespace system-upgrade, listen 0.0.0.0:8080, 15m polling, release base URL);
+- SUC's variable names (SYSTEM_UPGRADE_CONTROLLER_NAMESPACE, SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL,
+  POD_NAME) are read, and a flag wins over its variable;
+- Go-style durations (15m, 1h30m, 250ms, plain seconds) and clear errors for bad values;
+- the real CLI: `--help` documents every flag, a bad value exits 2 with a message naming the setting;
+- leader-election `claim`: take a free or expired Lease, renew our own, never take a live one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from coordinator import config
+from coordinator.election import claim
+
+
+def test_defaults() -> None:
+    s = config.load([], env={})
+    assert (s.namespace, s.host, s.port) == ("system-upgrade", "0.0.0.0", 8080)
+    assert s.polling_interval == 900.0
+    assert s.release_base_url == config.DEFAULT_RELEASE_BASE_URL
+    assert s.kubeconfig is None and not s.leader_elect
+    assert not (s.safety.allow_downgrade or s.safety.allow_minor_skip or s.safety.allow_agent_skew)
+
+
+def test_suc_environment_names_and_flag_precedence() -> None:
+    env = {
+        "SYSTEM_UPGRADE_CONTROLLER_NAMESPACE": "upgrades",
+        "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL": "1h30m",
+        "POD_NAME": "coord-0",
+        "COORDINATOR_LEADER_ELECT": "true",
+    }
+    s = config.load([], env=env)
+    assert (s.namespace, s.polling_interval, s.pod_name, s.identity, s.leader_elect) == (
+        "upgrades",
+        5400.0,
+        "coord-0",
+        "coord-0",
+        True,
+    )
+    s = config.load(["--namespace", "other", "--polling-interval", "2s", "--listen", "127.0.0.1:0"], env=env)
+    assert (s.namespace, s.polling_interval, s.host, s.port) == ("other", 2.0, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15m", 900), ("90s", 90), ("1h30m", 5400), ("250ms", 0.25), ("2.5", 2.5), ("1m30s", 90)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert config.parse_duration(text, "--x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--polling-interval", "soon"], "--polling-interval"),
+        (["--verify-timeout", "-5"], "negative"),
+        (["--listen", "8080"], "--listen"),
+        (["--release-base-url", "ftp://x"], "--release-base-url"),
+        (["--log-level", "LOUD"], "--log-level"),
+    ],
+)
+def test_bad_values_name_the_setting(argv: list[str], fragment: str) -> None:
+    with pytest.raises(config.ConfigError, match=fragment):
+        config.load(argv, env={})
+
+
+def test_cli_help_and_bad_value_exit_code() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "coordinator", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    for flag in (
+        "--kubeconfig",
+        "--namespace",
+        "--listen",
+        "--leader-elect",
+        "--release-base-url",
+        "--polling-interval",
+        "--pod-name",
+        "--agent-heartbeat-timeout",
+        "--verify-timeout",
+    ):
+        assert flag in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "coordinator", "--listen", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--listen" in bad.stderr
+
+
+def test_leader_claim() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    fresh = claim(None, "a", now, 15)
+    assert fresh is not None and fresh["holderIdentity"] == "a"
+    assert claim(fresh, "b", now + timedelta(seconds=10), 15) is None, "a live lease is never taken"
+    renewed = claim(fresh, "a", now + timedelta(seconds=10), 15)
+    assert renewed is not None and renewed["renewTime"] != fresh["renewTime"]
+    taken = claim(fresh, "b", now + timedelta(seconds=16), 15)
+    assert taken is not None and taken["holderIdentity"] == "b" and taken["leaseTransitions"] == 1
