@@ -63,7 +63,7 @@ def setup_logging(level: str) -> None:
 async def serve(settings: config.Settings) -> None:
     cluster = KubeCluster.connect(settings.kubeconfig)
     metrics = Metrics()
-    idle = IdleBroker()
+    idle = IdleBroker(max_wait=1.0 if settings.leader_elect else None)
     slot = BrokerSlot(idle)
     runtime = Runtime(cluster, settings, metrics)
     app = web.Application()

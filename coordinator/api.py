@@ -130,11 +130,17 @@ class IdleBroker:
     `wake` ends pending waits early (e.g. when this replica becomes leader and should answer for real).
     """
 
-    def __init__(self, reason: str = "this coordinator replica is not the leader") -> None:
+    def __init__(
+        self, reason: str = "this coordinator replica is not the leader", max_wait: float | None = None
+    ) -> None:
         self.reason = reason
+        self.max_wait = max_wait
+        """Behind a two-replica Service, a short hold sends the agent back (maybe to the leader) soon."""
         self.wake = asyncio.Event()
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
+        if self.max_wait is not None:
+            wait = min(wait, self.max_wait)
         if wait > 0:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=wait)
