@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -55,29 +56,28 @@ async def download(
     progress: Callable[[float], None] | None = None,
 ) -> None:
     """Download `url` into `part` (resuming what is there) and verify it; the file is fsynced."""
-    hasher = hashlib.sha256()
-    offset = 0
+    got = _Received(hashlib.sha256())
     if await asyncio.to_thread(part.exists):  # resume after a restart: hash what we already have once
-        offset = await asyncio.to_thread(_hash_prefix, part, hasher)
+        got.offset = await asyncio.to_thread(_hash_prefix, part, got.hasher)
     delay = backoff
     last: Exception | None = None
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=read_timeout, sock_read=read_timeout)
     for attempt in range(1, attempts + 1):
         try:
             async with aiohttp.ClientSession(timeout=client_timeout) as session:
-                offset, hasher = await _fetch(session, url, part, offset, hasher, space_margin, progress)
+                await _fetch(session, url, part, got, space_margin, progress)
             break
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             last = exc
             log.warning("download of %s interrupted at byte %d (attempt %d/%d): %s",
-                        url, offset, attempt, attempts, exc)
+                        url, got.offset, attempt, attempts, exc)
             if attempt == attempts:
                 raise DownloadError(f"download of {url} failed after {attempts} attempts: {exc}") from exc
             await asyncio.sleep(delay)
             delay = min(max_backoff, delay * 2)
     else:  # pragma: no cover - the loop either breaks or raises
         raise DownloadError(f"download of {url} failed: {last}")
-    digest = hasher.hexdigest()
+    digest = got.hasher.hexdigest()
     if digest != sha256:
         await asyncio.to_thread(part.unlink, missing_ok=True)
         raise ChecksumMismatch(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}")
@@ -92,12 +92,21 @@ def _hash_prefix(part: Path, hasher: hashlib._Hash) -> int:
     return size
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, offset: int, hasher: hashlib._Hash,
-                 margin: int, progress: Callable[[float], None] | None) -> tuple[int, hashlib._Hash]:
+@dataclass
+class _Received:
+    """Bytes on disk so far and their running hash (kept across attempts)."""
+
+    hasher: hashlib._Hash
+    offset: int = 0
+
+
+async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, got: _Received, margin: int,
+                 progress: Callable[[float], None] | None) -> None:
+    offset = got.offset
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     async with session.get(url, headers=headers) as response:
         if response.status == 416 and offset:
-            return offset, hasher  # we already have every byte
+            return  # we already have every byte
         if response.status not in (200, 206):
             text = (await response.text(errors="replace"))[:200]
             if response.status >= 500:
@@ -106,7 +115,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, offset: i
             raise DownloadError(f"GET {url} answered {response.status}: {text}")
         if response.status == 200 and offset:
             log.info("server ignored Range for %s; starting over", url)
-            offset, hasher = 0, hashlib.sha256()
+            offset, got.offset, got.hasher = 0, 0, hashlib.sha256()
         total = offset + (response.content_length or 0)
         if response.content_length is not None:
             check_free_space(part.parent, response.content_length, margin)
@@ -116,8 +125,8 @@ async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, offset: i
             with open(part, mode) as handle:  # noqa: ASYNC230
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     handle.write(chunk)
-                    hasher.update(chunk)
-                    offset += len(chunk)
+                    got.hasher.update(chunk)
+                    got.offset = offset = offset + len(chunk)
                     if progress and total:
                         progress(min(1.0, offset / total))
                 handle.flush()
@@ -129,4 +138,3 @@ async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, offset: i
             raise
         if response.content_length is not None and offset < total:
             raise aiohttp.ClientPayloadError(f"connection closed at byte {offset} of {total}")
-    return offset, hasher

@@ -38,6 +38,9 @@ from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssi
 
 log = logging.getLogger(__name__)
 
+DISCOVERY_GRACE_SECONDS = 10.0
+"""How long staging waits for a k3s process to appear before reporting that none runs."""
+
 
 class Upgrader:
     def __init__(self, config: AgentConfig, client: CoordinatorClient) -> None:
@@ -178,6 +181,10 @@ class Upgrader:
 
     async def stage(self, lease: LeaseAssignment, *, report: bool = True) -> bool:
         proc = await self.observe()
+        deadline = time.monotonic() + DISCOVERY_GRACE_SECONDS
+        while proc is None and time.monotonic() < deadline:  # k3s may be between two runs right now
+            await asyncio.sleep(0.2)
+            proc = await self.observe()
         if proc is None:
             entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary="")
             self.entry = entry

@@ -166,7 +166,9 @@ def node(tmp_path: Path) -> Iterator[Node]:
     supervisor = NodeSupervisor(root, "server", args=("--cluster-init",), restart_delay=0.1)
     supervisor.start()
     try:
-        yield Node(root, supervisor)
+        node = Node(root, supervisor)
+        node.running_version()  # the stand-in has started (not only its supervisor's restart delay)
+        yield node
     finally:
         supervisor.stop()
 

@@ -1,0 +1,100 @@
+"""Bad downloads change nothing on the host; interrupted ones resume.
+
+Aspects: a checksum mismatch is reported `failed` naming both sums, with the live binary, the running
+process and the binary's directory unchanged; a connection cut mid-download is resumed with a `Range`
+request and the upgrade completes; a file system too small for the new binary (a real tmpfs) gives a clear
+`failed` report and leaves the old binary intact and running.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandbox.standin import build_standin
+from sandbox.supervision import NodeSupervisor
+from tests.integration.agent.conftest import (
+    NEW,
+    OLD,
+    STARTUP,
+    AgentProcess,
+    Node,
+    ScriptedCoordinator,
+    make_lease,
+    sha,
+)
+from wire.messages import Action, AgentPhase
+
+
+async def test_checksum_mismatch_changes_nothing(node: Node, releases, coordinator: ScriptedCoordinator,
+                                                 agent_factory) -> None:
+    old_pid, old_sha = node.pid(), sha(node.binary)
+    lease = make_lease(releases)
+    releases.corrupt(NEW)
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    coordinator.instruct(Action.STAGE, lease)
+    failed = await coordinator.wait_report(AgentPhase.FAILED)
+    assert failed.error and "checksum mismatch" in failed.error and lease.artifact.sha256 in failed.error
+    assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []
+    assert not any(r.phase == AgentPhase.STAGED for r in coordinator.reports)
+
+
+async def test_interrupted_download_resumes_with_range(node: Node, releases, coordinator: ScriptedCoordinator,
+                                                       agent_factory) -> None:
+    lease = make_lease(releases)
+    releases.cut_after(NEW, "k3s", 100)
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    coordinator.instruct(Action.STAGE, lease)
+    restarted = await coordinator.wait_report(AgentPhase.RESTARTED)
+    assert restarted.k3s_version == NEW and sha(node.binary) == lease.artifact.sha256
+    ranges = [r for method, path, r in releases.requests if path.endswith("/k3s")]
+    assert ranges[0] is None and "bytes=100-" in ranges, ranges
+
+
+@pytest.fixture
+def tiny_fs_node(tmp_path: Path) -> Node:
+    """A node whose /usr/local/bin is a tmpfs just big enough for the old binary."""
+    root = tmp_path / "tiny"
+    bindir = root / "usr/local/bin"
+    bindir.mkdir(parents=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) here, cannot make a small tmpfs")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(bindir)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+    return Node(root, NodeSupervisor(root, "agent", restart_delay=0.1))
+
+
+async def test_full_file_system_is_a_clear_error(tiny_fs_node: Node, releases, coordinator: ScriptedCoordinator,
+                                                 tmp_path: Path) -> None:
+    node = tiny_fs_node
+    bindir = node.binary.parent
+    try:
+        build_standin(node.binary, OLD, startup_seconds=STARTUP)
+        try:  # fill the tmpfs: no room is left for a new binary
+            (bindir / "filler").write_bytes(b"x" * 8192)
+        except OSError:
+            pass
+        node.supervisor.start()
+        old_pid, old_sha = node.pid(), sha(node.binary)
+        token = tmp_path / "token"
+        token.write_text("t")
+        agent = AgentProcess(node, coordinator.url, token, tmp_path / "state", tmp_path / "agent.log")
+        agent.start()
+        try:
+            coordinator.instruct(Action.STAGE, make_lease(releases))
+            failed = await coordinator.wait_report(AgentPhase.FAILED)
+        finally:
+            agent.stop()
+        assert failed.error and ("free space" in failed.error or "full" in failed.error), failed.error
+        assert sha(node.binary) == old_sha and node.pid() == old_pid
+        assert node.version() == OLD
+        assert sorted(p.name for p in bindir.iterdir()) == ["filler", "k3s"]
+    finally:
+        node.supervisor.stop()
+        subprocess.run(["umount", str(bindir)], check=True)
