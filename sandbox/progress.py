@@ -73,7 +73,7 @@ class Snapshot:
     nodes: dict[str, NodeView]
     plans: dict[str, PlanView]
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
-    """(plan, node) -> phase from the coordinator's /status, when it says."""
+    """(plan, node) -> phase from the coordinator's /status, when it says; ("*", node): the agent's."""
 
 
 def node_view(obj: dict[str, Any]) -> NodeView:
@@ -132,6 +132,11 @@ def phases_from_status(status: Any) -> dict[tuple[str, str], str]:
                 found[(str(plan_name), str(node_name))] = str(node["phase"])
             elif isinstance(node, str) and plan_name and node_name:
                 found[(str(plan_name), str(node_name))] = node
+    agents = status.get("agents") or {}
+    if isinstance(agents, dict):
+        for node_name, agent in agents.items():
+            if isinstance(agent, dict) and agent.get("phase"):
+                found.setdefault(("*", str(node_name)), str(agent["phase"]))
     return found
 
 
@@ -168,7 +173,7 @@ def node_phase(snapshot: Snapshot, plan: PlanView, node: str) -> str:
     view = snapshot.nodes[node]
     if node in plan.done and view.version == plan.target:
         return "done"
-    reported = snapshot.phases.get((plan.name, node))
+    reported = snapshot.phases.get((plan.name, node)) or snapshot.phases.get(("*", node))
     if reported and reported not in {"idle", "done", "waiting"}:
         return reported
     if node in plan.applying or view.cordoned:
