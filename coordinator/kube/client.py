@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
+import socket
 import threading
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -152,9 +152,15 @@ class KubeCluster:
         resp = await self._acall(
             "GET", res.path(namespace), what, query=query, stream=True, timeout=timeout_seconds + 10
         )
-        lines: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=1000)
+        lines: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
+
+        def hand_over(item: bytes | BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(lines.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
 
         def pump() -> None:
             buf = b""
@@ -166,18 +172,19 @@ class KubeCluster:
                     *complete, buf = buf.split(b"\n")
                     for line in complete:
                         if line.strip():
-                            lines.put(line)
+                            hand_over(line)
             except BaseException as exc:  # handed to the consumer, not swallowed
                 if not stop.is_set():
-                    lines.put(exc)
+                    hand_over(exc)
             finally:
-                lines.put(None)
+                hand_over(None)
 
+        # A daemon thread (not the default executor): a watch blocked in a read never delays shutdown.
         thread = threading.Thread(target=pump, name=f"watch-{res.plural}", daemon=True)
         thread.start()
         try:
             while True:
-                item = await loop.run_in_executor(None, lines.get)
+                item = await lines.get()
                 if item is None:
                     return
                 if isinstance(item, BaseException):
@@ -189,8 +196,7 @@ class KubeCluster:
                 yield WatchEvent(type=str(event.get("type")), obj=obj)
         finally:
             stop.set()
-            resp.release_conn() if hasattr(resp, "release_conn") else None
-            resp.close()
+            _interrupt(resp)
 
     async def get(self, res: Resource, namespace: str | None, name: str) -> Obj:
         out: Obj = await self._acall("GET", res.path(namespace, name), f"get {res.plural} {name}")
@@ -214,11 +220,15 @@ class KubeCluster:
         meta: dict[str, Any] = {"name": name, "namespace": namespace, "annotations": dict(annotations)}
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
         what = f"Lease {namespace}/{name}"
-        if resource_version is None:
-            out = await self._acall("POST", LEASES.path(namespace), f"create {what}", body=body)
-        else:
+        if resource_version is not None:
             meta["resourceVersion"] = resource_version
-            out = await self._acall("PUT", LEASES.path(namespace, name), f"update {what}", body=body)
+        try:
+            if resource_version is None:
+                out = await self._acall("POST", LEASES.path(namespace), f"create {what}", body=body)
+            else:
+                out = await self._acall("PUT", LEASES.path(namespace, name), f"update {what}", body=body)
+        except errors.Conflict as exc:
+            raise errors.LeaseTableConflict(str(exc), exc.status) from exc
         return _stored(out)
 
     async def patch_node(
@@ -313,3 +323,16 @@ def _stored(obj: Obj) -> StoredLease:
         annotations=dict(meta.get("annotations") or {}),
         spec=dict(obj.get("spec") or {}),
     )
+
+
+def _interrupt(resp: Any) -> None:
+    """Unblock a thread reading a streaming response: shut the socket down, then close the response."""
+    sock = getattr(getattr(resp, "connection", None), "sock", None) or getattr(
+        getattr(getattr(resp, "_fp", None), "fp", None), "raw", None
+    )
+    try:
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the peer
+    resp.close()
