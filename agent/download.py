@@ -122,7 +122,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, got: _Rec
         mode = "ab" if offset else "wb"
         try:
             # Local-disk writes of 256 KiB chunks: blocking briefly is cheaper than a thread hop per chunk.
-            with open(part, mode) as handle:  # noqa: ASYNC230
+            with open(part, mode, buffering=0) as handle:  # noqa: ASYNC230
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     handle.write(chunk)
                     got.hasher.update(chunk)

@@ -132,8 +132,9 @@ class ReleaseServer:
         cut = self.faults.cut_after.pop((tag, asset), None)
         body = data[start:end]
         limit = len(body) if cut is None else min(cut, len(body))
-        for offset in range(0, limit, _CHUNK):
-            chunk = body[offset:min(limit, offset + _CHUNK)]
+        size = 64 if self.faults.bytes_per_second else _CHUNK
+        for offset in range(0, limit, size):
+            chunk = body[offset:min(limit, offset + size)]
             await response.write(chunk)
             if self.faults.bytes_per_second:
                 await asyncio.sleep(len(chunk) / self.faults.bytes_per_second)

@@ -53,7 +53,8 @@ class Node:
             pid = self.supervisor.k3s_pid()
             log = self.root / "var/log/k3s.log"
             if pid is not None and log.exists():
-                starts = [line for line in log.read_text().splitlines() if f"[{pid}]" in line and "starting" in line]
+                lines = log.read_text().splitlines()
+                starts = [line for line in lines if f"[{pid}]" in line and "starting" in line]
                 if starts:
                     return starts[-1].split()[-5]
             time.sleep(0.05)
@@ -138,14 +139,14 @@ class ScriptedCoordinator:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def wait_report(self, phase: AgentPhase, timeout: float = 30.0) -> Report:
-        deadline = time.monotonic() + timeout
+    async def wait_report(self, phase: AgentPhase, within: float = 30.0) -> Report:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             for report in self.reports:
                 if report.phase == phase:
                     return report
             await asyncio.sleep(0.05)
-        raise AssertionError(f"no {phase.value} report within {timeout} s; got {self.reports}")
+        raise AssertionError(f"no {phase.value} report within {within} s; got {self.reports}")
 
 
 def make_lease(releases: ReleaseServer, version: str = NEW, lease_id: str = "plan/n1/1",

@@ -64,14 +64,15 @@ def tiny_fs_node(tmp_path: Path) -> Node:
     bindir.mkdir(parents=True)
     if shutil.which("mount") is None:
         pytest.skip("no mount(8) here, cannot make a small tmpfs")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(bindir)], capture_output=True)
+    command = ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(bindir)]
+    result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
     return Node(root, NodeSupervisor(root, "agent", restart_delay=0.1))
 
 
-async def test_full_file_system_is_a_clear_error(tiny_fs_node: Node, releases, coordinator: ScriptedCoordinator,
-                                                 tmp_path: Path) -> None:
+async def test_full_file_system_is_a_clear_error(tiny_fs_node: Node, releases,
+                                                 coordinator: ScriptedCoordinator, tmp_path: Path) -> None:
     node = tiny_fs_node
     bindir = node.binary.parent
     try:
@@ -97,4 +98,4 @@ async def test_full_file_system_is_a_clear_error(tiny_fs_node: Node, releases, c
         assert sorted(p.name for p in bindir.iterdir()) == ["filler", "k3s"]
     finally:
         node.supervisor.stop()
-        subprocess.run(["umount", str(bindir)], check=True)
+        subprocess.run(["umount", str(bindir)], check=True)  # noqa: ASYNC221 - teardown, must finish

@@ -15,7 +15,8 @@ from tests.integration.agent.conftest import NEW, OLD, TOKEN, Node, ScriptedCoor
 from wire.messages import Action, AgentPhase
 
 
-async def test_upgrade_stages_applies_restarts_and_finishes(node: Node, releases, coordinator: ScriptedCoordinator,
+async def test_upgrade_stages_applies_restarts_and_finishes(node: Node, releases,
+                                                            coordinator: ScriptedCoordinator,
                                                             agent_factory, tmp_path) -> None:
     old_pid = node.pid()
     old_sha = sha(node.binary)
@@ -48,8 +49,9 @@ async def test_upgrade_stages_applies_restarts_and_finishes(node: Node, releases
           f"(stable {lease.restart_stable_seconds} s, stand-in start {0.2} s)")
 
     deadline = time.monotonic() + 10
-    while agent.journal_phase() is not None or node.stray_files() or (node.binary.parent / ".k3s.rollback").exists():
-        assert time.monotonic() < deadline, f"finish left {node.stray_files()} / journal {agent.journal_phase()}"
+    rollback_copy = node.binary.parent / ".k3s.rollback"
+    while agent.journal_phase() is not None or node.stray_files() or rollback_copy.exists():
+        assert time.monotonic() < deadline, f"left {node.stray_files()}, journal {agent.journal_phase()}"
         await asyncio.sleep(0.05)
     assert {f"Bearer {TOKEN}", "Bearer rotated-token"} <= coordinator.tokens
     assert [r.phase for r in coordinator.reports if r.phase == AgentPhase.FAILED] == []
