@@ -41,12 +41,13 @@ from sandbox.channels import ChannelServer, default_channels
 from sandbox.releases import ReleaseServer
 from sandbox.standin import build_standin
 from sandbox.supervision import NodeSupervisor
+from wire.messages import TOKEN_AUDIENCE
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 NAMESPACE = "system-upgrade"
 AGENT_SERVICE_ACCOUNT = "k3s-upgrade-agent"
-TOKEN_AUDIENCE = "k3s-upgrade-coordinator"
+AGENT_IMAGE = "k3s-upgrader:sandbox"
 _SETUP_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                 "CustomResourceDefinition"}
 
@@ -175,7 +176,8 @@ class SandboxConfig:
     standin_startup_seconds: float = 0.5
     coordinator_args: tuple[str, ...] = (
         "--restart-stable", "1", "--verify-timeout", "30", "--polling-interval", "2s",
-        "--agent-heartbeat-timeout", "10", "--resync-interval", "2",
+        "--agent-heartbeat-timeout", "10", "--resync-interval", "2", "--restart-timeout", "15",
+        "--poll-wait-max", "5",
     )
     agent_args: tuple[str, ...] = ("--poll-wait", "2", "--retry-backoff", "0.2", "--max-backoff", "1")
     node_names: tuple[str, ...] = ()
@@ -204,6 +206,7 @@ class Sandbox:
         self.coordinator_url = ""
         self._coordinator_port = 0
         self._listen_host = "127.0.0.1"
+        self._agent_owner: dict[str, Any] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def __enter__(self) -> Sandbox:
@@ -321,9 +324,30 @@ class Sandbox:
         self.kubectl.apply(yaml.safe_dump(namespace))
         if docs:
             self.kubectl.apply(yaml.safe_dump_all(docs))
-        for sa in {AGENT_SERVICE_ACCOUNT, "system-upgrade"}:
+        for sa in (AGENT_SERVICE_ACCOUNT, "system-upgrade"):
             self.kubectl.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "ServiceAccount",
                                                "metadata": {"name": sa, "namespace": NAMESPACE}}))
+        self._agent_owner = self._agent_daemonset()
+
+    def _agent_daemonset(self) -> dict[str, Any] | None:
+        """A DaemonSet object owning the agent Pods, as in a real deployment, so that drains skip them
+        (`ignoreDaemonSets`). None when the API server does not serve DaemonSets."""
+        labels = {"app": "k3s-upgrade-agent"}
+        body = {"apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": "k3s-upgrade-agent", "namespace": NAMESPACE},
+                "spec": {"selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels},
+                                      "spec": {"serviceAccountName": AGENT_SERVICE_ACCOUNT,
+                                               "containers": [{"name": "agent", "image": AGENT_IMAGE}]}}}}
+        try:
+            self.kubectl.apply(yaml.safe_dump(body))
+            made = self.kubectl.json("get", "daemonset", "k3s-upgrade-agent", "-n", NAMESPACE)
+            uid = made["metadata"]["uid"]
+        except (SandboxError, KeyError) as exc:
+            print(f"sandbox: agent Pods get no DaemonSet owner ({exc})", file=sys.stderr)
+            return None
+        return {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "k3s-upgrade-agent", "uid": uid,
+                "controller": True, "blockOwnerDeletion": True}
 
     # -- nodes --------------------------------------------------------------------------------------
     def _node_names(self) -> list[tuple[str, str]]:
@@ -374,11 +398,13 @@ class Sandbox:
         """(Re)create the agent Pod of node `name` and write a Pod-bound token for it."""
         node = self.nodes[name]
         pod = f"k3s-upgrade-agent-{name}"
+        meta: dict[str, Any] = {"name": pod, "namespace": NAMESPACE, "labels": {"app": "k3s-upgrade-agent"}}
+        if self._agent_owner is not None:
+            meta["ownerReferences"] = [self._agent_owner]
         self.kubectl.apply(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NAMESPACE, "labels": {"app": "k3s-upgrade-agent"}},
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
             "spec": {"nodeName": name, "serviceAccountName": AGENT_SERVICE_ACCOUNT,
-                     "containers": [{"name": "agent", "image": "k3s-upgrader:sandbox"}]},
+                     "containers": [{"name": "agent", "image": AGENT_IMAGE}]},
         }))
         token = self.kubectl.run("create", "token", AGENT_SERVICE_ACCOUNT, "-n", NAMESPACE,
                                  "--bound-object-kind", "Pod", "--bound-object-name", pod,
