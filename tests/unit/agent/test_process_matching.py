@@ -1,0 +1,93 @@
+"""Which process is this node's k3s: exact rules, no guessing.
+
+Aspects: `server` and `agent` processes with options (`--cluster-init`) match, also when the title is one
+space-joined string as k3s and setproctitle leave it in /proc/PID/cmdline; other k3s subcommands
+(`kubectl`, `crictl`, `--version`), containerd and shell wrappers do not; a `k3s init` wrapper counts only
+when nothing else matches; host paths are resolved under the host root, and in the sandbox a process of
+another node's root is never ours; none or several candidates is an error naming them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.discovery import DiscoveryError, ProcessInfo, match_k3s, parse_command, resolve_binary
+
+HOST = Path("/host")
+LIVE = HOST / "usr/local/bin/k3s"
+
+
+def proc(pid: int, *cmdline: str) -> ProcessInfo:
+    return ProcessInfo(pid, tuple(cmdline), 1000.0 + pid)
+
+
+@pytest.mark.parametrize(("cmdline", "expected"), [
+    (("/usr/local/bin/k3s", "server"), ("/usr/local/bin/k3s", "server", False)),
+    (("/usr/local/bin/k3s", "agent", "--server", "https://x:6443"), ("/usr/local/bin/k3s", "agent", False)),
+    (("/usr/local/bin/k3s", "--debug", "server", "--cluster-init"), ("/usr/local/bin/k3s", "server", False)),
+    (("/usr/local/bin/k3s server --cluster-init", "", ""), ("/usr/local/bin/k3s", "server", False)),
+    (("/bin/k3s", "init", "--", "/bin/k3s", "server"), ("/bin/k3s", "server", True)),
+    (("k3s", "server"), ("k3s", "server", False)),
+    (("/usr/local/bin/k3s", "kubectl", "get", "nodes"), None),
+    (("/usr/local/bin/k3s", "--version"), None),
+    (("/usr/local/bin/k3s", "crictl", "ps"), None),
+    (("containerd", "-c", "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"), None),
+    (("/bin/sh", "-c", "sleep 0.1; exec /usr/local/bin/k3s server"), None),
+    (("/usr/local/bin/k3s-server",), None),
+    ((), None),
+])
+def test_parse_command(cmdline: tuple[str, ...], expected: tuple[str, str, bool] | None) -> None:
+    assert parse_command(cmdline) == expected
+
+
+@pytest.mark.parametrize(("started_as", "root", "expected"), [
+    ("/usr/local/bin/k3s", HOST, LIVE),
+    ("/opt/bin/k3s", HOST, HOST / "opt/bin/k3s"),
+    ("/sandbox/n1/usr/local/bin/k3s", Path("/sandbox/n1"), Path("/sandbox/n1/usr/local/bin/k3s")),
+    ("/s/n10/usr/local/bin/k3s", Path("/s/n1"), Path("/s/n1/s/n10/usr/local/bin/k3s")),
+    ("/usr/local/bin/k3s", Path("/"), Path("/usr/local/bin/k3s")),
+])
+def test_resolve_binary(started_as: str, root: Path, expected: Path) -> None:
+    assert resolve_binary(started_as, root) == expected
+
+
+def test_one_server_matches() -> None:
+    found = match_k3s([proc(1, "/sbin/init"), proc(42, "/usr/local/bin/k3s", "server", "--cluster-init"),
+                       proc(50, "/usr/local/bin/k3s", "kubectl", "get", "pods")], HOST, {LIVE})
+    assert (found.pid, found.role, found.binary) == (42, "server", LIVE)
+    assert found.host_binary == "/usr/local/bin/k3s"
+
+
+def test_wrapper_is_used_only_without_the_real_process() -> None:
+    wrapper = proc(10, "/usr/local/bin/k3s", "init", "--", "/usr/local/bin/k3s", "agent")
+    assert match_k3s([wrapper, proc(11, "/usr/local/bin/k3s", "agent")], HOST, {LIVE}).pid == 11
+    assert match_k3s([wrapper], HOST, {LIVE}).wrapper
+
+
+def test_other_sandbox_nodes_are_never_ours() -> None:
+    n1, n2 = Path("/s/n1"), Path("/s/n2")
+    processes = [proc(5, "/s/n2/usr/local/bin/k3s server"), proc(6, "/s/n1/usr/local/bin/k3s agent")]
+    existing = {n1 / "usr/local/bin/k3s", n2 / "usr/local/bin/k3s"}
+    assert match_k3s(processes, n1, existing).pid == 6
+    assert match_k3s(processes, n2, existing).pid == 5
+    with pytest.raises(DiscoveryError, match="no k3s"):
+        match_k3s(processes[:1], n1, existing)
+
+
+def test_no_process_is_an_error() -> None:
+    with pytest.raises(DiscoveryError, match="no k3s server or agent process found"):
+        match_k3s([proc(1, "/sbin/init")], HOST, {LIVE})
+
+
+def test_binary_missing_under_host_root_is_not_a_match() -> None:
+    with pytest.raises(DiscoveryError):
+        match_k3s([proc(42, "/usr/local/bin/k3s", "server")], HOST, set())
+
+
+def test_several_candidates_are_refused() -> None:
+    other = HOST / "opt/bin/k3s"
+    processes = [proc(42, "/usr/local/bin/k3s", "server"), proc(43, "/opt/bin/k3s", "agent")]
+    with pytest.raises(DiscoveryError, match=r"several k3s processes.*pid 42.*pid 43"):
+        match_k3s(processes, HOST, {LIVE, other})
