@@ -83,8 +83,9 @@ class Upgrader:
         )
 
     async def report(self, phase: AgentPhase, *, error: str | None = None, detail: str = "",
-                     version: str | None = None) -> None:
-        """Send a report, retrying until the coordinator answers (never giving up on a temporary error)."""
+                     version: str | None = None, best_effort: bool = False) -> None:
+        """Send a report, retrying until the coordinator answers (never giving up on a temporary error).
+        `best_effort` tries once: for progress notes that must not hold up a safety step."""
         assert self.entry is not None
         body = Report(node=self.config.node, lease_id=self.entry.lease.lease_id, phase=phase,
                       k3s_version=version, error=error, detail=detail)
@@ -99,6 +100,9 @@ class Upgrader:
                 log.error("coordinator rejected report %s: %s", phase.value, exc)
                 return
             except CoordinatorUnavailable as exc:
+                if best_effort:
+                    log.warning("report %s not delivered (not retried): %s", phase.value, exc)
+                    return
                 log.warning("report %s not delivered, retrying in %.1f s: %s", phase.value, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(self.config.max_backoff, delay * 2)
@@ -198,6 +202,7 @@ class Upgrader:
             entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary=str(binary),
                                  old_version=self.k3s_version)
             self._save(entry)
+            await self.report(AgentPhase.DOWNLOADING, version=self.k3s_version, best_effort=True)
         part, staged = staging_paths(binary, lease.artifact.sha256)
         self.progress = 0.0
 
@@ -238,6 +243,7 @@ class Upgrader:
             entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "swap_started_at": time.time(),
                                              "old_sha256": await asyncio.to_thread(sha256_of, binary)})
             self._save(entry)
+            await self.report(AgentPhase.APPLYING, version=self.k3s_version)
         assert entry.swap_started_at is not None
         live = await asyncio.to_thread(sha256_of, binary)
         if live == entry.old_sha256 and live != lease.artifact.sha256:
@@ -281,6 +287,7 @@ class Upgrader:
             entry = entry.model_copy(update={"phase": AgentPhase.ROLLING_BACK, "error": cause,
                                              "rollback_started_at": time.time()})
             self._save(entry)
+            await self.report(AgentPhase.ROLLING_BACK, error=cause, best_effort=True)
         log.warning("rolling back %s: %s", binary, cause)
         assert entry.rollback_started_at is not None
         backup = rollback_path(binary)

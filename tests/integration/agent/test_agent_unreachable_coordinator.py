@@ -38,11 +38,9 @@ async def test_report_is_retried_and_no_blind_rollback(node: Node, releases, age
     agent = agent_factory(coordinator.url)
     agent.start()
     coordinator.instruct(Action.APPLY, lease)
-    deadline = time.monotonic() + 20
-    while agent.journal_phase() != "applying":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await coordinator.wait_report(AgentPhase.APPLYING)
     await coordinator.stop()
+    deadline = time.monotonic() + 20
     while agent.journal_phase() != "restarted":
         assert time.monotonic() < deadline, agent.journal_phase()
         await asyncio.sleep(0.05)
