@@ -22,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,9 @@ class SandboxConfig:
     node_names: tuple[str, ...] = ()
     """Names for the nodes, servers first (default server-1.., agent-1..)."""
     extra_env: dict[str, str] = field(default_factory=dict)
+    api_on_server: bool | None = None
+    """The API server restarts with the (single) server node's k3s; default: when there is one server
+    and no external kubeconfig."""
 
 
 class Sandbox:
@@ -207,6 +211,18 @@ class Sandbox:
         self._coordinator_port = 0
         self._listen_host = "127.0.0.1"
         self._agent_owner: dict[str, Any] | None = None
+        self._api_port = 0
+        self._stopping = threading.Event()
+        self._follower: threading.Thread | None = None
+        self.api_restarts = 0
+        """How often the API server was restarted with the single server node (api_on_server)."""
+
+    @property
+    def api_on_server(self) -> bool:
+        wanted = self.config.api_on_server
+        if wanted is None:
+            wanted = self.config.servers == 1
+        return bool(wanted) and self.config.kubeconfig is None and self.config.servers >= 1
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def __enter__(self) -> Sandbox:
@@ -240,6 +256,11 @@ class Sandbox:
             for index, (name, role) in enumerate(names):
                 self._start_node(index, name, role)
             self.wait_nodes_ready(self.config.from_version)
+            if self.api_on_server:
+                server = next(n for n in self.nodes.values() if n.role == "server")
+                self._follower = threading.Thread(target=self._follow_server_node, args=(server,),
+                                                  name="api-follows-server", daemon=True)
+                self._follower.start()
             for node in self.nodes.values():
                 self.start_agent(node.name)
             self.start_coordinator()
@@ -257,6 +278,10 @@ class Sandbox:
             except Exception as exc:
                 errors.append(f"{what}: {exc}")
 
+        self._stopping.set()
+        if self._follower is not None:
+            self._follower.join(40)
+            self._follower = None
         if self.coordinator is not None:
             attempt("coordinator", self.coordinator.stop)
             self.coordinator = None
@@ -287,25 +312,57 @@ class Sandbox:
     # -- API server ---------------------------------------------------------------------------------
     def _start_apiserver(self) -> None:
         if self.config.kubeconfig is None:
-            log = self.logs / "apiserver.log"
-            self.apiserver = Proc("apiserver", [
-                sys.executable, "-m", "sandbox.apiserver", "--host", "127.0.0.1", "--port", "0",
-                "--state", str(self.state_dir / "apiserver.json"), "--kubeconfig-out", str(self.kubeconfig),
-            ], log)
-
-            def listening() -> str | None:
-                if not self.apiserver or not self.apiserver.alive():
-                    raise ProcessDied(f"API server exited: {self.apiserver.tail() if self.apiserver else ''}")
-                match = re.search(r"listening on (http\S+)", log.read_text(errors="replace"))
-                return match.group(1) if match and self.kubeconfig.exists() else None
-
-            wait_for("the API server did not print its address", listening, 30)
+            self._api_port = free_port()
+            self._launch_apiserver()
         raw = yaml.safe_load(self.kubeconfig.read_text())
         self.api_url = str(raw["clusters"][0]["cluster"]["server"])
         user = raw["users"][0].get("user") or {}
         self.api_token = user.get("token")
         wait_for("the API server did not answer kubectl",
                  lambda: self.kubectl.run("get", "--raw", "/version"), 30)
+
+    def _launch_apiserver(self, timeout: float = 30) -> None:
+        """Start the emulator on the sandbox's API port (the same one after a restart) with its state file."""
+        log = self.logs / "apiserver.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = Proc("apiserver", [
+            sys.executable, "-m", "sandbox.apiserver", "--host", "127.0.0.1", "--port", str(self._api_port),
+            "--state", str(self.state_dir / "apiserver.json"), "--kubeconfig-out", str(self.kubeconfig),
+        ], log)
+        self.apiserver = proc
+
+        def listening() -> bool:
+            if not proc.alive():
+                raise ProcessDied(f"API server exited with {proc.popen.returncode}:\n{proc.tail()}")
+            with log.open("rb") as f:
+                f.seek(offset)
+                return b"listening on http" in f.read() and self.kubeconfig.exists()
+
+        wait_for(f"the API server did not listen on port {self._api_port}", listening, timeout, 0.05)
+
+    def _follow_server_node(self, server: NodeHandle) -> None:
+        """Single-server sandbox: the API server lives and dies with the server node's k3s, as on a real
+        single-server k3s. When k3s stops the API server is stopped (its state saved); when the new k3s
+        runs the API server is started again on the same port with that state."""
+        last = server.supervisor.k3s_pid()
+        while not self._stopping.wait(0.05):
+            try:
+                pid = server.supervisor.k3s_pid()
+            except (OSError, SandboxError, xmlrpc.client.Error):
+                continue
+            if pid == last:
+                continue
+            api = self.apiserver
+            if api is not None and api.alive():
+                api.stop()
+            if pid is not None:
+                try:
+                    self._launch_apiserver()
+                    self.api_restarts += 1
+                except SandboxError as exc:
+                    print(f"sandbox: API server did not come back after {server.name} restarted: {exc}",
+                          file=sys.stderr)
+            last = pid
 
     def _apply_setup(self) -> None:
         """The CRD, then namespace / ServiceAccount / RBAC from deploy/, then the agents' ServiceAccount."""

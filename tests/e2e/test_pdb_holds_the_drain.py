@@ -21,7 +21,7 @@ HOLD = 4.0
 
 
 def test_pdb_blocks_then_allows(make_sandbox: MakeSandbox) -> None:
-    sandbox = make_sandbox(servers=1, agents=1, from_version=OLD, versions=(OLD, NEW))
+    sandbox = make_sandbox(servers=1, agents=1, from_version=OLD, versions=(OLD, NEW), api_on_server=False)
     kubectl = sandbox.kubectl
     kubectl.apply(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default",
