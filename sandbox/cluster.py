@@ -137,7 +137,8 @@ class Kubectl:
         self.kubeconfig = kubeconfig
 
     def run(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 30) -> str:
-        result = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], input=input,
+        result = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), "--request-timeout", "10s",
+                                 *args], input=input,
                                 capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise SandboxError(f"kubectl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")

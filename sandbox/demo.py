@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sandbox.cluster import NAMESPACE, Kubectl, Sandbox, SandboxConfig
+from sandbox.cluster import NAMESPACE, Kubectl, Sandbox, SandboxConfig, SandboxError
 from sandbox.progress import Snapshot, build_snapshot, failure_of, finished, render, timeline_events
 
 SEED_PLANS = Path(__file__).with_name("seed_plans.yaml")
@@ -61,7 +61,14 @@ def follow(kubectl: Kubectl, status_url: str | None, plans: list[str], *, timeou
     timeline: dict[str, list[tuple[float, str]]] = {}
     while True:
         elapsed = clock() - start
-        snapshot = observe(kubectl, status_url)
+        try:
+            snapshot = observe(kubectl, status_url)
+        except SandboxError:
+            # the API server may be down for a moment (single server restarting): try again
+            if elapsed > timeout:
+                raise
+            time.sleep(interval)
+            continue
         for name, view in snapshot.nodes.items():
             before = previous.nodes.get(name) if previous else None
             for event in timeline_events(before, view):
