@@ -1,0 +1,472 @@
+"""The coordinator's pure engine: `decide(World) -> Decision`. No I/O; the clock is in the World.
+
+The runtime (coordinator.reconciler) gathers a World (Plans, Nodes, the lease table as read, agent
+heartbeats, drain outcomes), calls `decide`, and performs the Decision's writes IN ORDER, stopping at the
+first that fails and deciding again on fresh state. A Decision may hold several `TableWrite`s: each is
+the whole table, written conditionally on the resourceVersion the previous write returned (the first on
+the one read). Writes are ordered for crash safety: `cordonedByUs` is recorded before we cordon; a node
+is labelled and uncordoned before its lease is released; Events precede the table write that marks them
+published. `StartDrain` is repeated on every pass until `drains[lease_id]` holds its outcome: the runtime
+runs at most one drain per lease id.
+
+Failures and how to retry (copy for the README):
+  A lease that fails (download/checksum error, drain failure, k3s not coming up, node not Ready on the
+  target within the verify timeout -> rollback) stays in the lease table as a failure record. The node is
+  uncordoned if we cordoned it; the Plan gets Complete=False, reason JobFailed, with a message naming the
+  node and the cause, and Warning Events on the Plan and the Node. The plan grants no new lease while its
+  failures at the current hash exceed its failure budget (annotation `upgrade.k3s.io/failure-budget` on
+  the Plan, default 0). To retry:
+    * fix the cause and annotate the node: `kubectl annotate node <node> upgrade.k3s.io/retry=now`
+      (the coordinator drops that node's failure records and removes the annotation), or
+    * change the Plan (new version, or anything in the hash): failure records of the old hash are dropped,
+    * or raise the budget: `kubectl -n system-upgrade annotate plan <plan> upgrade.k3s.io/failure-budget=1`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from coordinator.hashing import plan_hash
+from coordinator.leasing import TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
+from coordinator.plans import Drain, Plan, parse_plan
+from coordinator.selection import candidate_order, is_done, plan_label, selected
+from coordinator.skew import SkewPolicy, check, is_server
+from coordinator.status import Cond, plan_status
+from coordinator.versions import same_version
+from coordinator.windows import parse_window
+from wire.messages import AgentState, Artifact
+
+RETRY_ANNOTATION = "upgrade.k3s.io/retry"
+"""Node annotation (any value): drop this node's failure records, then the annotation."""
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    unschedulable: bool = False
+    ready: bool = False
+    kubelet_version: str | None = None
+    arch: str = "amd64"
+    creation: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """The last AgentState a node's agent posted and when (in memory; empty after a restart)."""
+
+    state: AgentState
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DrainOutcome:
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """One Plan as the engine sees it: parsed (or its errors), resolved (or why not), hashed."""
+
+    name: str
+    plan: Plan | None
+    errors: tuple[str, ...] = ()
+    version: str | None = None
+    resolved_by: str = "Version"
+    """`Version` (spec.version) or `Channel` (spec.channel resolved): the LatestResolved reason."""
+    resolve_error: str | None = None
+    hash: str | None = None
+    artifacts: Mapping[str, Artifact] = field(default_factory=dict)
+    """arch (amd64, arm64, arm) -> the binary of `version`, checksum resolved by the runtime."""
+    artifact_error: str | None = None
+    status: Mapping[str, Any] = field(default_factory=dict)
+    """The Plan's `.status` as read (timestamps are kept; an unchanged status is not written)."""
+
+
+def plan_input(
+    obj: dict[str, Any],
+    *,
+    channel_version: str | None = None,
+    channel_error: str | None = None,
+    secret_data: Mapping[str, Mapping[str, bytes]] | None = None,
+    artifacts: Mapping[str, Artifact] | None = None,
+    artifact_error: str | None = None,
+) -> PlanInput:
+    """Build a PlanInput from a Plan object as read plus what the runtime resolved for it."""
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    status = obj.get("status") or {}
+    plan, errors = parse_plan(obj)
+    if plan is None:
+        return PlanInput(name=name, plan=None, errors=tuple(errors), status=status)
+    by = "Channel" if plan.spec.channel else "Version"
+    version = plan.spec.version if plan.spec.version else channel_version
+    if version is None:
+        err = channel_error or f"channel {plan.spec.channel} not resolved yet"
+        return PlanInput(name=name, plan=plan, resolved_by=by, resolve_error=err, status=status)
+    have = secret_data or {}
+    missing = [s.name for s in plan.spec.secrets if not s.ignore_updates and s.name not in have]
+    if missing:
+        return PlanInput(name=name, plan=plan, version=version, resolved_by=by, status=status,
+                         resolve_error=f"secret(s) {', '.join(missing)} not found")
+    h = plan_hash(version, plan.spec.service_account_name, obj,
+                  [(s.name, s.ignore_updates) for s in plan.spec.secrets], secret_data or {})
+    return PlanInput(name=name, plan=plan, version=version, resolved_by=by, hash=h,
+                     artifacts=dict(artifacts or {}), artifact_error=artifact_error, status=status)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    agent_heartbeat: float = 60.0
+    verify: float = 600.0
+    restart_stable: float = 10.0
+    restart: float = 120.0
+    skew: SkewPolicy = field(default_factory=SkewPolicy)
+
+
+@dataclass(frozen=True)
+class World:
+    now: datetime
+    namespace: str
+    plans: tuple[PlanInput, ...]
+    nodes: tuple[NodeView, ...]
+    table: LeaseTable
+    agents: Mapping[str, AgentView] = field(default_factory=dict)
+    drains: Mapping[str, DrainOutcome] = field(default_factory=dict)
+    started_at: datetime | None = None
+    settings: EngineSettings = EngineSettings()
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    table: LeaseTable
+
+
+@dataclass(frozen=True)
+class NodePatch:
+    node: str
+    labels: Mapping[str, str | None] = field(default_factory=dict)
+    unschedulable: bool | None = None
+    annotations: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanStatusWrite:
+    plan: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    kind: str
+    name: str
+    namespace: str
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StartDrain:
+    lease_id: str
+    node: str
+    drain: Drain
+
+
+Write = TableWrite | NodePatch | PlanStatusWrite | EventWrite | StartDrain
+
+
+@dataclass(frozen=True)
+class Decision:
+    writes: tuple[Write, ...]
+
+
+def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
+    digest = hashlib.sha256(f"{plan}/{node}/{h}/{now.isoformat()}".encode()).hexdigest()[:12]
+    return f"{plan}.{node}.{digest}"
+
+
+def _substitute(value: str, version: str, h: str) -> str:
+    return value.replace("$(LATEST_VERSION)", version).replace("$(LATEST_HASH)", h)
+
+
+class _Decider:
+    def __init__(self, world: World) -> None:
+        self.w = world
+        self.t = world.table
+        self.writes: list[Write] = []
+        self.nodes = {n.name: n for n in world.nodes}
+        self.plans = {p.name: p for p in world.plans}
+        self.cordoned: set[str] = set()  # nodes this decision cordons/uncordons (seen by later steps)
+        self.uncordoned: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def commit(self, table: LeaseTable) -> None:
+        if table != self.t:
+            self.t = table
+            self.writes.append(TableWrite(table))
+
+    def update(self, lease: Lease, **changes: Any) -> Lease:
+        new = replace(lease, **changes)
+        self.commit(self.t.put(new))
+        return new
+
+    def event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:
+        self.writes.append(EventWrite(kind, name, self.w.namespace, type_, reason, message))
+
+    def alive(self, node: str, since: datetime) -> bool:
+        baseline = max(since, self.w.started_at or since)
+        agent = self.w.agents.get(node)
+        last = max(agent.at, baseline) if agent else baseline
+        return (self.w.now - last).total_seconds() <= self.w.settings.agent_heartbeat
+
+    def agent_alive(self, node: str) -> bool:
+        agent = self.w.agents.get(node)
+        limit = self.w.settings.agent_heartbeat
+        return agent is not None and (self.w.now - agent.at).total_seconds() <= limit
+
+    def is_unschedulable(self, node: NodeView) -> bool:
+        if node.name in self.cordoned:
+            return True
+        if node.name in self.uncordoned:
+            return False
+        return node.unschedulable
+
+    def cordon(self, lease: Lease, node: NodeView) -> Lease:
+        if not self.is_unschedulable(node):
+            if not lease.cordoned_by_us:
+                lease = self.update(lease, cordoned_by_us=True)
+            self.writes.append(NodePatch(node.name, unschedulable=True))
+            self.cordoned.add(node.name)
+        return lease
+
+    def uncordon(self, lease: Lease, node: NodeView | None) -> Lease:
+        if lease.cordoned_by_us:
+            if node is not None and self.is_unschedulable(node):
+                self.writes.append(NodePatch(node.name, unschedulable=False))
+                self.uncordoned.add(node.name)
+            lease = self.update(lease, cordoned_by_us=False)
+        return lease
+
+    def withdrawn(self, lease: Lease) -> bool:
+        pi = self.plans.get(lease.plan)
+        return pi is None or pi.plan is None or pi.hash is None or pi.hash != lease.plan_hash
+
+    def fail(self, lease: Lease, cause: str) -> None:
+        self.update(lease, phase=LeasePhase.FAILED, cause=cause, updated_at=self.w.now)
+
+    # -- steps -------------------------------------------------------------------------------------
+    def retries(self) -> None:
+        for node in self.w.nodes:
+            if RETRY_ANNOTATION not in node.annotations:
+                continue
+            records = [le for le in self.t.leases if le.node == node.name and le.phase in TERMINAL]
+            for le in records:
+                if le.cordoned_by_us:
+                    self.uncordon(le, node)
+                self.commit(self.t.remove(le.lease_id))
+            self.writes.append(NodePatch(node.name, annotations={RETRY_ANNOTATION: None}))
+
+    def advance(self, lease_id: str) -> None:
+        lease = self.t.by_id(lease_id)
+        if lease is None:
+            return
+        node = self.nodes.get(lease.node)
+        w, now = self.w, self.w.now
+        if node is None:
+            self.commit(self.t.remove(lease.lease_id))
+            return
+        if lease.phase in TERMINAL:
+            lease = self.uncordon(lease, node)
+            if not lease.announced:
+                msg = lease.cause or f"node {node.name}: upgrade failed"
+                self.event("Plan", lease.plan, "Warning", "UpgradeFailed", msg)
+                self.event("Node", node.name, "Warning", "UpgradeFailed", f"plan {lease.plan}: {msg}")
+                lease = self.update(lease, announced=True)
+            if self.withdrawn(lease):
+                self.commit(self.t.remove(lease.lease_id))
+            return
+        pi = self.plans.get(lease.plan)
+        if lease.phase in UNDISRUPTED:
+            if self.withdrawn(lease) or not self.alive(node.name, lease.updated_at):
+                self.commit(self.t.remove(lease.lease_id))
+                return
+            if lease.phase is LeasePhase.STAGED:
+                assert pi is not None and pi.plan is not None
+                spec = pi.plan.spec
+                if spec.cordon or spec.drain is not None:
+                    lease = self.update(lease, phase=LeasePhase.DRAINING, updated_at=now)
+                else:
+                    self.update(lease, phase=LeasePhase.APPLYING, updated_at=now)
+                    return
+            else:
+                return
+        if lease.phase is LeasePhase.DRAINING:
+            if self.withdrawn(lease):  # nothing was applied yet: give the node back
+                lease = self.uncordon(lease, node)
+                self.commit(self.t.remove(lease.lease_id))
+                return
+            assert pi is not None and pi.plan is not None
+            lease = self.cordon(lease, node)
+            drain = pi.plan.spec.drain
+            if drain is not None:
+                outcome = w.drains.get(lease.lease_id)
+                if outcome is None:
+                    self.writes.append(StartDrain(lease.lease_id, node.name, drain))
+                    return
+                if not outcome.ok:
+                    self.fail(lease, f"node {node.name}: drain failed: {outcome.message}")
+                    self.advance(lease.lease_id)
+                    return
+            self.update(lease, phase=LeasePhase.APPLYING, updated_at=now)
+            return
+        if lease.phase is LeasePhase.RESTARTED:
+            if node.ready and same_version(node.kubelet_version, lease.target_version):
+                lease = self.update(lease, phase=LeasePhase.VERIFIED, verified_at=now, updated_at=now)
+            elif (now - lease.updated_at).total_seconds() > w.settings.verify:
+                seen = node.kubelet_version or "unknown"
+                self.update(lease, phase=LeasePhase.ROLLING_BACK, updated_at=now,
+                            cause=(f"node {node.name}: not Ready on {lease.target_version} within "
+                                   f"{w.settings.verify:g}s (Ready={node.ready}, kubelet {seen}); "
+                                   "rolling back"))
+                return
+            else:
+                return
+        if lease.phase is LeasePhase.VERIFIED:
+            self.finish(lease, node)
+
+    def finish(self, lease: Lease, node: NodeView) -> None:
+        pi = self.plans.get(lease.plan)
+        labels: dict[str, str | None] = {plan_label(lease.plan): lease.plan_hash}
+        delay = 0.0
+        if pi is not None and pi.plan is not None and pi.hash == lease.plan_hash:
+            for k, v in (pi.plan.spec.post_complete_labels or {}).items():
+                labels[k] = _substitute(v, lease.target_version, lease.plan_hash)
+            delay = pi.plan.post_complete_delay_seconds
+        unlabelled = any(node.labels.get(k) != v for k, v in labels.items())
+        uncordon = lease.cordoned_by_us and self.is_unschedulable(node)
+        if unlabelled or uncordon:
+            self.writes.append(NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None))
+            if uncordon:
+                self.uncordoned.add(node.name)
+            self.event("Node", node.name, "Normal", "Upgraded",
+                       f"plan {lease.plan}: node {node.name} verified on {lease.target_version}")
+            if lease.cordoned_by_us:
+                self.update(lease, cordoned_by_us=False)
+            return
+        verified = lease.verified_at or lease.updated_at
+        if self.w.now >= verified + timedelta(seconds=delay):
+            self.commit(self.t.remove(lease.lease_id, finished=True))
+
+    def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
+        """Grant what the plan may; returns (messages about blocked nodes, why the plan waits or None)."""
+        plan, w = pi.plan, self.w
+        if plan is None or pi.hash is None or pi.version is None:
+            return [], None
+        spec = plan.spec
+        if plan.prepare_plan:
+            other = self.plans.get(plan.prepare_plan)
+            if other is None or not self.complete(other):
+                return [], f"waiting for plan {plan.prepare_plan} to complete"
+        failures = [le for le in self.t.failures_for_plan(plan.name) if le.plan_hash == pi.hash]
+        if len(failures) > plan.failure_budget:
+            return [], None
+        if spec.window is not None:
+            win = spec.window
+            if not parse_window(win.days, win.start_time, win.end_time, win.time_zone).contains(w.now):
+                return [], "outside the plan's window"
+        if pi.artifact_error:
+            return [], None
+        others = [le for le in self.t.leases if le.active and le.plan != plan.name]
+        if any(le.exclusive for le in others) or (spec.exclusive and others):
+            return [], "waiting for an exclusive plan" if others else None
+        slots = max(spec.concurrency, 1) - len(self.t.active_for_plan(plan.name))
+        blocked: list[str] = []
+        servers = [n.kubelet_version for n in w.nodes if is_server(n.labels)]
+        failed_nodes = {le.node for le in failures}
+        pool = []
+        for n in selected(spec.node_selector.model_dump(by_alias=True, exclude_none=True)
+                          if spec.node_selector else None, plan.name, w.nodes):
+            if is_done(n, plan.name, pi.hash) or n.name in failed_nodes:
+                continue
+            if self.t.active_for_node(n.name) is not None:
+                continue
+            problem = check(n.name, n.kubelet_version, pi.version, is_server(n.labels), servers,
+                            w.settings.skew)
+            if problem is None and n.arch not in pi.artifacts:
+                problem = f"node {n.name}: no {pi.version} binary for arch {n.arch}"
+            if problem:
+                blocked.append(problem)
+                continue
+            if n.ready and self.agent_alive(n.name):
+                pool.append(n)
+        for n in candidate_order(pool, plan.uid, pi.hash)[: max(slots, 0)]:
+            lease = Lease(
+                lease_id=_lease_id(plan.name, n.name, pi.hash, w.now), plan=plan.name, node=n.name,
+                plan_hash=pi.hash, target_version=pi.version, artifact=pi.artifacts[n.arch],
+                phase=LeasePhase.GRANTED, granted_at=w.now, updated_at=w.now, exclusive=spec.exclusive,
+                restart_stable_seconds=w.settings.restart_stable, restart_timeout_seconds=w.settings.restart,
+            )
+            self.commit(self.t.put(lease))
+            self.event("Plan", plan.name, "Normal", "LeaseGranted",
+                       f"node {n.name}: upgrade to {pi.version} granted")
+        return blocked, None
+
+    def complete(self, pi: PlanInput) -> bool:
+        if pi.plan is None or pi.hash is None:
+            return False
+        sel = pi.plan.spec.node_selector
+        raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
+        nodes = selected(raw, pi.name, self.w.nodes)
+        return all(is_done(n, pi.name, pi.hash) for n in nodes)
+
+    def status(self, pi: PlanInput, blocked: list[str], waiting: str | None) -> None:
+        conds: list[Cond] = []
+        if pi.plan is None:
+            conds.append(Cond("Validated", False, "Error", "; ".join(pi.errors)))
+        else:
+            conds.append(Cond("Validated", True, "PlanIsValid", ""))
+            if pi.resolve_error:
+                conds.append(Cond("LatestResolved", False, "Error", pi.resolve_error))
+            else:
+                conds.append(Cond("LatestResolved", True, pi.resolved_by, pi.version or ""))
+            if pi.hash is not None:
+                failures = [le for le in self.t.failures_for_plan(pi.name) if le.plan_hash == pi.hash]
+                applying = [le.node for le in self.t.active_for_plan(pi.name)]
+                if self.complete(pi) and not applying:
+                    conds.append(Cond("Complete", True, "", ""))
+                elif failures and len(failures) > pi.plan.failure_budget:
+                    conds.append(Cond("Complete", False, "JobFailed", "; ".join(le.cause for le in failures)))
+                elif pi.artifact_error:
+                    conds.append(Cond("Complete", False, "Error", pi.artifact_error))
+                elif waiting:
+                    conds.append(Cond("Complete", False, "Waiting", waiting))
+                else:
+                    parts = ([f"applying: {', '.join(sorted(applying))}"] if applying else []) + blocked
+                    conds.append(Cond("Complete", False, "SyncJob", "; ".join(parts)))
+        applying_nodes = [le.node for le in self.t.active_for_plan(pi.name)]
+        new = plan_status(pi.status, conds, self.w.now, latest_version=pi.version,
+                          latest_hash=pi.hash, applying=applying_nodes)
+        if new != dict(pi.status):
+            self.writes.append(PlanStatusWrite(pi.name, new))
+
+
+def decide(world: World) -> Decision:
+    """Everything the coordinator should write now, in order. Pure."""
+    d = _Decider(world)
+    d.retries()
+    for lease_id in sorted(le.lease_id for le in world.table.leases):
+        d.advance(lease_id)
+    outcome: dict[str, tuple[list[str], str | None]] = {}
+    for pi in sorted(world.plans, key=lambda p: p.name):
+        outcome[pi.name] = d.grants(pi)
+    for pi in sorted(world.plans, key=lambda p: p.name):
+        d.status(pi, *outcome[pi.name])
+    return Decision(writes=tuple(d.writes))

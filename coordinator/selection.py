@@ -1,0 +1,87 @@
+"""Which nodes a Plan selects, which of them are done, and SUC's stable candidate order. Pure.
+
+Label selectors as Kubernetes defines them: `matchLabels` and `matchExpressions` with In, NotIn,
+Exists, DoesNotExist, all ANDed (an empty selector selects everything). A node whose plan label is
+`disabled` has opted out. Candidates are ordered by sha256(node UID + plan UID + plan hash), as SUC
+does, so the order is stable for one hash and reshuffles when the plan changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+LABEL_PREFIX = "plan.upgrade.cattle.io/"
+DISABLED = "disabled"
+
+
+class SelectorError(ValueError):
+    """A selector that cannot be evaluated (names the expression and the problem)."""
+
+
+def plan_label(plan: str) -> str:
+    return LABEL_PREFIX + plan
+
+
+def matches(selector: Mapping[str, object] | None, labels: Mapping[str, str]) -> bool:
+    """Whether `labels` satisfy a LabelSelector given as its JSON shape."""
+    if not selector:
+        return True
+    match_labels = selector.get("matchLabels") or {}
+    if not isinstance(match_labels, Mapping):
+        raise SelectorError("nodeSelector.matchLabels must be a map")
+    for key, value in match_labels.items():
+        if labels.get(str(key)) != value:
+            return False
+    exprs = selector.get("matchExpressions") or []
+    if not isinstance(exprs, Sequence):
+        raise SelectorError("nodeSelector.matchExpressions must be a list")
+    for i, expr in enumerate(exprs):
+        if not isinstance(expr, Mapping):
+            raise SelectorError(f"nodeSelector.matchExpressions[{i}] must be an object")
+        key, op = str(expr.get("key", "")), expr.get("operator")
+        values = [str(v) for v in (expr.get("values") or [])]
+        if op == "In":
+            ok = key in labels and labels[key] in values
+        elif op == "NotIn":
+            ok = key not in labels or labels[key] not in values
+        elif op == "Exists":
+            ok = key in labels
+        elif op == "DoesNotExist":
+            ok = key not in labels
+        else:
+            raise SelectorError(f"nodeSelector.matchExpressions[{i}].operator: unknown operator {op!r}")
+        if not ok:
+            return False
+    return True
+
+
+class _Node(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+N = TypeVar("N", bound=_Node)
+
+
+def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N]) -> list[N]:
+    """Nodes matched by the selector, minus those that opted out with the label value `disabled`."""
+    label = plan_label(plan)
+    return [n for n in nodes if matches(selector, n.labels) and n.labels.get(label) != DISABLED]
+
+
+def is_done(node: _Node, plan: str, plan_hash: str) -> bool:
+    return node.labels.get(plan_label(plan)) == plan_hash
+
+
+def candidate_key(node_uid: str, plan_uid: str, plan_hash: str) -> str:
+    return hashlib.sha256((node_uid + plan_uid + plan_hash).encode()).hexdigest()
+
+
+def candidate_order(nodes: Iterable[N], plan_uid: str, plan_hash: str) -> list[N]:
+    return sorted(nodes, key=lambda n: (candidate_key(n.uid, plan_uid, plan_hash), n.name))
