@@ -136,6 +136,17 @@ def find_k3s(host_root: Path) -> K3sProcess:
     return match_k3s(list_processes(), host_root)
 
 
+def process_clock() -> float:
+    """Now, on the clock of psutil's `create_time` (boot time + uptime).
+
+    psutil derives start times from the boot time in whole seconds plus clock ticks, so they can be up to a
+    second off the wall clock; "started after the swap" is therefore decided on this clock, not time.time().
+    """
+    with open("/proc/uptime") as handle:
+        uptime = float(handle.read().split()[0])
+    return float(psutil.boot_time()) + uptime
+
+
 def pid_alive(pid: int, create_time: float) -> bool:
     try:
         proc = psutil.Process(pid)

@@ -26,7 +26,7 @@ class JournalEntry(BaseModel):
     old_sha256: str | None = None
     old_version: str | None = None
     swap_started_at: float | None = None
-    """Wall time just before the new binary was renamed into place: a k3s started before it is old."""
+    """`process_clock()` just before the new binary was renamed into place: a k3s started before it is old."""
     rollback_started_at: float | None = None
     error: str | None = None
     observed_version: str | None = None

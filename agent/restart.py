@@ -16,6 +16,9 @@ from pathlib import Path
 
 from agent.discovery import DiscoveryError, K3sProcess, find_k3s, pid_alive
 
+TICK = 0.011
+"""Start times and the uptime clock both have clock-tick (10 ms) resolution."""
+
 
 class RestartFailed(Exception):
     """The new k3s did not come up, or did not stay up, in time."""
@@ -42,7 +45,7 @@ async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
 
 async def wait_for_new_process(host_root: Path, binary: Path, started_after: float, *, limit: float,
                                stable: float, interval: float = 0.1) -> K3sProcess:
-    """A k3s process running `binary`, started after `started_after` (wall time), alive for `stable` s."""
+    """A k3s process running `binary`, started after `started_after` (`process_clock`), alive `stable` s."""
     deadline = time.monotonic() + limit
     last_error = "no k3s process started"
     seen: set[int] = set()
@@ -52,7 +55,7 @@ async def wait_for_new_process(host_root: Path, binary: Path, started_after: flo
         except DiscoveryError as exc:
             last_error = str(exc)
             found = None
-        if found is not None and found.binary == binary and found.create_time >= started_after - 0.02:
+        if found is not None and found.binary == binary and found.create_time >= started_after - TICK:
             seen.add(found.pid)
             stable_until = time.monotonic() + stable
             # A process gives no event when it dies unless it is our child: poll its liveness.

@@ -21,7 +21,7 @@ from pathlib import Path
 from agent import __version__
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.config import AgentConfig
-from agent.discovery import DiscoveryError, K3sProcess, binary_version, find_k3s
+from agent.discovery import DiscoveryError, K3sProcess, binary_version, find_k3s, process_clock
 from agent.download import DownloadError, download
 from agent.install import (
     discard,
@@ -33,7 +33,7 @@ from agent.install import (
     swap_in,
 )
 from agent.journal import Journal, JournalEntry
-from agent.restart import RestartFailed, restart, wait_for_new_process
+from agent.restart import TICK, RestartFailed, restart, wait_for_new_process
 from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssignment, Report
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class Upgrader:
         self.discovery_error: str | None = None
         self.k3s_version: str | None = None
         self.k3s_binary: str | None = None
+        self._version_key: tuple[int, float, int, int, int] | None = None
 
     # -- state ---------------------------------------------------------------------------------------
     def _save(self, entry: JournalEntry) -> None:
@@ -64,7 +65,11 @@ class Upgrader:
             proc = await asyncio.to_thread(find_k3s, self.config.host_root)
             self.k3s_binary = "/" + str(proc.binary.relative_to(self.config.host_root)) \
                 if proc.binary.is_relative_to(self.config.host_root) else str(proc.binary)
-            self.k3s_version = await binary_version(proc.binary)
+            st = proc.binary.stat()
+            key = (proc.pid, proc.create_time, st.st_ino, st.st_mtime_ns, st.st_size)
+            if key != self._version_key:  # idle polls do not re-run `k3s --version`
+                self.k3s_version = await binary_version(proc.binary)
+                self._version_key = key
             self.discovery_error = None
             return proc
         except (DiscoveryError, ValueError, OSError) as exc:
@@ -240,7 +245,7 @@ class Upgrader:
             if not staged.exists() or await asyncio.to_thread(sha256_of, staged) != lease.artifact.sha256:
                 await self._fail(entry, f"staged binary {staged} is missing or changed; nothing was replaced")
                 return
-            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "swap_started_at": time.time(),
+            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "swap_started_at": process_clock(),
                                              "old_sha256": await asyncio.to_thread(sha256_of, binary)})
             self._save(entry)
             await self.report(AgentPhase.APPLYING, version=self.k3s_version)
@@ -256,7 +261,7 @@ class Upgrader:
             await self._fail(entry, f"{binary} has an unexpected checksum {live}; not touching it")
             return
         proc = await self.observe()
-        if proc is None or proc.create_time < entry.swap_started_at - 0.02:
+        if proc is None or proc.create_time < entry.swap_started_at - TICK:
             try:
                 await restart(proc, self.config.systemd_unit)
             except RestartFailed as exc:
@@ -285,7 +290,7 @@ class Upgrader:
         binary = Path(entry.binary)
         if entry.phase != AgentPhase.ROLLING_BACK:
             entry = entry.model_copy(update={"phase": AgentPhase.ROLLING_BACK, "error": cause,
-                                             "rollback_started_at": time.time()})
+                                             "rollback_started_at": process_clock()})
             self._save(entry)
             await self.report(AgentPhase.ROLLING_BACK, error=cause, best_effort=True)
         log.warning("rolling back %s: %s", binary, cause)
@@ -298,7 +303,7 @@ class Upgrader:
                 return
             await asyncio.to_thread(restore, binary)
         proc = await self.observe()
-        if proc is None or proc.create_time < entry.rollback_started_at - 0.02:
+        if proc is None or proc.create_time < entry.rollback_started_at - TICK:
             try:
                 await restart(proc, self.config.systemd_unit)
             except RestartFailed as exc:
