@@ -21,16 +21,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.config import LEASE_TABLE_NAME, Settings
+from coordinator.kube.errors import LeaseTableConflict
 from coordinator.kube.informer import Informer
 from coordinator.kube.protocol import Cluster, Obj, StoredLease
 from coordinator.kube.resources import NODES, PLANS, SECRETS
+from coordinator.leasing import TABLE_ANNOTATION, LeaseTable, ReportError, apply_report, instruction_for
 from coordinator.metrics import Metrics
-from wire.messages import Action, AgentState, Instruction, Report
+from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
 
 log = logging.getLogger("coordinator.reconciler")
 
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
-TABLE_ANNOTATION = "upgrade.cattle.io/lease-table"
 
 
 @dataclass(frozen=True)
@@ -60,31 +61,77 @@ class AgentRegistry:
                 ev.set()
 
 
+def _already_doing(state: AgentState, ins: Instruction) -> bool:
+    """Whether the agent is already carrying out `ins` (then a long-poll may hold the answer)."""
+    lease_id = ins.lease.lease_id if ins.lease else None
+    if ins.action is Action.IDLE:
+        return state.lease_id is None or state.phase in (
+            AgentPhase.IDLE,
+            AgentPhase.FAILED,
+            AgentPhase.ROLLED_BACK,
+        )
+    if lease_id != state.lease_id:
+        return False
+    doing = {
+        Action.STAGE: (AgentPhase.DOWNLOADING, AgentPhase.STAGED),
+        Action.APPLY: (AgentPhase.APPLYING, AgentPhase.RESTARTED),
+        Action.ROLLBACK: (AgentPhase.ROLLING_BACK, AgentPhase.ROLLED_BACK),
+    }
+    return state.phase in doing.get(ins.action, ())
+
+
 class RuntimeBroker:
-    """Answers agents for the leader. Until the engine is wired in, every agent is told to stay idle."""
+    """Answers agents for the leader, from the lease table (read/written conditionally)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
-        reg = self._rt.agents
-        reg.record(state, datetime.now(UTC))
-        self._rt.wake()
-        ev = reg.event(state.node)
+        rt = self._rt
+        rt.agents.record(state, datetime.now(UTC))
+        ev = rt.agents.event(state.node)
         ev.clear()
-        instruction = self._rt.instruction_for(state)
-        if instruction.action is Action.IDLE and wait > 0:
+        table = await rt.current_table()
+        ins = instruction_for(state.node, table, state, datetime.now(UTC))
+        if wait > 0 and _already_doing(state, ins):
             try:
                 await asyncio.wait_for(ev.wait(), timeout=wait)
             except TimeoutError:
                 pass
-            instruction = self._rt.instruction_for(state)
-        return instruction
+            table = await rt.current_table()
+            ins = instruction_for(state.node, table, state, datetime.now(UTC))
+        return ins
 
     async def report(self, report: Report) -> Instruction:
         from coordinator.api import BrokerError
 
-        raise BrokerError(404, f"node {report.node} holds no lease {report.lease_id}")
+        rt = self._rt
+        for _attempt in range(8):
+            stored, table = await rt.read_table()
+            now = datetime.now(UTC)
+            try:
+                new = apply_report(table, report, now)
+            except ReportError as exc:
+                raise BrokerError(exc.status, str(exc)) from exc
+            if new != table:
+                try:
+                    await rt.write_table(stored, new)
+                except LeaseTableConflict:
+                    continue
+                rt.wake()
+            seen = rt.agents.seen.get(report.node)
+            state = AgentState(
+                node=report.node,
+                agent_version=seen.state.agent_version if seen else "unknown",
+                arch=seen.state.arch if seen else "amd64",
+                k3s_version=report.k3s_version,
+                lease_id=report.lease_id,
+                phase=report.phase,
+            )
+            return instruction_for(report.node, new, state, now)
+        raise BrokerError(
+            503, f"lease table kept changing while recording the report of {report.node}; retry"
+        )
 
 
 class Runtime:
@@ -102,6 +149,7 @@ class Runtime:
         self.nodes = Informer(cluster, NODES, None, self._on_event)
         self.secrets = Informer(cluster, SECRETS, ns, self._on_event)
         self.table: StoredLease | None = None
+        self.lease_table: LeaseTable | None = None
         self.last_error: str | None = None
         self.broker = RuntimeBroker(self)
 
@@ -140,7 +188,7 @@ class Runtime:
 
     async def reconcile_once(self) -> None:
         self.metrics.reconciles.inc()
-        self.table = await self.cluster.get_lease(self.settings.namespace, LEASE_TABLE_NAME)
+        await self.read_table()
         for plan in self.plans.cache.values():
             name = plan["metadata"]["name"]
             latest = (plan.get("status") or {}).get("latestHash")
@@ -148,8 +196,39 @@ class Runtime:
             done = sum(1 for lbl in labels if latest and lbl.get(LABEL_PREFIX + name) == latest)
             self.metrics.nodes_done.labels(name).set(done)
 
-    def instruction_for(self, state: AgentState) -> Instruction:
-        return Instruction(action=Action.IDLE, reason="no lease for this node", poll_after_seconds=1.0)
+    # -- the lease table ---------------------------------------------------------------------------
+    async def read_table(self) -> tuple[StoredLease | None, LeaseTable]:
+        """The lease table as stored now (and the object to write it back against)."""
+        stored = await self.cluster.get_lease(self.settings.namespace, LEASE_TABLE_NAME)
+        table = LeaseTable.from_annotations(stored.annotations if stored else None)
+        self.table, self.lease_table = stored, table
+        return stored, table
+
+    async def current_table(self) -> LeaseTable:
+        """The last table read or written by this replica (read once if none yet)."""
+        if self.lease_table is None:
+            return (await self.read_table())[1]
+        return self.lease_table
+
+    async def write_table(self, stored: StoredLease | None, table: LeaseTable) -> None:
+        """Conditional write of the table; `LeaseTableConflict` when someone changed it since `stored`."""
+        annotations = dict(stored.annotations) if stored else {}
+        annotations[TABLE_ANNOTATION] = table.to_json()
+        self.metrics.api_writes.labels("lease_table").inc()
+        try:
+            written = await self.cluster.write_lease(
+                self.settings.namespace,
+                LEASE_TABLE_NAME,
+                annotations,
+                dict(stored.spec) if stored else {},
+                stored.resource_version if stored else None,
+            )
+        except LeaseTableConflict:
+            self.metrics.write_conflicts.labels("lease_table").inc()
+            self.lease_table = None
+            raise
+        self.table, self.lease_table = written, table
+        self.agents.notify({le.node for le in table.leases} | set(table.finished))
 
     # -- /status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -164,6 +243,19 @@ class Runtime:
                 for n in self.nodes.cache.values()
                 if label in (n["metadata"].get("labels") or {})
             }
+            for le in self.lease_table.leases if self.lease_table else ():
+                if le.plan == name:
+                    nodes.setdefault(le.node, {"label": None}).update(
+                        {
+                            "phase": le.phase.value,
+                            "lease_id": le.lease_id,
+                            "target_version": le.target_version,
+                            "granted_at": le.granted_at.isoformat(),
+                            "updated_at": le.updated_at.isoformat(),
+                            "seconds_in_phase": round((datetime.now(UTC) - le.updated_at).total_seconds(), 3),
+                            "last_error": le.cause or None,
+                        }
+                    )
             plans[name] = {
                 "version": st.get("latestVersion") or spec.get("version"),
                 "channel": spec.get("channel"),
