@@ -23,6 +23,7 @@ class AgentConfig:
     state_dir: Path = Path("/host/var/lib/k3s-upgrader")
     arch: str = "amd64"
     poll_wait: float = 30.0
+    heartbeat_seconds: float = 5.0
     request_timeout: float = 10.0
     retry_backoff: float = 1.0
     max_backoff: float = 30.0
@@ -52,6 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                    help="GOARCH of this node (env NODE_ARCH; default from the machine)")
     p.add_argument("--poll-wait", type=float, default=float(_env("POLL_WAIT_SECONDS", "30")),
                    help="long-poll wait in seconds (env POLL_WAIT_SECONDS; default 30)")
+    p.add_argument("--heartbeat", type=float, default=float(_env("HEARTBEAT_SECONDS", "5")),
+                   help="state posts while a step runs, in seconds (env HEARTBEAT_SECONDS; default 5)")
     p.add_argument("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT_SECONDS", "10")),
                    help="HTTP timeout beyond the long-poll wait (default 10)")
     p.add_argument("--retry-backoff", type=float, default=float(_env("RETRY_BACKOFF_SECONDS", "1")),
@@ -74,7 +77,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     return AgentConfig(
         node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),
         state_dir=Path(ns.state_dir) if ns.state_dir else host_root / "var/lib/k3s-upgrader",
-        arch=ns.arch, poll_wait=ns.poll_wait, request_timeout=ns.request_timeout,
+        arch=ns.arch, poll_wait=ns.poll_wait, heartbeat_seconds=ns.heartbeat,
+        request_timeout=ns.request_timeout,
         retry_backoff=ns.retry_backoff, max_backoff=ns.max_backoff, download_attempts=ns.download_attempts,
         space_margin=ns.space_margin, systemd_unit=ns.systemd_unit, log_level=ns.log_level.upper(),
     )

@@ -1,5 +1,6 @@
 """The agent's main loop: resume what the journal says, then long-poll the coordinator and obey.
 
+While a step runs, a heartbeat poll (wait=0) goes out every `--heartbeat` seconds with the progress.
 Idle it sits in one long-poll at a time (the coordinator holds the request up to `--poll-wait`), so it
 uses next to no CPU. An unreachable coordinator is retried with exponential backoff, forever.
 """
@@ -37,11 +38,26 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 await _sleep(stop, delay)
                 delay = min(config.max_backoff, delay * 2)
                 continue
-            await upgrader.handle(instruction)
+            beat = asyncio.create_task(_heartbeat(client, upgrader, config.heartbeat_seconds))
+            try:
+                await upgrader.handle(instruction)
+            finally:
+                beat.cancel()
             if instruction.action == Action.IDLE:
                 await _sleep(stop, instruction.poll_after_seconds)
     finally:
         await client.close()
+
+
+async def _heartbeat(client: CoordinatorClient, upgrader: Upgrader, every: float) -> None:
+    """While a step runs (a long download, a restart), keep posting the state (phase, progress) so the
+    coordinator does not take the agent for dead. Answers are ignored: the main loop polls right after."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await client.poll(upgrader.state(), 0)
+        except (CoordinatorUnavailable, Rejected) as exc:
+            log.debug("heartbeat not delivered: %s", exc)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -202,8 +202,9 @@ class AgentProcess:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "agent", "--node", "n1", "--coordinator", self.url,
                "--host-root", str(self.node.root), "--token-file", str(self.token_file),
-               "--state-dir", str(self.state_dir), "--poll-wait", "2", "--retry-backoff", "0.1",
-               "--max-backoff", "0.5", "--download-attempts", "4", "--space-margin", "0"]
+               "--state-dir", str(self.state_dir), "--poll-wait", "2", "--heartbeat", "0.3",
+               "--retry-backoff", "0.1", "--max-backoff", "0.5", "--download-attempts", "4",
+               "--space-margin", "0"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=log)
 

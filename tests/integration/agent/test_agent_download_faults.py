@@ -2,7 +2,8 @@
 
 Aspects: a checksum mismatch is reported `failed` naming both sums, with the live binary, the running
 process and the binary's directory unchanged; a connection cut mid-download is resumed with a `Range`
-request and the upgrade completes; a file system too small for the new binary (a real tmpfs) gives a clear
+request and the upgrade completes; a slow download keeps posting the agent's state with its progress; a
+file system too small for the new binary (a real tmpfs) gives a clear
 `failed` report and leaves the old binary intact and running.
 """
 
@@ -54,6 +55,20 @@ async def test_interrupted_download_resumes_with_range(node: Node, releases, coo
     assert restarted.k3s_version == NEW and sha(node.binary) == lease.artifact.sha256
     ranges = [r for method, path, r in releases.requests if path.endswith("/k3s")]
     assert ranges[0] is None and "bytes=100-" in ranges, ranges
+
+
+async def test_slow_download_keeps_heartbeating_with_progress(node: Node, releases,
+                                                              coordinator: ScriptedCoordinator,
+                                                              agent_factory) -> None:
+    lease = make_lease(releases)
+    releases.throttle(250)  # about a second for the stand-in binary
+    coordinator.auto = False
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    coordinator.instruct(Action.STAGE, lease)
+    await coordinator.wait_report(AgentPhase.STAGED)
+    during = [p.progress for p in coordinator.polls if p.phase == AgentPhase.DOWNLOADING]
+    assert any(p is not None and 0 < p < 1 for p in during), during
 
 
 @pytest.fixture
