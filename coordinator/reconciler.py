@@ -14,24 +14,134 @@ something for that node or `wait` runs out.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from coordinator.config import LEASE_TABLE_NAME, Settings
-from coordinator.kube.errors import LeaseTableConflict
+from coordinator.drainer import Drainer, DrainOptions, DrainResult, PodPicker
+from coordinator.engine import (
+    AgentView,
+    DrainOutcome,
+    EngineSettings,
+    EventWrite,
+    NodePatch,
+    NodeView,
+    PlanInput,
+    PlanStatusWrite,
+    StartDrain,
+    TableWrite,
+    World,
+    Write,
+    decide,
+    plan_input,
+)
+from coordinator.events import involved
+from coordinator.kube.errors import KubeError, LeaseTableConflict
 from coordinator.kube.informer import Informer
 from coordinator.kube.protocol import Cluster, Obj, StoredLease
 from coordinator.kube.resources import NODES, PLANS, SECRETS
 from coordinator.leasing import TABLE_ANNOTATION, LeaseTable, ReportError, apply_report, instruction_for
 from coordinator.metrics import Metrics
-from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
+from coordinator.plans import Drain, parse_duration
+from coordinator.resolver import Resolver, channel_error
+from coordinator.selection import is_done, selected
+from coordinator.skew import SkewPolicy
+from coordinator.versions import is_version
+from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, Report
 
 log = logging.getLogger("coordinator.reconciler")
 
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
+
+
+ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
+"""Release asset of the k3s binary per node architecture (`kubernetes.io/arch`)."""
+
+
+def _ts(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def node_view(obj: Obj) -> NodeView:
+    """What the engine needs of a Node object as read."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    labels = dict(meta.get("labels") or {})
+    info = status.get("nodeInfo") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    return NodeView(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid", "")),
+        labels=labels,
+        annotations=dict(meta.get("annotations") or {}),
+        unschedulable=bool((obj.get("spec") or {}).get("unschedulable")),
+        ready=ready,
+        kubelet_version=info.get("kubeletVersion"),
+        arch=labels.get("kubernetes.io/arch") or info.get("architecture") or "amd64",
+        creation=_ts(meta.get("creationTimestamp")),
+    )
+
+
+def drain_options(drain: Drain) -> DrainOptions:
+    timeout = parse_duration(drain.timeout) if drain.timeout else 0.0
+    return DrainOptions(
+        timeout=timeout or None,
+        grace_period=drain.grace_period
+        if drain.grace_period is not None and drain.grace_period >= 0
+        else None,
+        disable_eviction=drain.disable_eviction,
+        skip_wait_for_delete_timeout=drain.skip_wait_for_delete_timeout,
+    )
+
+
+def pick_pods(
+    pods: Sequence[Obj], drain: Drain, own_name: str | None, own_namespace: str | None
+) -> tuple[list[Obj], list[str]]:
+    """Which pods a drain removes, as `kubectl drain` does (a stand-in until the pure
+    `coordinator.draining` lands): skip finished, mirror and DaemonSet pods (refusing DaemonSet pods
+    unless ignoreDaemonSets), never our own pod, honour podSelector; unmanaged pods need `force`,
+    emptyDir data needs deleteEmptydirData/deleteLocalData."""
+    from coordinator.selection import matches
+
+    out: list[Obj] = []
+    problems: list[str] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        name = f"{meta.get('namespace')}/{meta.get('name')}"
+        if meta.get("name") == own_name and (own_namespace is None or meta.get("namespace") == own_namespace):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            out.append(pod)
+            continue
+        if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+            continue
+        if drain.pod_selector is not None and not matches(drain.pod_selector, meta.get("labels") or {}):
+            continue
+        owners = meta.get("ownerReferences") or []
+        if any(o.get("kind") == "DaemonSet" for o in owners):
+            if drain.ignore_daemon_sets is False:
+                problems.append(f"pod {name} is managed by a DaemonSet (set ignoreDaemonSets)")
+            continue
+        if not any(o.get("controller") for o in owners) and not drain.force:
+            problems.append(f"pod {name} is not managed by a controller (set force)")
+            continue
+        if any("emptyDir" in v for v in (pod.get("spec") or {}).get("volumes") or []) and not (
+            drain.delete_emptydir_data or drain.delete_local_data
+        ):
+            problems.append(f"pod {name} uses emptyDir data (set deleteEmptydirData)")
+            continue
+        out.append(pod)
+    return out, problems
 
 
 @dataclass(frozen=True)
@@ -152,6 +262,22 @@ class Runtime:
         self.lease_table: LeaseTable | None = None
         self.last_error: str | None = None
         self.broker = RuntimeBroker(self)
+        self.resolver = Resolver(
+            settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
+        )
+        self.drainer = Drainer(cluster, self._drained)
+        t, sf = settings.timeouts, settings.safety
+        self.engine_settings = EngineSettings(
+            agent_heartbeat=t.agent_heartbeat,
+            verify=t.verify,
+            restart_stable=t.restart_stable,
+            restart=t.restart,
+            skew=SkewPolicy(
+                allow_downgrade=sf.allow_downgrade,
+                allow_minor_skip=sf.allow_minor_skip,
+                allow_agent_skew=sf.allow_agent_skew,
+            ),
+        )
 
     # -- caches ---------------------------------------------------------------------------------
     def _on_event(self, kind: str, obj: Obj) -> None:
@@ -159,6 +285,13 @@ class Runtime:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _drained(self, result: DrainResult) -> None:
+        log.info(
+            "drain ended",
+            extra={"node": result.node, "lease": result.lease_id, "ok": result.ok, "error": result.error},
+        )
+        self.wake()
 
     async def run_caches(self) -> None:
         """Run the informers (every replica: status and readiness need them, leader or not)."""
@@ -173,28 +306,207 @@ class Runtime:
         """Reconcile on every wake-up and at least every resync interval, until cancelled."""
         for inf in (self.plans, self.nodes, self.secrets):
             await inf.synced.wait()
-        while True:
-            self._wake.clear()
-            try:
-                await self.reconcile_once()
-                self.last_error = None
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("reconcile failed; retrying")
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.timeouts.resync)
-            except TimeoutError:
-                pass
+        self._export_channels()
+        resolving = asyncio.create_task(self.resolver.run(), name="resolver")
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.reconcile_once()
+                    self.last_error = None
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("reconcile failed; retrying")
+                    await asyncio.sleep(1.0)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.timeouts.resync)
+                except TimeoutError:
+                    pass
+        finally:
+            resolving.cancel()
+            await asyncio.gather(resolving, return_exceptions=True)
+            await self.drainer.close()
+            self.lease_table = None
 
     async def reconcile_once(self) -> None:
+        """One pass: World -> decide -> writes in order; stop at the first failed write and come back."""
         self.metrics.reconciles.inc()
-        await self.read_table()
-        for plan in self.plans.cache.values():
-            name = plan["metadata"]["name"]
-            latest = (plan.get("status") or {}).get("latestHash")
-            labels = [(n.get("metadata") or {}).get("labels") or {} for n in self.nodes.cache.values()]
-            done = sum(1 for lbl in labels if latest and lbl.get(LABEL_PREFIX + name) == latest)
-            self.metrics.nodes_done.labels(name).set(done)
+        stored, table = await self.read_table()
+        before = table
+        world = self.world(table)
+        decision = decide(world)
+        done = await self.perform(decision.writes, stored)
+        self._observe(before, self.lease_table or before, world.now)
+        self._export(world)
+        if not done:
+            await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
+            self.wake()
+
+    def world(self, table: LeaseTable) -> World:
+        now = datetime.now(UTC)
+        nodes = tuple(node_view(o) for o in self.nodes.cache.values())
+        arches = {n.arch for n in nodes}
+        return World(
+            now=now,
+            namespace=self.settings.namespace,
+            plans=tuple(self.plan_input(o, arches) for o in self.plans.cache.values()),
+            nodes=nodes,
+            table=table,
+            agents={n: AgentView(a.state, a.at) for n, a in self.agents.seen.items()},
+            drains={lid: DrainOutcome(r.ok, r.error or "") for lid, r in self.drainer.results.items()},
+            started_at=self.started_at,
+            settings=self.engine_settings,
+        )
+
+    def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:
+        spec = obj.get("spec") or {}
+        channel = spec.get("channel") if isinstance(spec, dict) else None
+        version: str | None = None
+        channel_err: str | None = None
+        if isinstance(channel, str) and channel and not spec.get("version"):
+            got = self.resolver.channels.get(channel)
+            if got is None:
+                channel_err = f"channel {channel} not resolved yet"
+            else:
+                channel_err = channel_error(got)
+                if channel_err is None:
+                    candidate = (got.location or "").rstrip("/").rsplit("/", 1)[-1]
+                    if is_version(candidate):
+                        version = candidate
+                    else:
+                        channel_err = (
+                            f"channel {channel} redirected to {got.location!r}, "
+                            f"whose basename {candidate!r} is not a k3s version"
+                        )
+        target = spec.get("version") if isinstance(spec, dict) and spec.get("version") else version
+        artifacts: dict[str, Artifact] = {}
+        artifact_err: str | None = None
+        if isinstance(target, str) and is_version(target):
+            for arch in sorted(arches):
+                art, err = self.artifact(target, arch)
+                if art is not None:
+                    artifacts[arch] = art
+                elif err is not None:
+                    artifact_err = err
+        secrets: dict[str, dict[str, bytes]] = {}
+        for ref in spec.get("secrets") or [] if isinstance(spec, dict) else []:
+            name = ref.get("name") if isinstance(ref, dict) else None
+            sec = self.secrets.cache.get(f"{self.settings.namespace}/{name}")
+            if sec is not None:
+                secrets[str(name)] = {k: base64.b64decode(v) for k, v in (sec.get("data") or {}).items()}
+        return plan_input(
+            obj,
+            channel_version=version,
+            channel_error=channel_err,
+            secret_data=secrets,
+            artifacts=artifacts,
+            artifact_error=artifact_err,
+        )
+
+    def artifact(self, version: str, arch: str) -> tuple[Artifact | None, str | None]:
+        """The binary of `version` for `arch` once its checksum file is in (None, None while fetching)."""
+        asset = ASSETS.get(arch)
+        if asset is None:
+            return None, None  # the engine reports the node as blocked: no binary for its arch
+        got = self.resolver.checksums.get((version, arch))
+        if got is None or (got.error is None and got.status is None):
+            self.resolver.want_checksums(version, arch)
+            return None, None
+        if got.error is not None or got.status != 200:
+            self.resolver.want_checksums(version, arch)
+            why = got.error or f"answered {got.status}"
+            return None, f"checksums of {version} for {arch}: {why}"
+        for line in got.body.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("*") == asset and len(parts[0]) == 64:
+                url = f"{self.settings.release_base_url}/{quote(version, safe='')}/{asset}"
+                try:
+                    return Artifact(url=url, sha256=parts[0].lower(), name=asset), None
+                except ValueError as exc:
+                    return None, f"checksum of {asset} {version} is not a SHA-256: {exc}"
+        return None, f"{got.url} lists no checksum for {asset}"
+
+    async def perform(self, writes: Sequence[Write], stored: StoredLease | None) -> bool:
+        """Perform `writes` in order; False at the first that fails (it is logged with its cause)."""
+        ns = self.settings.namespace
+        for w in writes:
+            try:
+                if isinstance(w, TableWrite):
+                    await self.write_table(stored, w.table)
+                    stored = self.table
+                elif isinstance(w, NodePatch):
+                    self.metrics.api_writes.labels("node").inc()
+                    await self.cluster.patch_node(
+                        w.node,
+                        labels=dict(w.labels) or None,
+                        annotations=dict(w.annotations) or None,
+                        unschedulable=w.unschedulable,
+                    )
+                elif isinstance(w, PlanStatusWrite):
+                    self.metrics.api_writes.labels("plan_status").inc()
+                    old = (self.plans.cache.get(f"{ns}/{w.plan}") or {}).get("status") or {}
+                    patch: dict[str, Any] = {k: None for k in old if k not in w.status}
+                    patch.update(w.status)
+                    await self.cluster.patch_status(PLANS, ns, w.plan, patch)
+                elif isinstance(w, EventWrite):
+                    self.metrics.api_writes.labels("event").inc()
+                    ev_ns, ref = involved(w.kind, w.name, w.namespace, self._by_name(w.kind))
+                    await self.cluster.create_event(ev_ns, ref, w.type, w.reason, w.message)
+                    if w.type == "Warning" and w.kind == "Plan" and w.reason == "UpgradeFailed":
+                        self.metrics.failures.labels(w.name).inc()
+                elif isinstance(w, StartDrain):
+                    self.drainer.start(w.lease_id, w.node, drain_options(w.drain), self.picker(w.drain))
+            except LeaseTableConflict:
+                log.info("lease table changed under us; deciding again")
+                return False
+            except KubeError as exc:
+                log.warning("write failed, deciding again: %s", exc, extra={"write": type(w).__name__})
+                self.last_error = str(exc)
+                return False
+        return True
+
+    def _by_name(self, kind: str) -> dict[str, Obj]:
+        src = self.nodes.cache if kind == "Node" else self.plans.cache
+        return {str(o["metadata"]["name"]): o for o in src.values()}
+
+    def picker(self, drain: Drain) -> PodPicker:
+        return lambda pods: pick_pods(pods, drain, self.settings.pod_name, self.settings.pod_namespace)
+
+    def _observe(self, old: LeaseTable, new: LeaseTable, now: datetime) -> None:
+        """Phase durations: a lease that left a phase (or the table) spent `now - updated_at` in it."""
+        after = {le.lease_id: le for le in new.leases}
+        for le in old.leases:
+            nxt = after.get(le.lease_id)
+            if nxt is None or nxt.phase != le.phase:
+                self.metrics.phase_seconds.labels(le.plan, le.phase.value).observe(
+                    max(0.0, (now - le.updated_at).total_seconds())
+                )
+
+    def _export(self, world: World) -> None:
+        table = self.lease_table or world.table
+        counts: dict[tuple[str, str], int] = {}
+        for le in table.leases:
+            counts[(le.plan, le.phase.value)] = counts.get((le.plan, le.phase.value), 0) + 1
+        self.metrics.set_leases(counts)
+        for pi in world.plans:
+            if pi.plan is None:
+                continue
+            sel = pi.plan.spec.node_selector
+            raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
+            chosen = selected(raw, pi.name, world.nodes)
+            self.metrics.nodes_total.labels(pi.name).set(len(chosen))
+            self.metrics.nodes_done.labels(pi.name).set(
+                sum(1 for n in chosen if pi.hash is not None and is_done(n, pi.name, pi.hash))
+            )
+        self._export_channels()
+
+    def _export_channels(self) -> None:
+        urls = set()
+        for o in self.plans.cache.values():
+            spec = o.get("spec") or {}
+            if isinstance(spec, dict) and isinstance(spec.get("channel"), str) and not spec.get("version"):
+                urls.add(str(spec["channel"]))
+        self.resolver.want(urls)
 
     # -- the lease table ---------------------------------------------------------------------------
     async def read_table(self) -> tuple[StoredLease | None, LeaseTable]:

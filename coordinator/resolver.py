@@ -86,6 +86,7 @@ class Resolver:
         self._kick = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def want(self, urls: set[str]) -> None:
         """The channel URLs Plans use now; new ones are resolved at once."""
@@ -98,7 +99,9 @@ class Resolver:
         hit = self.checksums.get(key)
         if (hit is None or (hit.error or hit.status != 200)) and key not in self._inflight:
             self._inflight.add(key)
-            asyncio.get_running_loop().create_task(self._fetch_checksums(key))
+            task = asyncio.get_running_loop().create_task(self._fetch_checksums(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _session_(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -148,6 +151,9 @@ class Resolver:
             await self.close()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
