@@ -429,9 +429,11 @@ class Runtime:
     async def perform(self, writes: Sequence[Write], stored: StoredLease | None) -> bool:
         """Perform `writes` in order; False at the first that fails (it is logged with its cause)."""
         ns = self.settings.namespace
-        for w in writes:
+        for i, w in enumerate(writes):
             try:
                 if isinstance(w, TableWrite):
+                    if i + 1 < len(writes) and isinstance(writes[i + 1], TableWrite):
+                        continue  # coalesced: nothing happens between the two, only the later table matters
                     await self.write_table(stored, w.table)
                     stored = self.table
                 elif isinstance(w, NodePatch):
