@@ -277,11 +277,12 @@ def apply_report(table: LeaseTable, report: Report, now: datetime) -> LeaseTable
 
 def instruction_for(node: str, table: LeaseTable, state: AgentState, now: datetime) -> Instruction:
     """What the agent of `node` must do next, given the table and what it says it is doing."""
+    done = table.finished.get(node)
+    if done is not None and state.lease_id == done.lease_id and state.phase is not AgentPhase.IDLE:
+        # The agent missed `finish` of a released lease: it must drop it before it can take a new one.
+        return Instruction(action=Action.FINISH, lease=done.assignment(), reason="verified and labelled")
     lease = table.active_for_node(node)
     if lease is None:
-        done = table.finished.get(node)
-        if done is not None and state.lease_id == done.lease_id:
-            return Instruction(action=Action.FINISH, lease=done.assignment(), reason="verified and labelled")
         failed = next((le for le in table.leases if le.node == node and le.lease_id == state.lease_id), None)
         reason = failed.cause if failed is not None else "no lease for this node"
         return Instruction(action=Action.IDLE, reason=reason, poll_after_seconds=1.0)
