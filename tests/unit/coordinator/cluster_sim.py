@@ -1,4 +1,4 @@
-"""A simulated cluster for the pure engine: nodes, plans, lease table, agents; invariants checked on every write.
+"""A simulated cluster for the pure engine (nodes, plans, lease table, agents), invariants checked per write.
 
 Not a test module: the property and seed-plan tests drive it. Writes are applied the way the runtime
 applies them (in order, optionally only a prefix, as if the coordinator crashed mid-way); every write is
@@ -33,7 +33,8 @@ from wire.messages import Action, AgentPhase, AgentState, Artifact, Report
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SHA = "a" * 64
-ARTIFACTS = {a: Artifact(url=f"http://rel/{a}", sha256=SHA, name=f"k3s-{a}") for a in ("amd64", "arm64", "arm")}
+ARTIFACTS = {a: Artifact(url=f"http://rel/{a}", sha256=SHA, name=f"k3s-{a}")
+             for a in ("amd64", "arm64", "arm")}
 
 
 class InvariantBroken(AssertionError):
@@ -58,7 +59,9 @@ class SimNode:
 
 
 class Sim:
-    def __init__(self, nodes: list[SimNode], plans: list[dict[str, Any]], settings: EngineSettings | None = None):
+    def __init__(
+        self, nodes: list[SimNode], plans: list[dict[str, Any]], settings: EngineSettings | None = None
+    ) -> None:
         self.nodes = {n.name: n for n in nodes}
         self.plans = {p["metadata"]["name"]: copy.deepcopy(p) for p in plans}
         self.table = LeaseTable()
@@ -217,8 +220,8 @@ class Sim:
 
     def report(self, node: str, lease_id: str, phase: AgentPhase, error: str | None = None) -> None:
         try:
-            self.table = apply_report(self.table, Report(node=node, lease_id=lease_id, phase=phase, error=error),
-                                      self.now)
+            report = Report(node=node, lease_id=lease_id, phase=phase, error=error)
+            self.table = apply_report(self.table, report, self.now)
         except ReportError:
             if phase in (AgentPhase.STAGED, AgentPhase.FAILED, AgentPhase.ROLLED_BACK):
                 self.nodes[node].agent_phase, self.nodes[node].agent_lease = AgentPhase.IDLE, None
@@ -235,14 +238,16 @@ class Sim:
 
     def complete(self, plan: str) -> bool:
         st = self.plans[plan].get("status") or {}
-        return any(c.get("type") == "Complete" and c.get("status") == "True" for c in st.get("conditions", []))
+        conds = st.get("conditions", [])
+        return any(c.get("type") == "Complete" and c.get("status") == "True" for c in conds)
 
 
 def _selected(plan: dict[str, Any], labels: dict[str, str] | Any) -> bool:
     from coordinator.selection import DISABLED, matches
 
     name = plan["metadata"]["name"]
-    return bool(matches(plan["spec"].get("nodeSelector"), labels)) and labels.get(plan_label(name)) != DISABLED
+    chosen = bool(matches(plan["spec"].get("nodeSelector"), labels))
+    return chosen and labels.get(plan_label(name)) != DISABLED
 
 
 def seed_cluster(servers: int = 3, agents: int = 5, version: str = "v1.23.9+k3s1") -> list[SimNode]:
@@ -258,4 +263,4 @@ def with_version(plan: dict[str, Any], version: str) -> dict[str, Any]:
     return p
 
 
-__all__ = ["Sim", "SimNode", "seed_cluster", "with_version", "replace"]
+__all__ = ["Sim", "SimNode", "replace", "seed_cluster", "with_version"]
