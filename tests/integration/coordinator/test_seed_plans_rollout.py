@@ -14,26 +14,12 @@ Aspects covered:
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pytest
 import yaml
-from aiohttp import web
 
-from coordinator import config
-from coordinator.api import BrokerSlot, NodeAuthenticator, add_agent_routes
-from coordinator.kube.resources import NODES, PLANS
-from coordinator.metrics import Metrics
-from coordinator.reconciler import Runtime
-from coordinator.web import add_status_routes
-from sandbox.releases import ReleaseServer
-from tests.integration.coordinator.memory_cluster import MemoryCluster
-from tests.integration.coordinator.scripted_agent import ScriptedAgent
+from coordinator.kube.resources import PLANS
+from tests.integration.coordinator.harness import condition, coordinator, drive
 
 ROOT = Path(__file__).resolve().parents[3]
 OLD, NEW = "v1.24.5+k3s1", "v1.24.6+k3s1"
@@ -41,103 +27,17 @@ SERVERS = ["server-1", "server-2", "server-3"]
 AGENTS = [f"agent-{i}" for i in range(1, 6)]
 
 
-def node(name: str, server: bool) -> dict[str, Any]:
-    labels = {"kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name}
-    if server:
-        labels["node-role.kubernetes.io/master"] = "true"
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {},
-        "status": {
-            "nodeInfo": {"kubeletVersion": OLD, "architecture": "amd64"},
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
+async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Path) -> None:
+    nodes = [(n, True, OLD) for n in SERVERS] + [(n, False, OLD) for n in AGENTS]
+    async with coordinator(tmp_path, [NEW], nodes) as rig:
+        for doc in yaml.safe_load_all((ROOT / "sandbox" / "seed_plans.yaml").read_text()):
+            rig.cluster.put(PLANS, doc)
+        plans = rig.cluster.objects["plans"]
 
+        def complete() -> bool:
+            return all(condition(p, "Complete").get("status") == "True" for p in plans.values())
 
-@dataclass
-class Rig:
-    cluster: MemoryCluster
-    runtime: Runtime
-    url: str
-    releases: ReleaseServer
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    cluster = MemoryCluster({f"tok-{n}": n for n in SERVERS + AGENTS})
-    for n in SERVERS:
-        cluster.put(NODES, node(n, True))
-    for n in AGENTS:
-        cluster.put(NODES, node(n, False))
-    releases = ReleaseServer([NEW], tmp_path / "releases")
-    await releases.start()
-    settings = config.load(
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--release-base-url",
-            releases.base_url,
-            "--resync-interval",
-            "1",
-            "--agent-heartbeat-timeout",
-            "10",
-            "--verify-timeout",
-            "30",
-        ],
-        env={},
-    )
-    metrics = Metrics()
-    runtime = Runtime(cluster, settings, metrics)
-    app = web.Application()
-    add_agent_routes(app, NodeAuthenticator(cluster), BrokerSlot(runtime.broker), 2.0)
-    add_status_routes(app, runtime.status, runtime.ready, metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    tasks = [asyncio.create_task(runtime.run_caches()), asyncio.create_task(runtime.run())]
-    try:
-        yield Rig(cluster, runtime, f"http://127.0.0.1:{runner.addresses[0][1]}", releases)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
-        await releases.stop()
-
-
-def condition(plan: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in (plan.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
-
-
-async def test_seed_plans_complete_servers_first_within_concurrency(rig: Rig) -> None:
-    for doc in yaml.safe_load_all((ROOT / "sandbox" / "seed_plans.yaml").read_text()):
-        rig.cluster.put(PLANS, doc)
-
-    async def restart(name: str, version: str) -> None:
-        rig.cluster.set_node_version(name, version)
-
-    stop = asyncio.Event()
-    agents = [ScriptedAgent(rig.url, n, f"tok-{n}", OLD, restart, wait=1.0) for n in SERVERS + AGENTS]
-    runs = [asyncio.create_task(a.run(stop)) for a in agents]
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            plans = rig.cluster.objects["plans"]
-            server_plan, agent_plan = plans["system-upgrade/server-plan"], plans["system-upgrade/agent-plan"]
-            if all(condition(p, "Complete").get("status") == "True" for p in (server_plan, agent_plan)):
-                break
-            assert time.monotonic() < deadline, (
-                f"rollout did not complete: {condition(server_plan, 'Complete')} "
-                f"{condition(agent_plan, 'Complete')} {rig.runtime.last_error}"
-            )
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.gather(*runs)
+        await drive(rig, rig.agents(SERVERS + AGENTS, OLD), complete, 60, "the seed Plans did not complete")
 
     for plan, names in (("server-plan", SERVERS), ("agent-plan", AGENTS)):
         st = plans[f"system-upgrade/{plan}"]["status"]
