@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         p.error("--node (or NODE_NAME) is required")
     if not ns.coordinator:
         p.error("--coordinator (or COORDINATOR_URL) is required")
-    host_root = Path(ns.host_root)
+    host_root = Path(os.path.abspath(ns.host_root))
     return AgentConfig(
         node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),
         state_dir=Path(ns.state_dir) if ns.state_dir else host_root / "var/lib/k3s-upgrader",
