@@ -28,6 +28,8 @@ class JournalEntry(BaseModel):
     swap_started_at: float | None = None
     """`process_clock()` just before the new binary was renamed into place: a k3s started before it is old."""
     rollback_started_at: float | None = None
+    old_process: tuple[int, float] | None = None
+    """(pid, start time) of the k3s that ran the old binary when the swap began: never "the new one"."""
     error: str | None = None
     observed_version: str | None = None
 

@@ -44,7 +44,8 @@ async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
 
 
 async def wait_for_new_process(host_root: Path, binary: Path, started_after: float, *, limit: float,
-                               stable: float, interval: float = 0.1) -> K3sProcess:
+                               stable: float, interval: float = 0.1,
+                               not_process: tuple[int, float] | None = None) -> K3sProcess:
     """A k3s process running `binary`, started after `started_after` (`process_clock`), alive `stable` s."""
     deadline = time.monotonic() + limit
     last_error = "no k3s process started"
@@ -55,7 +56,8 @@ async def wait_for_new_process(host_root: Path, binary: Path, started_after: flo
         except DiscoveryError as exc:
             last_error = str(exc)
             found = None
-        if found is not None and found.binary == binary and found.create_time >= started_after - TICK:
+        if (found is not None and found.binary == binary and found.create_time >= started_after - TICK
+                and (found.pid, found.create_time) != not_process):
             seen.add(found.pid)
             stable_until = time.monotonic() + stable
             # A process gives no event when it dies unless it is our child: poll its liveness.

@@ -245,7 +245,10 @@ class Upgrader:
             if not staged.exists() or await asyncio.to_thread(sha256_of, staged) != lease.artifact.sha256:
                 await self._fail(entry, f"staged binary {staged} is missing or changed; nothing was replaced")
                 return
+            running = await self.observe()
+            old_process = (running.pid, running.create_time) if running else None
             entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "swap_started_at": process_clock(),
+                                             "old_process": old_process,
                                              "old_sha256": await asyncio.to_thread(sha256_of, binary)})
             self._save(entry)
             await self.report(AgentPhase.APPLYING, version=self.k3s_version)
@@ -261,7 +264,8 @@ class Upgrader:
             await self._fail(entry, f"{binary} has an unexpected checksum {live}; not touching it")
             return
         proc = await self.observe()
-        if proc is None or proc.create_time < entry.swap_started_at - TICK:
+        if proc is None or proc.create_time < entry.swap_started_at - TICK or (
+                (proc.pid, proc.create_time) == entry.old_process):
             try:
                 await restart(proc, self.config.systemd_unit)
             except RestartFailed as exc:
@@ -271,6 +275,7 @@ class Upgrader:
             new = await wait_for_new_process(
                 self.config.host_root, binary, entry.swap_started_at,
                 limit=lease.restart_timeout_seconds, stable=lease.restart_stable_seconds,
+                not_process=entry.old_process,
             )
             version = await binary_version(binary)
         except (RestartFailed, ValueError) as exc:
