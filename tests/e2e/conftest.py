@@ -7,7 +7,10 @@ left: no child process, no network namespace, no mount below a sandbox directory
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,9 +39,24 @@ def _netns() -> set[str]:
     return set(netns.list_namespaces()) if netns.available() else set()
 
 
+def _become_subreaper() -> None:
+    """Make orphaned descendants (e.g. a demo subprocess's children) re-parent to this process, so the
+    leak check below sees them instead of losing them to init."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_child_subreaper = 36
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _reap(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     """Fail the test if it leaves a process, network namespace or mount behind."""
+    _become_subreaper()
     me = psutil.Process()
     before_children = {p.pid for p in me.children(recursive=True)}
     before_ns, before_mounts = _netns(), _mounts()
@@ -46,8 +64,16 @@ def nothing_left_behind() -> Iterator[None]:
     deadline = time.monotonic() + 10
     left: list[psutil.Process] = []
     while time.monotonic() < deadline:
-        left = [p for p in me.children(recursive=True) if p.pid not in before_children]
-        left = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        new = [p for p in me.children(recursive=True) if p.pid not in before_children]
+        left = []
+        for proc in new:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    _reap({proc.pid})
+                else:
+                    left.append(proc)
+            except psutil.Error:
+                continue
         if not left:
             break
         time.sleep(0.1)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from sandbox.cluster import Kubectl
+from sandbox.cluster import Kubectl, SandboxError
 from sandbox.progress import PLAN_LABEL, NodeWatch
 from tests.e2e.conftest import first_time, intervals, max_overlap, require_components
 
@@ -43,15 +44,23 @@ def test_seed_plans_verbatim(tmp_path: Path) -> None:
         watch = NodeWatch(state / "kubeconfig")
         watch.start()
         kubectl = Kubectl(state / "kubeconfig")
-        output_lines: list[str] = []
+        done = threading.Event()
+
+        def read_plans() -> None:  # the last Plan statuses seen before the demo tears the cluster down
+            while not done.wait(0.5):
+                try:
+                    items = kubectl.json("get", "plans", "-n", "system-upgrade")["items"]
+                except SandboxError:
+                    continue
+                plans.update({i["metadata"]["name"]: i.get("status") or {} for i in items})
+
+        reader = threading.Thread(target=read_plans, daemon=True)
+        reader.start()
         assert demo.stdout is not None
-        for line in demo.stdout:
-            output_lines.append(line)
-            if "rollout complete" in line or "rollout FAILED" in line:
-                # read the plans before the demo tears the cluster down
-                for item in kubectl.json("get", "plans", "-n", "system-upgrade")["items"]:
-                    plans[item["metadata"]["name"]] = item.get("status") or {}
+        output_lines = list(demo.stdout)
         code = demo.wait(150)
+        done.set()
+        reader.join(30)
         output = "".join(output_lines)
     finally:
         if demo.poll() is None:
