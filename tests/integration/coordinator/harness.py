@@ -46,6 +46,22 @@ class Rig:
     runtime: Runtime
     url: str
     releases: ReleaseServer
+    slot: BrokerSlot
+    tasks: list[asyncio.Task[None]]
+    restarts: int = 0
+
+    async def crash_and_restart(self) -> None:
+        """Kill the runtime at whatever await it is in and start a fresh one (empty memory, same cluster)."""
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.runtime = Runtime(self.cluster, self.runtime.settings, Metrics())
+        self.slot.broker = self.runtime.broker
+        self.tasks[:] = [
+            asyncio.create_task(self.runtime.run_caches()),
+            asyncio.create_task(self.runtime.run()),
+        ]
+        self.restarts += 1
 
     def agents(self, names: Sequence[str], version: str, wait: float = 1.0) -> list[ScriptedAgent]:
         async def restart(name: str, target: str) -> None:
@@ -83,7 +99,8 @@ async def coordinator(
     metrics = Metrics()
     runtime = Runtime(cluster, settings, metrics)
     app = web.Application()
-    add_agent_routes(app, NodeAuthenticator(cluster), BrokerSlot(runtime.broker), 2.0)
+    slot = BrokerSlot(runtime.broker)
+    add_agent_routes(app, NodeAuthenticator(cluster), slot, 2.0)
     add_status_routes(app, runtime.status, runtime.ready, metrics)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -91,7 +108,7 @@ async def coordinator(
     await site.start()
     tasks = [asyncio.create_task(runtime.run_caches()), asyncio.create_task(runtime.run())]
     try:
-        yield Rig(cluster, runtime, f"http://127.0.0.1:{runner.addresses[0][1]}", releases)
+        yield Rig(cluster, runtime, f"http://127.0.0.1:{runner.addresses[0][1]}", releases, slot, tasks)
     finally:
         for t in tasks:
             t.cancel()
