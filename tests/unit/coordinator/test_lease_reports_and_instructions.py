@@ -1,0 +1,140 @@
+"""The lease table's agent-facing logic: `apply_report`, `instruction_for`, and its JSON form.
+
+Aspects: each reported phase moves the lease only from the phases it may follow; repeated and outdated
+reports change nothing (idempotent retries); a report that cannot fit is StaleReport (409); an unknown
+lease or another node's lease is UnknownLease (404); failure causes name the node and keep the first
+cause; each lease phase maps to one instruction carrying the lease; an agent that missed `finish` gets
+it; the table survives a JSON round trip and garbage is a TableFormatError naming the annotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from coordinator.leasing import (
+    Lease,
+    LeasePhase,
+    LeaseTable,
+    StaleReport,
+    TableFormatError,
+    UnknownLease,
+    apply_report,
+    instruction_for,
+)
+from wire.messages import Action, AgentPhase, AgentState, Artifact, Report
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ART = Artifact(url="http://r/k3s", sha256="b" * 64, name="k3s")
+
+
+def lease(phase: LeasePhase, **kw: object) -> Lease:
+    base = Lease(lease_id="L1", plan="p", node="n1", plan_hash="h", target_version="v1.30.2+k3s1",
+                 artifact=ART, phase=phase, granted_at=NOW, updated_at=NOW)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def table(phase: LeasePhase, **kw: object) -> LeaseTable:
+    return LeaseTable(leases=(lease(phase, **kw),))
+
+
+P = LeasePhase
+A = AgentPhase
+
+
+@pytest.mark.parametrize(
+    ("current", "reported", "after"),
+    [
+        (P.GRANTED, A.STAGED, P.STAGED),
+        (P.STAGED, A.STAGED, P.STAGED),
+        (P.DRAINING, A.STAGED, P.DRAINING),
+        (P.APPLYING, A.STAGED, P.APPLYING),
+        (P.APPLYING, A.RESTARTED, P.RESTARTED),
+        (P.RESTARTED, A.RESTARTED, P.RESTARTED),
+        (P.VERIFIED, A.RESTARTED, P.VERIFIED),
+        (P.ROLLING_BACK, A.RESTARTED, P.ROLLING_BACK),
+        (P.APPLYING, A.ROLLING_BACK, P.ROLLING_BACK),
+        (P.RESTARTED, A.ROLLED_BACK, P.ROLLED_BACK),
+        (P.ROLLING_BACK, A.ROLLED_BACK, P.ROLLED_BACK),
+        (P.GRANTED, A.FAILED, P.FAILED),
+        (P.APPLYING, A.FAILED, P.FAILED),
+        (P.FAILED, A.FAILED, P.FAILED),
+        (P.ROLLED_BACK, A.FAILED, P.ROLLED_BACK),
+        (P.GRANTED, A.DOWNLOADING, P.GRANTED),
+        (P.APPLYING, A.APPLYING, P.APPLYING),
+        (P.GRANTED, A.IDLE, P.GRANTED),
+    ],
+)
+def test_report_moves(current: LeasePhase, reported: AgentPhase, after: LeasePhase) -> None:
+    before = table(current)
+    out = apply_report(before, Report(node="n1", lease_id="L1", phase=reported, error="boom"), NOW)
+    assert out.leases[0].phase is after
+    if after is current:
+        assert out == before
+
+
+@pytest.mark.parametrize(
+    ("current", "reported"),
+    [(P.GRANTED, A.RESTARTED), (P.STAGED, A.RESTARTED), (P.DRAINING, A.RESTARTED),
+     (P.GRANTED, A.ROLLING_BACK), (P.VERIFIED, A.FAILED), (P.VERIFIED, A.ROLLING_BACK)],
+)
+def test_reports_that_do_not_fit_are_stale(current: LeasePhase, reported: AgentPhase) -> None:
+    with pytest.raises(StaleReport, match="L1") as err:
+        apply_report(table(current), Report(node="n1", lease_id="L1", phase=reported), NOW)
+    assert err.value.status == 409
+
+
+@pytest.mark.parametrize(("node", "lease_id"), [("n1", "L2"), ("n2", "L1")])
+def test_unknown_or_foreign_lease(node: str, lease_id: str) -> None:
+    with pytest.raises(UnknownLease) as err:
+        apply_report(table(P.GRANTED), Report(node=node, lease_id=lease_id, phase=A.STAGED), NOW)
+    assert err.value.status == 404
+
+
+def test_failure_cause_names_node_and_first_cause_wins() -> None:
+    t = apply_report(table(P.APPLYING), Report(node="n1", lease_id="L1", phase=A.ROLLING_BACK,
+                                               error="k3s exited 1"), NOW)
+    t = apply_report(t, Report(node="n1", lease_id="L1", phase=A.ROLLED_BACK, error="other"), NOW)
+    assert t.leases[0].phase is P.ROLLED_BACK and t.leases[0].cause == "node n1: k3s exited 1"
+
+
+def state(lease_id: str | None = None, phase: AgentPhase = A.IDLE) -> AgentState:
+    return AgentState(node="n1", agent_version="t", arch="amd64", lease_id=lease_id, phase=phase)
+
+
+@pytest.mark.parametrize(
+    ("phase", "action"),
+    [(P.GRANTED, Action.STAGE), (P.STAGED, Action.STAGE), (P.DRAINING, Action.STAGE),
+     (P.APPLYING, Action.APPLY), (P.RESTARTED, Action.APPLY), (P.VERIFIED, Action.FINISH),
+     (P.ROLLING_BACK, Action.ROLLBACK), (P.FAILED, Action.IDLE), (P.ROLLED_BACK, Action.IDLE)],
+)
+def test_instruction_per_phase(phase: LeasePhase, action: Action) -> None:
+    ins = instruction_for("n1", table(phase, cause="node n1: x"), state("L1", A.STAGED), NOW)
+    assert ins.action is action
+    if action is not Action.IDLE:
+        assert ins.lease is not None and ins.lease.lease_id == "L1" and ins.lease.artifact == ART
+    else:
+        assert ins.reason == "node n1: x"
+
+
+def test_no_lease_is_idle_and_missed_finish_is_repeated() -> None:
+    assert instruction_for("n1", LeaseTable(), state(), NOW).action is Action.IDLE
+    done = LeaseTable(leases=(lease(P.VERIFIED),)).remove("L1", finished=True)
+    assert instruction_for("n1", done, state("L1", A.RESTARTED), NOW).action is Action.FINISH
+    newer = done.put(lease(P.GRANTED, lease_id="L2"))
+    assert instruction_for("n1", newer, state("L1", A.RESTARTED), NOW).action is Action.FINISH
+    assert instruction_for("n1", newer, state(None, A.IDLE), NOW).action is Action.STAGE
+
+
+def test_json_round_trip_and_garbage() -> None:
+    t = LeaseTable(leases=(lease(P.RESTARTED, cordoned_by_us=True, verified_at=NOW, cause="c"),
+                           lease(P.FAILED, lease_id="L0", node="n2")))
+    t = t.put(lease(P.VERIFIED, lease_id="L9", node="n3")).remove("L9", finished=True)
+    assert LeaseTable.from_json(t.to_json()) == t
+    assert LeaseTable.from_json(None) == LeaseTable() == LeaseTable.from_annotations({})
+    with pytest.raises(TableFormatError, match=r"upgrade\.cattle\.io/lease-table"):
+        LeaseTable.from_json('{"leases": [{"leaseId": 1}]}')
+    with pytest.raises(TableFormatError):
+        LeaseTable.from_json("not json")
