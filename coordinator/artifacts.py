@@ -1,0 +1,95 @@
+"""k3s release artifacts: asset and checksum-file names per arch, URLs, checksum parsing, and a fetcher.
+
+Assets live at `<base>/<tag>/<asset>` with `+` written `%2B` (base default
+https://github.com/k3s-io/k3s/releases/download): binaries `k3s` (amd64), `k3s-arm64`, `k3s-armhf`;
+checksums `sha256sum-amd64.txt`, `sha256sum-arm64.txt`, `sha256sum-arm.txt` (the armhf file is `arm`),
+lines `<64 hex>  <asset>`. Releases are immutable, so `ArtifactFetcher` keeps one good answer per
+(version, arch) forever and retries failures on the next call. Errors: `ArtifactError` naming URL/cause.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import aiohttp
+
+from wire.messages import Artifact
+
+DEFAULT_BASE_URL = "https://github.com/k3s-io/k3s/releases/download"
+ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
+CHECKSUM_FILES = {"amd64": "sha256sum-amd64.txt", "arm64": "sha256sum-arm64.txt", "arm": "sha256sum-arm.txt"}
+_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
+MAX_BODY = 1 << 20
+
+
+class ArtifactError(Exception):
+    """No verified artifact for a version/arch (the message names the URL or arch and the cause)."""
+
+
+def _arch(arch: str) -> str:
+    norm = {"armhf": "arm", "x86_64": "amd64", "aarch64": "arm64"}.get(arch, arch)
+    if norm not in ASSETS:
+        raise ArtifactError(f"unsupported architecture {arch!r} (k3s ships amd64, arm64, arm)")
+    return norm
+
+
+def asset_name(arch: str) -> str:
+    return ASSETS[_arch(arch)]
+
+
+def release_url(base: str, version: str, filename: str) -> str:
+    return f"{base.rstrip('/')}/{quote(version, safe='')}/{filename}"
+
+
+def asset_url(base: str, version: str, arch: str) -> str:
+    return release_url(base, version, asset_name(arch))
+
+
+def checksum_url(base: str, version: str, arch: str) -> str:
+    return release_url(base, version, CHECKSUM_FILES[_arch(arch)])
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """asset name -> lowercase sha256, from `sha256sum` output; other lines are ignored."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            out[m.group(2)] = m.group(1).lower()
+    return out
+
+
+def artifact_for(base: str, version: str, arch: str, checksum_text: str) -> Artifact:
+    name = asset_name(arch)
+    sha = parse_checksums(checksum_text).get(name)
+    if sha is None:
+        raise ArtifactError(f"{checksum_url(base, version, arch)} lists no checksum for {name}")
+    return Artifact(url=asset_url(base, version, arch), sha256=sha, name=name)
+
+
+class ArtifactFetcher:
+    """Resolves Artifacts over HTTP, caching each good (version, arch) answer for good."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
+                 timeout: float = 10.0) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.timeout = timeout
+        self.cache: dict[tuple[str, str], Artifact] = {}
+
+    async def get(self, version: str, arch: str) -> Artifact:
+        key = (version, _arch(arch))
+        if key in self.cache:
+            return self.cache[key]
+        url = checksum_url(self.base_url, version, arch)
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                body = (await resp.content.read(MAX_BODY)).decode("utf-8", errors="replace")
+                if resp.status != 200:
+                    raise ArtifactError(f"GET {url}: answered {resp.status}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ArtifactError(f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        art = artifact_for(self.base_url, version, arch, body)
+        self.cache[key] = art
+        return art
