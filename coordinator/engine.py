@@ -98,8 +98,12 @@ def plan_input(
     secret_data: Mapping[str, Mapping[str, bytes]] | None = None,
     artifacts: Mapping[str, Artifact] | None = None,
     artifact_error: str | None = None,
+    secret_types: Mapping[str, str] | None = None,
 ) -> PlanInput:
-    """Build a PlanInput from a Plan object as read plus what the runtime resolved for it."""
+    """Build a PlanInput from a Plan object as read plus what the runtime resolved for it.
+
+    `secret_data`: secret name -> decoded data; `secret_types`: secret name -> type (default Opaque).
+    """
     meta = obj.get("metadata") or {}
     name = str(meta.get("name", ""))
     status = obj.get("status") or {}
@@ -117,7 +121,7 @@ def plan_input(
         return PlanInput(name=name, plan=plan, version=version, resolved_by=by, status=status,
                          resolve_error=f"secret(s) {', '.join(missing)} not found")
     h = plan_hash(version, plan.spec.service_account_name, obj,
-                  [(s.name, s.ignore_updates) for s in plan.spec.secrets], secret_data or {})
+                  [(s.name, s.ignore_updates) for s in plan.spec.secrets], secret_data or {}, secret_types)
     return PlanInput(name=name, plan=plan, version=version, resolved_by=by, hash=h,
                      artifacts=dict(artifacts or {}), artifact_error=artifact_error, status=status)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.hashing import plan_hash
+from coordinator.hashing import plan_hash, secret_hash
 from coordinator.plans import is_k3s_upgrade_image, parse_duration, parse_plan
 
 SERVER = {
@@ -107,10 +107,16 @@ def test_hash_is_sha224_of_its_inputs() -> None:
     assert plan_hash("v1.30.2+k3s1", "sa", SERVER, [], {}) != base
     assert plan_hash("v1.30.1+k3s1", "other", SERVER, [], {}) != base
     digest = copy.deepcopy(SERVER)
-    digest["metadata"]["annotations"] = {"upgrade.cattle.io/digest": "spec.cordon"}
-    assert plan_hash("v1.30.1+k3s1", "sa", digest, [], {}) != base
+    digest["metadata"]["annotations"] = {"upgrade.cattle.io/digest": "spec.upgrade.image"}
+    assert plan_hash("v1.30.1+k3s1", "sa", digest, [], {}) == hashlib.sha224(
+        b"v1.30.1+k3s1sarancher/k3s-upgrade").hexdigest()
     s1 = plan_hash("v1.30.1+k3s1", "sa", SERVER, [("s", False)], {"s": {"k": b"1"}})
     s2 = plan_hash("v1.30.1+k3s1", "sa", SERVER, [("s", False)], {"s": {"k": b"2"}})
     assert s1 != s2 != base
+    # kubectl's short secret hash: sha256 of the Secret's JSON, 10 hex digits with 0/1/3/a/e remapped.
+    raw = b'{"data":{"k":"MQ=="},"kind":"Secret","name":"s","type":"Opaque"}'
+    short = hashlib.sha256(raw).hexdigest()[:10].translate(str.maketrans("013ae", "ghkmt"))
+    assert secret_hash("s", {"k": b"1"}) == short
+    assert s1 == hashlib.sha224(b"v1.30.1+k3s1sa" + short.encode()).hexdigest()
     ignored = plan_hash("v1.30.1+k3s1", "sa", SERVER, [("s", True)], {"s": {"k": b"2"}})
     assert ignored == base
