@@ -165,8 +165,9 @@ def parse_plan(obj: dict[str, Any]) -> tuple[Plan | None, list[str]]:
             errors.append(f"spec.prepare: plan {name} cannot wait for itself")
         else:
             prepare_plan = args[1]
-    if spec.drain and spec.drain.delete_local_data and spec.drain.delete_emptydir_data:
-        errors.append("spec.drain: deleteLocalData and deleteEmptydirData are mutually exclusive")
+    drain = spec.drain
+    if drain and drain.delete_local_data is not None and drain.delete_emptydir_data is not None:
+        errors.append("spec.drain: deleteLocalData and deleteEmptydirData are mutually exclusive (set one)")
     if spec.drain and spec.drain.timeout:
         try:
             parse_duration(spec.drain.timeout)
