@@ -114,8 +114,9 @@ def test_failed_drain_fails_lease_and_uncordons() -> None:
     assert sim.table.leases[0].phase is LeasePhase.DRAINING and sim.nodes["n0"].unschedulable
     sim.drains[lease.lease_id] = DrainOutcome(ok=False, message="PDB web blocks eviction")
     sim.step()
-    assert sim.table.leases[0].phase is LeasePhase.FAILED
-    assert "PDB web" in sim.table.leases[0].cause and not sim.nodes["n0"].unschedulable
+    failed = sim.table.leases[0]
+    assert failed.phase is LeasePhase.FAILED, failed
+    assert "PDB web" in failed.cause and not sim.nodes["n0"].unschedulable
 
 
 def test_node_not_verified_in_time_is_rolled_back() -> None:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 
 from coordinator.engine import (
     EngineSettings,
-    LeaseTable,
     NodeView,
     PlanStatusWrite,
     TableWrite,
@@ -21,6 +20,7 @@ from coordinator.engine import (
     decide,
     plan_input,
 )
+from coordinator.leasing import LeaseTable
 from coordinator.status import Cond, condition_of, plan_status
 from wire.messages import Artifact
 

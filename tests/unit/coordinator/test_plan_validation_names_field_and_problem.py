@@ -19,7 +19,7 @@ import pytest
 from coordinator.hashing import plan_hash, secret_hash
 from coordinator.plans import is_k3s_upgrade_image, parse_duration, parse_plan
 
-SERVER = {
+SERVER: dict[str, Any] = {
     "metadata": {"name": "server-plan", "namespace": "system-upgrade", "uid": "u1"},
     "spec": {"concurrency": 1, "cordon": True, "serviceAccountName": "system-upgrade",
              "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/master", "operator": "In",

@@ -50,9 +50,9 @@ def test_seed_plans_upgrade_servers_then_agents() -> None:
         assert types["Validated"]["reason"] == "PlanIsValid"
         assert types["LatestResolved"]["reason"] == "Version"
     for node in sim.nodes.values():
-        plan = "server-plan" if node.name.startswith("server") else "agent-plan"
+        name = "server-plan" if node.name.startswith("server") else "agent-plan"
         assert node.version == target
-        assert node.labels[plan_label(plan)] == sim.plans[plan]["status"]["latestHash"]
+        assert node.labels[plan_label(name)] == sim.plans[name]["status"]["latestHash"]
         assert not node.unschedulable
     order = [p for p, _ in sim.grants]
     assert order == ["server-plan"] * 3 + ["agent-plan"] * 5
