@@ -198,7 +198,8 @@ def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
 
 
 def _substitute(value: str, version: str, h: str) -> str:
-    return value.replace("$(LATEST_VERSION)", version).replace("$(LATEST_HASH)", h)
+    """postCompleteLabels value; the version is munged like SUC's (`+` -> `-`) to stay a valid label."""
+    return value.replace("$(LATEST_VERSION)", version.replace("+", "-")).replace("$(LATEST_HASH)", h)
 
 
 class _Decider:

@@ -1,12 +1,15 @@
 """Failure handling and lease lifetime in the engine (issue 3 item 6).
 
-Aspects: a rolled-back node halts the plan with Complete=False/JobFailed naming node and cause, Warning
-Events on Plan and Node published once, the node uncordoned because we cordoned it; the retry annotation
-clears the record (and is removed); a failure budget lets other nodes go on; a node an admin had
-cordoned is never uncordoned by us; a failed drain fails the lease; a node that does not verify in time
-is rolled back; a silent agent loses a granted lease (grace counted from the coordinator start after a
-restart) but a disrupted node keeps its slot; a deleted node's lease is reclaimed; postCompleteDelay holds
-the slot; no grants outside the window; cordonedByUs is written before the cordon.
+Aspects:
+- a rolled-back node halts the plan with Complete=False/JobFailed naming node and cause; Warning Events
+  on Plan and Node are published once; the node is uncordoned because we cordoned it;
+- the retry annotation clears the record (and is removed); a failure budget lets other nodes go on;
+- a node an admin had cordoned is never uncordoned by us; cordonedByUs is written before the cordon;
+- a failed drain fails the lease; a node that does not verify in time is rolled back;
+- a silent agent loses a granted lease (grace counted from the coordinator start after a restart), but a
+  disrupted node keeps its slot; a deleted node's lease is reclaimed;
+- postCompleteDelay holds the slot; no grants outside the window;
+- postCompleteLabels are substituted (version munged `+` -> `-`).
 """
 
 from __future__ import annotations
@@ -195,3 +198,11 @@ def test_decide_is_pure_and_deterministic() -> None:
     world = sim.world()
     assert decide(world) == decide(world)
     assert all(not isinstance(w, EventWrite) or w.namespace == "system-upgrade" for w in decide(world).writes)
+
+
+def test_post_complete_labels_are_substituted_and_valid() -> None:
+    sim = make(1, postCompleteLabels={"k3s.io/version": "$(LATEST_VERSION)", "done-hash": "$(LATEST_HASH)"})
+    rounds(sim, 5)
+    labels = sim.nodes["n0"].labels
+    assert labels["k3s.io/version"] == "v1.30.2-k3s1"
+    assert labels["done-hash"] == sim.plans["p"]["status"]["latestHash"] == labels["plan.upgrade.cattle.io/p"]
