@@ -22,7 +22,7 @@ from aiohttp import web
 
 from coordinator import config
 from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
-from coordinator.election import LeaderElector
+from coordinator.election import LeaderElector, act_while_leading
 from coordinator.kube.client import KubeCluster
 from coordinator.metrics import Metrics
 from coordinator.reconciler import Runtime
@@ -132,17 +132,7 @@ async def serve(settings: config.Settings) -> None:
             start_acting()
             await stop.wait()
         else:
-            while not stop.is_set():
-                waiter = asyncio.create_task(elector.changed.wait())
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
-                elector.changed.clear()
-                if elector.leading.is_set():
-                    start_acting()
-                else:
-                    await stop_acting()
+            await act_while_leading(elector, start_acting, stop_acting, stop)
         for task in tasks:
             if task.done() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

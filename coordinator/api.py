@@ -143,7 +143,8 @@ class IdleBroker:
             wait = min(wait, self.max_wait)
         if wait > 0:
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel (3.11)
+                    await self.wake.wait()
             except TimeoutError:
                 pass
         return Instruction(action=Action.IDLE, reason=self.reason, poll_after_seconds=1.0)

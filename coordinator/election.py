@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,3 +127,26 @@ class LeaderElector:
                 if last_ok is None or (self._clock() - last_ok).total_seconds() > self._duration * 2 / 3:
                     self._set(False)
             await asyncio.sleep(self._duration / 3)
+
+
+async def act_while_leading(
+    elector: LeaderElector,
+    start: Callable[[], None],
+    stop: Callable[[], Awaitable[None]],
+    done: asyncio.Event,
+) -> None:
+    """Call `start` when leadership is gained and await `stop` when it is lost, until `done` is set."""
+    while not done.is_set():
+        changed = asyncio.create_task(elector.changed.wait())
+        finished = asyncio.create_task(done.wait())
+        await asyncio.wait({changed, finished}, return_when=asyncio.FIRST_COMPLETED)
+        changed.cancel()
+        finished.cancel()
+        await asyncio.gather(changed, finished, return_exceptions=True)
+        elector.changed.clear()
+        if done.is_set():
+            break
+        if elector.leading.is_set():
+            start()
+        else:
+            await stop()

@@ -205,7 +205,8 @@ class RuntimeBroker:
         ins = instruction_for(state.node, table, state, datetime.now(UTC))
         if wait > 0 and _already_doing(state, ins):
             try:
-                await asyncio.wait_for(ev.wait(), timeout=wait)
+                async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel (3.11)
+                    await ev.wait()
             except TimeoutError:
                 pass
             table = await rt.current_table()
@@ -319,7 +320,10 @@ class Runtime:
                     log.exception("reconcile failed; retrying")
                     await asyncio.sleep(1.0)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.timeouts.resync)
+                    async with asyncio.timeout(
+                        self.settings.timeouts.resync
+                    ):  # not wait_for: it can swallow a cancel (3.11)
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:

@@ -144,7 +144,8 @@ class Resolver:
                 self._kick.clear()
                 await self.resolve_all()
                 try:
-                    await asyncio.wait_for(self._kick.wait(), timeout=self.interval)
+                    async with asyncio.timeout(self.interval):  # not wait_for: it can swallow a cancel (3.11)
+                        await self._kick.wait()
                 except TimeoutError:
                     pass
         finally:

@@ -79,7 +79,8 @@ async def coordinator(
     for name, server, version in nodes:
         cluster.put(NODES, node(name, server, version))
     releases = ReleaseServer(versions, tmp_path / "releases")
-    await releases.start()
+    # Its own thread: building the stand-in binaries must not stall the coordinator's loop.
+    await asyncio.to_thread(releases.start_in_thread)
     settings = config.load(
         [
             "--listen",
@@ -114,7 +115,7 @@ async def coordinator(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
-        await releases.stop()
+        await asyncio.to_thread(releases.stop_in_thread)
 
 
 def condition(plan: dict[str, Any], type_: str) -> dict[str, Any]:

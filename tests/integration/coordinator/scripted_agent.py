@@ -120,6 +120,9 @@ class ScriptedAgent:
                     self.phase, self.lease_id = AgentPhase.IDLE, None
                 if ins.poll_after_seconds and ins.action is Action.IDLE:
                     try:
-                        await asyncio.wait_for(stop.wait(), timeout=min(ins.poll_after_seconds, 0.2))
+                        async with asyncio.timeout(
+                            min(ins.poll_after_seconds, 0.2)
+                        ):  # not wait_for: it can swallow a cancel (3.11)
+                            await stop.wait()
                     except TimeoutError:
                         pass
