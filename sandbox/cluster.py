@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from sandbox import netns
@@ -128,6 +129,20 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
         if self.popen.poll() is None:
             self.popen.wait(timeout)
+        wait_for(f"process group of {self.name} ({self.popen.pid}) did not end",
+                 lambda: not group_members(self.popen.pid), timeout, 0.02)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
 
 
 class Kubectl:
