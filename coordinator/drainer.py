@@ -14,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from coordinator.kube.errors import EvictionBlocked, KubeError, NotFound
 from coordinator.kube.protocol import Cluster, Obj
 
 log = logging.getLogger("coordinator.drainer")
 
-PodPicker = Callable[[Sequence[Obj]], tuple[list[Obj], list[str]]]
+PodPicker = Callable[[Sequence[Obj]], tuple[Sequence[Mapping[str, Any]], list[str]]]
 """(pods on the node) -> (pods to remove, reasons the drain cannot proceed, e.g. an unmanaged pod)."""
 
 
@@ -49,12 +50,12 @@ class DrainResult:
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def _name(pod: Obj) -> str:
+def _name(pod: Mapping[str, Any]) -> str:
     m = pod.get("metadata") or {}
     return f"{m.get('namespace')}/{m.get('name')}"
 
 
-def _terminating_too_long(pod: Obj, skip_after: int, now: datetime) -> bool:
+def _terminating_too_long(pod: Mapping[str, Any], skip_after: int, now: datetime) -> bool:
     ts = (pod.get("metadata") or {}).get("deletionTimestamp")
     if not skip_after or not ts:
         return False

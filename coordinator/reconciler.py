@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
+from coordinator.artifacts import ASSETS
 from coordinator.config import LEASE_TABLE_NAME, Settings
 from coordinator.drainer import Drainer, DrainOptions, DrainResult, PodPicker
+from coordinator.draining import pods_to_evict
 from coordinator.engine import (
     AgentView,
     DrainOutcome,
@@ -48,7 +49,7 @@ from coordinator.kube.resources import NODES, PLANS, SECRETS
 from coordinator.leasing import TABLE_ANNOTATION, LeaseTable, ReportError, apply_report, instruction_for
 from coordinator.metrics import Metrics
 from coordinator.plans import Drain, parse_duration
-from coordinator.resolver import Resolver, channel_error
+from coordinator.resolver import Resolver
 from coordinator.selection import is_done, selected
 from coordinator.skew import SkewPolicy
 from coordinator.versions import is_version
@@ -57,10 +58,6 @@ from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction,
 log = logging.getLogger("coordinator.reconciler")
 
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
-
-
-ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
-"""Release asset of the k3s binary per node architecture (`kubernetes.io/arch`)."""
 
 
 def _ts(text: Any) -> datetime | None:
@@ -102,46 +99,6 @@ def drain_options(drain: Drain) -> DrainOptions:
         disable_eviction=drain.disable_eviction,
         skip_wait_for_delete_timeout=drain.skip_wait_for_delete_timeout,
     )
-
-
-def pick_pods(
-    pods: Sequence[Obj], drain: Drain, own_name: str | None, own_namespace: str | None
-) -> tuple[list[Obj], list[str]]:
-    """Which pods a drain removes, as `kubectl drain` does (a stand-in until the pure
-    `coordinator.draining` lands): skip finished, mirror and DaemonSet pods (refusing DaemonSet pods
-    unless ignoreDaemonSets), never our own pod, honour podSelector; unmanaged pods need `force`,
-    emptyDir data needs deleteEmptydirData/deleteLocalData."""
-    from coordinator.selection import matches
-
-    out: list[Obj] = []
-    problems: list[str] = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        name = f"{meta.get('namespace')}/{meta.get('name')}"
-        if meta.get("name") == own_name and (own_namespace is None or meta.get("namespace") == own_namespace):
-            continue
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            out.append(pod)
-            continue
-        if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
-            continue
-        if drain.pod_selector is not None and not matches(drain.pod_selector, meta.get("labels") or {}):
-            continue
-        owners = meta.get("ownerReferences") or []
-        if any(o.get("kind") == "DaemonSet" for o in owners):
-            if drain.ignore_daemon_sets is False:
-                problems.append(f"pod {name} is managed by a DaemonSet (set ignoreDaemonSets)")
-            continue
-        if not any(o.get("controller") for o in owners) and not drain.force:
-            problems.append(f"pod {name} is not managed by a controller (set force)")
-            continue
-        if any("emptyDir" in v for v in (pod.get("spec") or {}).get("volumes") or []) and not (
-            drain.delete_emptydir_data or drain.delete_local_data
-        ):
-            problems.append(f"pod {name} uses emptyDir data (set deleteEmptydirData)")
-            continue
-        out.append(pod)
-    return out, problems
 
 
 @dataclass(frozen=True)
@@ -363,8 +320,9 @@ class Runtime:
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:
-        spec = obj.get("spec") or {}
-        channel = spec.get("channel") if isinstance(spec, dict) else None
+        spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+        assert isinstance(spec, dict)
+        channel = spec.get("channel")
         version: str | None = None
         channel_err: str | None = None
         if isinstance(channel, str) and channel and not spec.get("version"):
@@ -372,28 +330,21 @@ class Runtime:
             if got is None:
                 channel_err = f"channel {channel} not resolved yet"
             else:
-                channel_err = channel_error(got)
-                if channel_err is None:
-                    candidate = (got.location or "").rstrip("/").rsplit("/", 1)[-1]
-                    if is_version(candidate):
-                        version = candidate
-                    else:
-                        channel_err = (
-                            f"channel {channel} redirected to {got.location!r}, "
-                            f"whose basename {candidate!r} is not a k3s version"
-                        )
-        target = spec.get("version") if isinstance(spec, dict) and spec.get("version") else version
+                version, channel_err = got.version, got.error
+        target = spec.get("version") or version
         artifacts: dict[str, Artifact] = {}
         artifact_err: str | None = None
         if isinstance(target, str) and is_version(target):
-            for arch in sorted(arches):
-                art, err = self.artifact(target, arch)
-                if art is not None:
+            for arch in sorted(arches & set(ASSETS)):
+                art = self.resolver.artifacts.get((target, arch))
+                if isinstance(art, Artifact):
                     artifacts[arch] = art
-                elif err is not None:
-                    artifact_err = err
+                else:
+                    self.resolver.want_artifact(target, arch)
+                    if isinstance(art, str):
+                        artifact_err = art
         secrets: dict[str, dict[str, bytes]] = {}
-        for ref in spec.get("secrets") or [] if isinstance(spec, dict) else []:
+        for ref in spec.get("secrets") or []:
             name = ref.get("name") if isinstance(ref, dict) else None
             sec = self.secrets.cache.get(f"{self.settings.namespace}/{name}")
             if sec is not None:
@@ -406,29 +357,6 @@ class Runtime:
             artifacts=artifacts,
             artifact_error=artifact_err,
         )
-
-    def artifact(self, version: str, arch: str) -> tuple[Artifact | None, str | None]:
-        """The binary of `version` for `arch` once its checksum file is in (None, None while fetching)."""
-        asset = ASSETS.get(arch)
-        if asset is None:
-            return None, None  # the engine reports the node as blocked: no binary for its arch
-        got = self.resolver.checksums.get((version, arch))
-        if got is None or (got.error is None and got.status is None):
-            self.resolver.want_checksums(version, arch)
-            return None, None
-        if got.error is not None or got.status != 200:
-            self.resolver.want_checksums(version, arch)
-            why = got.error or f"answered {got.status}"
-            return None, f"checksums of {version} for {arch}: {why}"
-        for line in got.body.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].lstrip("*") == asset and len(parts[0]) == 64:
-                url = f"{self.settings.release_base_url}/{quote(version, safe='')}/{asset}"
-                try:
-                    return Artifact(url=url, sha256=parts[0].lower(), name=asset), None
-                except ValueError as exc:
-                    return None, f"checksum of {asset} {version} is not a SHA-256: {exc}"
-        return None, f"{got.url} lists no checksum for {asset}"
 
     async def perform(self, writes: Sequence[Write], stored: StoredLease | None) -> bool:
         """Perform `writes` in order; False at the first that fails (it is logged with its cause)."""
@@ -476,7 +404,7 @@ class Runtime:
         return {str(o["metadata"]["name"]): o for o in src.values()}
 
     def picker(self, drain: Drain) -> PodPicker:
-        return lambda pods: pick_pods(pods, drain, self.settings.pod_name, self.settings.pod_namespace)
+        return lambda pods: pods_to_evict(pods, drain, self.settings.pod_name, self.settings.pod_namespace)
 
     def _observe(self, old: LeaseTable, new: LeaseTable, now: datetime) -> None:
         """Phase durations: a lease that left a phase (or the table) spent `now - updated_at` in it."""

@@ -1,12 +1,13 @@
-"""Channel re-resolution and checksum fetching: the HTTP side of versions and artifacts.
+"""Channel re-resolution and checksum fetching on a timer: the I/O side of versions and artifacts.
 
-SUC resolves a channel by a GET that does not follow redirects: the 302's `Location` basename is the
-version. We do the same GET here, on a timer per channel URL (every `--polling-interval`,
-SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL, default 15m) and on demand when a Plan appears or changes; the
-parsing and judging of what came back (is it a k3s version?) is pure and lives with the engine's
-helpers. Checksum files (`sha256sum-<arch>.txt`) are fetched once per version and kept: releases are
-immutable. Every failure becomes a `Fetched` with an error message naming the URL and the cause; nothing
-here raises into the reconcile loop.
+SUC re-resolves a Plan's channel every SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL (default 15m); we do the same
+per channel URL (`--polling-interval`) and at once when a Plan names a new channel. The request and
+its judgement (a 30x whose Location basename is a k3s version, else a `ChannelError`) are
+`coordinator.channels.resolve_channel`; the checksum files and the Artifact built from them are
+`coordinator.artifacts.ArtifactFetcher` (cached per version and arch: releases do not change). This
+module only schedules those calls, keeps the latest answer for the runtime to read when it builds a
+World, and wakes the runtime when an answer changes. Nothing here raises into the reconcile loop:
+every failure is kept as a message naming the URL and the cause.
 """
 
 from __future__ import annotations
@@ -16,75 +17,41 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote
 
 import aiohttp
 
-log = logging.getLogger("coordinator.resolver")
+from coordinator.artifacts import ArtifactError, ArtifactFetcher
+from coordinator.channels import ChannelError, resolve_channel
+from wire.messages import Artifact
 
-MAX_BODY = 1 << 20
+log = logging.getLogger("coordinator.resolver")
 
 
 @dataclass(frozen=True)
-class Fetched:
-    """What one HTTP request brought back (or why it did not)."""
+class Resolved:
+    """The latest answer of one channel: a version, or why there is none."""
 
     url: str
-    status: int | None
-    location: str | None
-    body: str
+    version: str | None
     error: str | None
     at: datetime
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, limit_s: float, *, follow: bool) -> Fetched:
-    now = datetime.now(UTC)
-    try:
-        async with session.get(
-            url, allow_redirects=follow, timeout=aiohttp.ClientTimeout(total=limit_s)
-        ) as resp:
-            body = (await resp.content.read(MAX_BODY)).decode("utf-8", errors="replace")
-            return Fetched(url, resp.status, resp.headers.get("Location"), body, None, now)
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        return Fetched(
-            url, None, None, "", f"GET {url} failed: {type(exc).__name__}: {exc}".rstrip(": "), now
-        )
-
-
-def channel_error(f: Fetched) -> str | None:
-    """Why a channel answer cannot name a version (None when it is a redirect with a Location)."""
-    if f.error:
-        return f.error
-    if f.status not in (301, 302, 303, 307, 308):
-        return f"channel {f.url} answered {f.status}, expected a redirect to a release"
-    if not f.location:
-        return f"channel {f.url} answered {f.status} without a Location header"
-    return None
-
-
-def checksum_url(base: str, version: str, arch: str) -> str:
-    """`<base>/<tag>/sha256sum-<arch>.txt`, `+` escaped; the armhf checksums are named `arm`."""
-    suffix = {"arm": "arm", "armhf": "arm"}.get(arch, arch)
-    return f"{base.rstrip('/')}/{quote(version, safe='')}/sha256sum-{suffix}.txt"
-
-
 class Resolver:
-    """Keeps the latest answer per channel URL and per (version, arch) checksum file.
-
-    `channels` and `checksums` are read by the runtime when it builds a World; `on_change` wakes it
-    whenever an answer differs from the previous one.
-    """
+    """Keeps `channels[url]` and `artifacts[(version, arch)]` fresh; `on_change` wakes the runtime."""
 
     def __init__(self, base_url: str, interval: float, timeout: float, on_change: Callable[[], None]) -> None:
         self.base_url = base_url
         self.interval = interval
         self.timeout = timeout
         self._on_change = on_change
-        self.channels: dict[str, Fetched] = {}
-        self.checksums: dict[tuple[str, str], Fetched] = {}
+        self.channels: dict[str, Resolved] = {}
+        self.artifacts: dict[tuple[str, str], Artifact | str] = {}
+        """(version, arch) -> the Artifact, or the error message of the last attempt."""
         self._wanted: set[str] = set()
         self._kick = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._fetcher: ArtifactFetcher | None = None
         self._inflight: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -94,44 +61,52 @@ class Resolver:
             self._kick.set()
         self._wanted = set(urls)
 
-    def want_checksums(self, version: str, arch: str) -> None:
+    def want_artifact(self, version: str, arch: str) -> None:
+        """Fetch the checksum of `version` for `arch` unless it is known or being fetched (retries errors)."""
         key = (version, arch)
-        hit = self.checksums.get(key)
-        if (hit is None or (hit.error or hit.status != 200)) and key not in self._inflight:
-            self._inflight.add(key)
-            task = asyncio.get_running_loop().create_task(self._fetch_checksums(key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if isinstance(self.artifacts.get(key), Artifact) or key in self._inflight:
+            return
+        self._inflight.add(key)
+        task = asyncio.get_running_loop().create_task(self._fetch_artifact(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _session_(self) -> aiohttp.ClientSession:
+    def _session_(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def _fetch_checksums(self, key: tuple[str, str]) -> None:
+    async def _fetch_artifact(self, key: tuple[str, str]) -> None:
         try:
-            f = await fetch(
-                await self._session_(), checksum_url(self.base_url, *key), self.timeout, follow=True
-            )
-            self.checksums[key] = f
-            self._on_change()
+            if self._fetcher is None:
+                self._fetcher = ArtifactFetcher(self._session_(), self.base_url, self.timeout)
+            try:
+                result: Artifact | str = await self._fetcher.get(*key)
+            except ArtifactError as exc:
+                result = str(exc)
+            if self.artifacts.get(key) != result:
+                self.artifacts[key] = result
+                self._on_change()
         finally:
             self._inflight.discard(key)
 
+    async def _resolve(self, url: str) -> Resolved:
+        try:
+            version = await resolve_channel(self._session_(), url, self.timeout)
+        except ChannelError as exc:
+            return Resolved(url, None, str(exc), datetime.now(UTC))
+        return Resolved(url, version, None, datetime.now(UTC))
+
     async def resolve_all(self) -> None:
-        session = await self._session_()
         urls = sorted(self._wanted)
-        results = await asyncio.gather(*(fetch(session, u, self.timeout, follow=False) for u in urls))
+        results = await asyncio.gather(*(self._resolve(u) for u in urls))
         changed = False
-        for url, f in zip(urls, results, strict=True):
+        for url, got in zip(urls, results, strict=True):
             old = self.channels.get(url)
-            if old is None or (old.status, old.location, old.error) != (f.status, f.location, f.error):
+            if old is None or (old.version, old.error) != (got.version, got.error):
                 changed = True
-                log.info(
-                    "channel answer",
-                    extra={"channel": url, "status": f.status, "location": f.location, "error": f.error},
-                )
-            self.channels[url] = f
+                log.info("channel answer", extra={"channel": url, "version": got.version, "error": got.error})
+            self.channels[url] = got
         for gone in set(self.channels) - set(urls):
             del self.channels[gone]
         if changed:
@@ -158,3 +133,4 @@ class Resolver:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            self._fetcher = None
