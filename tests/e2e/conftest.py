@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from sandbox import netns
-from sandbox.cluster import Sandbox, SandboxConfig
+from sandbox.cluster import Sandbox, SandboxConfig, SandboxError
 from sandbox.progress import NodeView
 
 NEEDED = ("sandbox.apiserver", "coordinator.__main__", "agent.__main__")
@@ -152,6 +152,8 @@ def plan_manifest(name: str, *, servers: bool, version: str | None = None, chann
 
 
 MakeSandbox = Callable[..., Sandbox]
+_START_FAILURES: list[str] = []
+"""A sandbox that cannot start will not start for the next test either: fail those at once (suite budget)."""
 
 
 @pytest.fixture
@@ -161,9 +163,15 @@ def make_sandbox(tmp_path: Path) -> Iterator[MakeSandbox]:
     started: list[Sandbox] = []
 
     def make(**fields: object) -> Sandbox:
+        if _START_FAILURES:
+            pytest.fail(f"not trying again, an earlier sandbox did not start: {_START_FAILURES[0]}")
         fields.setdefault("state_dir", tmp_path / f"sandbox{len(started)}")
         sandbox = Sandbox(SandboxConfig(**fields))  # type: ignore[arg-type]
-        sandbox.start()
+        try:
+            sandbox.start()
+        except SandboxError as exc:
+            _START_FAILURES.append(str(exc))
+            raise
         started.append(sandbox)
         return sandbox
 
