@@ -45,6 +45,9 @@ class MemoryCluster:
         self.events: list[tuple[str, dict[str, str], str, str, str]] = []
         self.table_history: list[LeaseTable] = []
         self.writes: dict[str, int] = {}
+        self.pdb_blocked: set[str] = set()
+        """Pods (ns/name) whose eviction a PodDisruptionBudget refuses (429) while listed."""
+        self.evictions: list[str] = []
 
     # -- helpers for tests -----------------------------------------------------------------------
     def _key(self, obj: Obj) -> str:
@@ -177,6 +180,9 @@ class MemoryCluster:
         return [copy.deepcopy(p) for p in self.objects["pods"].values() if p["spec"].get("nodeName") == node]
 
     async def evict_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+        if f"{namespace}/{name}" in self.pdb_blocked:
+            raise errors.EvictionBlocked(f"Cannot evict pod {namespace}/{name}: disruption budget", 429)
+        self.evictions.append(f"{namespace}/{name}")
         await self.delete_pod(namespace, name, grace_seconds)
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:

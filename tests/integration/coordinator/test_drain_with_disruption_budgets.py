@@ -1,0 +1,117 @@
+"""Plans with `drain`: pods are evicted through the Eviction API, a disruption budget is waited out until
+the drain timeout, and a drain that cannot finish fails the node visibly and gives it back.
+
+Aspects covered:
+- eviction of the node's pods (DaemonSet pods skipped, the coordinator's own pod never touched) while
+  the node is cordoned; a 429 (PodDisruptionBudget) is retried until the budget allows it;
+- the rollout completes and every node is uncordoned;
+- a budget that never allows the eviction: after the plan's drain timeout the lease fails, the plan
+  stops with Complete=False/JobFailed naming the node and cause, Warning Events go to the Plan and the
+  Node, and the node is uncordoned (we cordoned it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from coordinator.kube.resources import PLANS, PODS
+from tests.integration.coordinator.harness import Rig, condition, coordinator, drive
+
+OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
+NODES = ["node-1", "node-2"]
+
+
+def pod(name: str, node: str, owner: str = "ReplicaSet", ns: str = "apps") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "ownerReferences": [{"kind": owner, "name": "x", "controller": True}],
+        },
+        "spec": {"nodeName": node},
+        "status": {"phase": "Running"},
+    }
+
+
+def plan(timeout: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "upgrade.cattle.io/v1",
+        "kind": "Plan",
+        "metadata": {"name": "drained", "namespace": "system-upgrade"},
+        "spec": {
+            "concurrency": 1,
+            "version": NEW,
+            "upgrade": {"image": "rancher/k3s-upgrade"},
+            "drain": {"timeout": timeout, "force": True},
+            "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
+        },
+    }
+
+
+def seed_pods(rig: Rig) -> None:
+    for n in NODES:
+        rig.cluster.put(PODS, pod(f"web-{n}", n))
+        rig.cluster.put(PODS, pod(f"logs-{n}", n, owner="DaemonSet"))
+    rig.cluster.put(PODS, pod("coordinator-0", "node-1", ns="system-upgrade"))
+
+
+async def test_budget_waited_out_then_rollout_completes(tmp_path: Path) -> None:
+    async with coordinator(
+        tmp_path,
+        [NEW],
+        [(n, False, OLD) for n in NODES],
+        "--pod-name",
+        "coordinator-0",
+        "--pod-namespace",
+        "system-upgrade",
+    ) as rig:
+        seed_pods(rig)
+        rig.cluster.pdb_blocked = {f"apps/web-{n}" for n in NODES}
+        rig.cluster.put(PLANS, plan("30s"))
+        plans = rig.cluster.objects["plans"]
+
+        async def budget_allows_later() -> None:
+            await asyncio.sleep(1.0)
+            rig.cluster.pdb_blocked.clear()
+
+        opener = asyncio.create_task(budget_allows_later())
+
+        def complete() -> bool:
+            return condition(plans["system-upgrade/drained"], "Complete").get("status") == "True"
+
+        await drive(rig, rig.agents(NODES, OLD), complete, 40, "the drained rollout did not complete")
+        await opener
+        assert sorted(rig.cluster.evictions) == [f"apps/web-{n}" for n in NODES]
+        pods = rig.cluster.objects["pods"]
+        assert "system-upgrade/coordinator-0" in pods and all(f"apps/logs-{n}" in pods for n in NODES)
+        for n in NODES:
+            assert not rig.cluster.objects["nodes"][n]["spec"].get("unschedulable")
+
+
+async def test_drain_timeout_fails_the_node_and_gives_it_back(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], [(n, False, OLD) for n in NODES]) as rig:
+        seed_pods(rig)
+        rig.cluster.pdb_blocked = {f"apps/web-{n}" for n in NODES}
+        rig.cluster.put(PLANS, plan("1s"))
+        plans = rig.cluster.objects["plans"]
+
+        def failed() -> bool:
+            c = condition(plans["system-upgrade/drained"], "Complete")
+            return c.get("reason") == "JobFailed" and any(e[3] == "UpgradeFailed" for e in rig.cluster.events)
+
+        await drive(rig, rig.agents(NODES, OLD), failed, 30, "the drain timeout was not reported")
+        msg = condition(plans["system-upgrade/drained"], "Complete")["message"]
+        bad = next(n for n in NODES if n in msg)
+        assert "drain" in msg and "disruption budget" in msg, msg
+        kinds = {(e[1]["kind"], e[1]["name"]) for e in rig.cluster.events if e[2] == "Warning"}
+        assert ("Plan", "drained") in kinds and ("Node", bad) in kinds
+        async with asyncio.timeout(10):  # the uncordon follows the failure record in the same pass or the next
+            while rig.cluster.objects["nodes"][bad]["spec"].get("unschedulable"):
+                await asyncio.sleep(0.05)
+        others = [n for n in NODES if n != bad]
+        assert all(
+            "plan.upgrade.cattle.io/drained" not in rig.cluster.objects["nodes"][n]["metadata"]["labels"]
+            for n in others
+        ), "the plan kept going after a failure"
