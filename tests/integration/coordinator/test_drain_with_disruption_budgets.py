@@ -99,7 +99,10 @@ async def test_drain_timeout_fails_the_node_and_gives_it_back(tmp_path: Path) ->
 
         def failed() -> bool:
             c = condition(plans["system-upgrade/drained"], "Complete")
-            return c.get("reason") == "JobFailed" and any(e[3] == "UpgradeFailed" for e in rig.cluster.events)
+            nodes = rig.cluster.objects["nodes"].values()
+            given_back = not any(n["spec"].get("unschedulable") for n in nodes)
+            reported = any(e[3] == "UpgradeFailed" for e in rig.cluster.events)
+            return c.get("reason") == "JobFailed" and reported and given_back
 
         await drive(rig, rig.agents(NODES, OLD), failed, 30, "the drain timeout was not reported")
         msg = condition(plans["system-upgrade/drained"], "Complete")["message"]
@@ -107,9 +110,7 @@ async def test_drain_timeout_fails_the_node_and_gives_it_back(tmp_path: Path) ->
         assert "drain" in msg and "disruption budget" in msg, msg
         kinds = {(e[1]["kind"], e[1]["name"]) for e in rig.cluster.events if e[2] == "Warning"}
         assert ("Plan", "drained") in kinds and ("Node", bad) in kinds
-        async with asyncio.timeout(10):  # the uncordon follows the failure record in the same pass or the next
-            while rig.cluster.objects["nodes"][bad]["spec"].get("unschedulable"):
-                await asyncio.sleep(0.05)
+        assert not rig.cluster.objects["nodes"][bad]["spec"].get("unschedulable"), "failed node left cordoned"
         others = [n for n in NODES if n != bad]
         assert all(
             "plan.upgrade.cattle.io/drained" not in rig.cluster.objects["nodes"][n]["metadata"]["labels"]
