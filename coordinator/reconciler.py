@@ -220,6 +220,7 @@ class Runtime:
         self.lease_table: LeaseTable | None = None
         self.last_error: str | None = None
         self.broker = RuntimeBroker(self)
+        self._views: dict[str, tuple[str, NodeView]] = {}
         self.resolver = Resolver(
             settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
         )
@@ -268,6 +269,7 @@ class Runtime:
         resolving = asyncio.create_task(self.resolver.run(), name="resolver")
         try:
             while True:
+                await asyncio.sleep(0.005)  # coalesce a burst of events into one pass
                 self._wake.clear()
                 try:
                     await self.reconcile_once()
@@ -305,7 +307,10 @@ class Runtime:
 
     def world(self, table: LeaseTable) -> World:
         now = datetime.now(UTC)
-        nodes = tuple(node_view(o) for o in self.nodes.cache.values())
+        nodes = tuple(self._node_view(o) for o in self.nodes.cache.values())
+        if len(self._views) > len(self.nodes.cache):
+            live = {str(o["metadata"]["name"]) for o in self.nodes.cache.values()}
+            self._views = {k: v for k, v in self._views.items() if k in live}
         arches = {n.arch for n in nodes}
         return World(
             now=now,
@@ -318,6 +323,17 @@ class Runtime:
             started_at=self.started_at,
             settings=self.engine_settings,
         )
+
+    def _node_view(self, obj: Obj) -> NodeView:
+        """NodeViews are rebuilt only when the Node's resourceVersion changed (thousands of nodes)."""
+        meta = obj["metadata"]
+        name, rv = str(meta["name"]), str(meta.get("resourceVersion", ""))
+        hit = self._views.get(name)
+        if hit is not None and hit[0] == rv:
+            return hit[1]
+        view = node_view(obj)
+        self._views[name] = (rv, view)
+        return view
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:
         spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
