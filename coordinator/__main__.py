@@ -127,6 +127,13 @@ async def serve(settings: config.Settings) -> None:
             await asyncio.gather(acting, return_exceptions=True)
             acting = None
 
+    def background_failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped: %r; exiting", task.get_name(), task.exception())
+            stop.set()
+
+    for task in tasks:
+        task.add_done_callback(background_failed)
     try:
         if elector is None:
             start_acting()
@@ -134,8 +141,8 @@ async def serve(settings: config.Settings) -> None:
         else:
             await act_while_leading(elector, start_acting, stop_acting, stop)
         for task in tasks:
-            if task.done() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                raise RuntimeError(f"{task.get_name()} stopped") from exc
     finally:
         log.info("shutting down")
         await stop_acting()
