@@ -1,0 +1,83 @@
+"""Reports the lease table cannot take are refused with the status docs/protocol.md promises, through the
+real runtime broker.
+
+Aspects covered:
+- a report naming a lease the node does not hold -> 404 with the node and lease in the message;
+- a report whose phase does not fit the lease's phase (restarted while only granted) -> 409;
+- a repeated report is answered like the first (200 with the lease), and the phase was recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from coordinator.kube.resources import PLANS
+from tests.integration.coordinator.harness import coordinator
+from wire.messages import Action, AgentState, ErrorBody, Instruction, Report
+
+OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
+
+
+async def post(url: str, body: str) -> tuple[int, bytes]:
+    headers = {"Authorization": "Bearer tok-node-1", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+        return r.status, await r.read()
+
+
+async def test_unknown_and_stale_reports(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], [("node-1", False, OLD)]) as rig:
+        base = f"{rig.url}/v1/agents/node-1"
+        code, raw = await post(
+            f"{base}/report", Report(node="node-1", lease_id="nope", phase="staged").model_dump_json()
+        )  # type: ignore[arg-type]
+        err = ErrorBody.model_validate_json(raw)
+        assert code == 404 and "node-1" in err.error and "nope" in err.error
+
+        rig.cluster.put(
+            PLANS,
+            {
+                "apiVersion": "upgrade.cattle.io/v1",
+                "kind": "Plan",
+                "metadata": {"name": "p", "namespace": "system-upgrade"},
+                "spec": {
+                    "concurrency": 1,
+                    "version": NEW,
+                    "upgrade": {"image": "rancher/k3s-upgrade"},
+                    "nodeSelector": {
+                        "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]
+                    },
+                },
+            },
+        )
+        state = AgentState(node="node-1", agent_version="t", arch="amd64", k3s_version=OLD)
+        lease_id = None
+        for _ in range(50):  # the grant needs the agent seen alive and the checksum fetched
+            code, raw = await post(f"{base}/poll?wait=1", state.model_dump_json())
+            ins = Instruction.model_validate_json(raw)
+            if ins.action is Action.STAGE and ins.lease is not None:
+                lease_id = ins.lease.lease_id
+                break
+        assert lease_id is not None, "no lease granted"
+
+        restarted = Report(node="node-1", lease_id=lease_id, phase="restarted").model_dump_json()  # type: ignore[arg-type]
+        code, raw = await post(f"{base}/report", restarted)
+        assert code == 409 and "does not fit" in ErrorBody.model_validate_json(raw).error
+
+        writes = len(rig.cluster.table_history)
+        staged = Report(node="node-1", lease_id=lease_id, phase="staged").model_dump_json()  # type: ignore[arg-type]
+        first = await post(f"{base}/report", staged)
+        second = await post(f"{base}/report", staged)
+        assert first[0] == second[0] == 200
+        assert (
+            len(
+                [
+                    t
+                    for t in rig.cluster.table_history[writes:]
+                    if (le := t.by_id(lease_id)) is not None and le.phase.value == "staged"
+                ]
+            )
+            >= 1
+        )
+        assert Instruction.model_validate_json(second[1]).lease is not None
