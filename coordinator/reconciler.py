@@ -221,6 +221,7 @@ class Runtime:
         self.last_error: str | None = None
         self.broker = RuntimeBroker(self)
         self._views: dict[str, tuple[str, NodeView]] = {}
+        self._observed: LeaseTable | None = None
         self.resolver = Resolver(
             settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
         )
@@ -295,11 +296,9 @@ class Runtime:
         """One pass: World -> decide -> writes in order; stop at the first failed write and come back."""
         self.metrics.reconciles.inc()
         stored, table = await self.read_table()
-        before = table
         world = self.world(table)
         decision = decide(world)
         done = await self.perform(decision.writes, stored)
-        self._observe(before, self.lease_table or before, world.now)
         self._export(world)
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
@@ -422,6 +421,11 @@ class Runtime:
     def picker(self, drain: Drain) -> PodPicker:
         return lambda pods: pods_to_evict(pods, drain, self.settings.pod_name, self.settings.pod_namespace)
 
+    def _seen(self, table: LeaseTable) -> None:
+        if self._observed is not None and self._observed is not table:
+            self._observe(self._observed, table, datetime.now(UTC))
+        self._observed = table
+
     def _observe(self, old: LeaseTable, new: LeaseTable, now: datetime) -> None:
         """Phase durations: a lease that left a phase (or the table) spent `now - updated_at` in it."""
         after = {le.lease_id: le for le in new.leases}
@@ -463,6 +467,7 @@ class Runtime:
         """The lease table as stored now (and the object to write it back against)."""
         stored = await self.cluster.get_lease(self.settings.namespace, LEASE_TABLE_NAME)
         table = LeaseTable.from_annotations(stored.annotations if stored else None)
+        self._seen(table)
         self.table, self.lease_table = stored, table
         return stored, table
 
@@ -489,6 +494,7 @@ class Runtime:
             self.metrics.write_conflicts.labels("lease_table").inc()
             self.lease_table = None
             raise
+        self._seen(table)
         self.table, self.lease_table = written, table
         self.agents.notify({le.node for le in table.leases} | set(table.finished))
 

@@ -9,6 +9,7 @@ Aspects covered:
 - no agent node got a lease before every server was verified, labelled and released;
 - at no point did a plan hold more active leases than its concurrency (1), over every lease-table write;
 - every node the coordinator cordoned is uncordoned again; the lease table ends empty of active leases;
+- /metrics counts nodes done/total and a phase duration per node and phase; /status names the plans;
 - API cost: lease-table + node writes per upgraded node stay under a regression guard (10).
 """
 
@@ -48,6 +49,16 @@ async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Pa
             assert obj["metadata"]["labels"][f"plan.upgrade.cattle.io/{plan}"] == st["latestHash"]
             assert not obj["spec"].get("unschedulable"), f"{n} left cordoned"
             assert obj["status"]["nodeInfo"]["kubeletVersion"] == NEW
+
+    text = rig.runtime.metrics.render().decode()
+    assert 'k3s_upgrade_nodes_done{plan="server-plan"} 3.0' in text
+    assert 'k3s_upgrade_nodes_total{plan="agent-plan"} 5.0' in text
+    for phase in ("granted", "staged", "applying", "restarted", "verified"):
+        assert f'k3s_upgrade_phase_duration_seconds_count{{phase="{phase}",plan="agent-plan"}} 5.0' in text, (
+            phase
+        )
+    status = rig.runtime.status()["plans"]
+    assert status["agent-plan"]["version"] == NEW and status["agent-plan"]["conditions"]
 
     history = rig.cluster.table_history
     for table in history:
