@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from coordinator.api import BrokerError
 from coordinator.artifacts import ASSETS
 from coordinator.config import LEASE_TABLE_NAME, Settings
 from coordinator.drainer import Drainer, DrainOptions, DrainResult, PodPicker
@@ -155,7 +156,11 @@ class RuntimeBroker:
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
         rt = self._rt
-        rt.agents.record(state, datetime.now(UTC))
+        now = datetime.now(UTC)
+        prev = rt.agents.seen.get(state.node)
+        rt.agents.record(state, now)
+        if prev is None or (now - prev.at).total_seconds() > rt.settings.timeouts.agent_heartbeat / 2:
+            rt.wake()  # the agent (re)appeared: its node may now get a lease
         ev = rt.agents.event(state.node)
         ev.clear()
         table = await rt.current_table()
@@ -171,8 +176,6 @@ class RuntimeBroker:
         return ins
 
     async def report(self, report: Report) -> Instruction:
-        from coordinator.api import BrokerError
-
         rt = self._rt
         for _attempt in range(8):
             stored, table = await rt.read_table()
