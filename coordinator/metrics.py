@@ -1,8 +1,8 @@
 """Prometheus metrics of the coordinator, on a registry of its own (one per process or test).
 
 SUC has none; people asked for exactly these: leases by plan and phase, how long each phase takes,
-failures, nodes done / total per plan, plus what it costs the API server (writes by kind) and agent
-API traffic. Rendered by `GET /metrics` in coordinator.web.
+failures, nodes done / total per plan, plus what it costs the API server (writes by kind).
+Rendered by `GET /metrics` in coordinator.web.
 """
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ class Metrics:
         )
         self.write_conflicts = Counter(
             "k3s_upgrade_write_conflicts", "Conditional writes that lost a race (409)", ["kind"], registry=r
-        )
-        self.agent_requests = Counter(
-            "k3s_upgrade_agent_requests",
-            "Agent API requests, by endpoint and status",
-            ["endpoint", "code"],
-            registry=r,
         )
         self.is_leader = Gauge("k3s_upgrade_leader", "1 while this replica is the leader", registry=r)
         self._lease_labels: set[tuple[str, str]] = set()
