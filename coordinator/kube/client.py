@@ -12,6 +12,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -267,7 +268,7 @@ class KubeCluster:
         self, namespace: str, involved: Mapping[str, str], type_: str, reason: str, message: str
     ) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        name = f"{involved.get('name', 'x')}.{datetime.now(UTC).strftime('%s%f')}"
+        name = f"{involved.get('name', 'x')}.{time.time_ns():x}"
         body = {
             "apiVersion": "v1",
             "kind": "Event",
