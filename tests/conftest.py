@@ -4,6 +4,7 @@
 - `kubeconfig`: a kubeconfig for it in tmp_path;
 - `kubectl(*args, check=True, input=None, timeout=30)`: /usr/bin/kubectl with that kubeconfig and a
   private discovery cache; raises with stdout/stderr in the message when `check` and it fails;
+  `kubectl.prefix` is the argv prefix, for tests that need a Popen;
 - `kube_api`: an official `kubernetes.client.ApiClient` for it, closed afterwards;
 - `no_leaks` (also applied by the `no_leaks` marker): fails a test that leaves threads or child
   processes behind.
@@ -51,10 +52,12 @@ def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
         cmd = [KUBECTL, "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache), *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
-                                 f"stderr:\n{proc.stderr}")
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
         return proc
 
+    run.prefix = [KUBECTL, "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache)]  # type: ignore[attr-defined]
     return run
 
 

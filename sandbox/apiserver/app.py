@@ -190,7 +190,10 @@ class Api:
                 status_body(500, "InternalError", f"internal error: {type(exc).__name__}: {exc}"), 500
             )
         finally:
-            self.request_log.append(LoggedRequest(request.method, request.path, request.query_string, status))
+            if not request.get("logged"):
+                self.request_log.append(
+                    LoggedRequest(request.method, request.path, request.query_string, status)
+                )
 
     # ---- dispatch ------------------------------------------------------------------------------------
 
@@ -200,6 +203,8 @@ class Api:
             return web.Response(text="ok")
         if path == "/version":
             return _json(VERSION)
+        if path.startswith("/openapi/v3"):
+            return self._openapi(path)
         if path.startswith("/openapi"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         reg = self.store.registry
@@ -272,6 +277,14 @@ class Api:
     # ---- resources -----------------------------------------------------------------------------------
 
     async def _body(self, request: web.Request) -> Any:
+        ctype = request.headers.get("Content-Type", "application/json")
+        if request.method in ("POST", "PUT") and "json" not in ctype and "yaml" not in ctype:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - "
+                f'accepted media types include: application/json (got "{ctype}")',
+            )
         raw = await request.read()
         if not raw:
             raise bad_request("the request body is empty")
@@ -425,6 +438,9 @@ class Api:
             await resp.write_eof()
             return resp
         await resp.prepare(request)
+        # A watch is logged once it streams (not when it ends), so tests can wait for a client to watch.
+        request["logged"] = True
+        self.request_log.append(LoggedRequest(request.method, request.path, request.query_string, 200))
         deadline = time.monotonic() + timeout
         try:
             while not self.stopping.is_set():

@@ -48,9 +48,16 @@ def _schema(reg: Registry, rt: ResourceType, crds: dict[str, Obj]) -> Obj:
 
 
 def _paths(rt: ResourceType) -> Obj:
+    gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+    actions = {"get": "get", "put": "put", "patch": "patch", "delete": "delete", "post": "post"}
     ops = {
-        m: {"parameters": _PARAMS, "responses": {"200": {"description": "OK"}}}
-        for m in ("get", "put", "patch", "delete", "post")
+        m: {
+            "parameters": _PARAMS,
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": a,
+            "x-kubernetes-group-version-kind": gvk,
+        }
+        for m, a in actions.items()
     }
     return {
         rt.path("{namespace}" if rt.namespaced else None): ops,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from sandbox.apiserver.resources import PrinterColumn, ResourceType
@@ -213,6 +214,33 @@ def _custom(columns: tuple[PrinterColumn, ...], objs: list[Obj]) -> tuple[list[O
     return cols, rows
 
 
+def human_age(stamp: Any, now: datetime | None = None) -> str:
+    """A creationTimestamp as kubectl shows ages: 45s, 12m, 5h, 3d, or <unknown>."""
+    try:
+        then = datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "<unknown>"
+    secs = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 3600:
+        return f"{secs // 60}m"
+    if secs < 48 * 3600:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d"
+
+
+def _humanize(cols: list[Obj], rows: list[list[Any]]) -> list[list[Any]]:
+    dates = [i for i, c in enumerate(cols) if c["type"] == "date"]
+    for c in cols:
+        if c["type"] == "date":
+            c["type"] = "string"
+    for row in rows:
+        for i in dates:
+            row[i] = human_age(row[i]) if row[i] else "<unknown>"
+    return rows
+
+
 def partial(obj: Obj) -> Obj:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
 
@@ -221,6 +249,8 @@ def table(
     rt: ResourceType, objs: list[Obj], rv: str, include: str = "Metadata", cont: str | None = None
 ) -> Obj:
     cols, cells = columns_and_cells(rt, objs)
+    cols = [dict(c) for c in cols]
+    cells = _humanize(cols, cells)
     rows = []
     for obj, row in zip(objs, cells, strict=True):
         entry: Obj = {"cells": row}
