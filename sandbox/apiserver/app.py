@@ -149,6 +149,7 @@ class Api:
         self.request_log = request_log
         self.bookmark_interval = bookmark_interval
         self.stopping = asyncio.Event()
+        self._logged: set[int] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
@@ -190,7 +191,9 @@ class Api:
                 status_body(500, "InternalError", f"internal error: {type(exc).__name__}: {exc}"), 500
             )
         finally:
-            if not request.get("logged"):
+            if id(request) in self._logged:
+                self._logged.discard(id(request))
+            else:
                 self.request_log.append(
                     LoggedRequest(request.method, request.path, request.query_string, status)
                 )
@@ -439,7 +442,7 @@ class Api:
             return resp
         await resp.prepare(request)
         # A watch is logged once it streams (not when it ends), so tests can wait for a client to watch.
-        request["logged"] = True
+        self._logged.add(id(request))
         self.request_log.append(LoggedRequest(request.method, request.path, request.query_string, 200))
         deadline = time.monotonic() + timeout
         try:
