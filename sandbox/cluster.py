@@ -479,9 +479,18 @@ class Sandbox:
             "spec": {"nodeName": name, "serviceAccountName": AGENT_SERVICE_ACCOUNT,
                      "containers": [{"name": "agent", "image": AGENT_IMAGE}]},
         }))
-        token = self.kubectl.run("create", "token", AGENT_SERVICE_ACCOUNT, "-n", NAMESPACE,
-                                 "--bound-object-kind", "Pod", "--bound-object-name", pod,
-                                 "--audience", TOKEN_AUDIENCE, "--duration", "24h").strip()
+        # The TokenRequest API as `kubectl create token` calls it, but with a JSON body (the emulator
+        # does not read protobuf bodies).
+        uid = self.kubectl.json("get", "pod", pod, "-n", NAMESPACE)["metadata"].get("uid")
+        ref: dict[str, Any] = {"kind": "Pod", "apiVersion": "v1", "name": pod}
+        if uid:
+            ref["uid"] = uid
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"audiences": [TOKEN_AUDIENCE], "expirationSeconds": 86400,
+                            "boundObjectRef": ref}}
+        path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{AGENT_SERVICE_ACCOUNT}/token"
+        answer = json.loads(self.kubectl.run("create", "--raw", path, "-f", "-", input=json.dumps(request)))
+        token = str(answer["status"]["token"])
         node.token_file.write_text(token + "\n")
         node.token_file.chmod(0o600)
 
