@@ -385,7 +385,8 @@ class Sandbox:
         crd = DEPLOY / "crd.yaml"
         if crd.exists():
             self.kubectl.run("apply", "-f", str(crd))
-            wait_for("the Plan CRD was not served", lambda: self.kubectl.run("get", "plans", "-A") is not None, 20)
+            wait_for("the Plan CRD was not served",
+                     lambda: self.kubectl.run("get", "plans", "-A") is not None, 20)
         docs: list[dict[str, Any]] = []
         for path in sorted(DEPLOY.glob("*.yaml")):
             if path.name == "crd.yaml":
