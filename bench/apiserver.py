@@ -36,9 +36,12 @@ async def run() -> dict[str, Any]:
             headers={"Authorization": "Bearer admin-token"}, connector=aiohttp.TCPConnector(limit=0)
         ) as http:
             for i in range(NODES):
-                body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"node-{i:04d}",
-                                                                         "labels": {"pool": str(i % 10)}},
-                        "status": {"nodeInfo": {"kubeletVersion": "v1.30.1+k3s1"}}}
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": f"node-{i:04d}", "labels": {"pool": str(i % 10)}},
+                    "status": {"nodeInfo": {"kubeletVersion": "v1.30.1+k3s1"}},
+                }
                 async with http.post(f"{url}/api/v1/nodes", json=body) as r:
                     assert r.status == 201, await r.text()
 
@@ -51,9 +54,11 @@ async def run() -> dict[str, Any]:
                     assert len((await r.json())["items"]) == NODES
 
             async def patch(i: int) -> None:
-                async with http.patch(f"{url}/api/v1/nodes/node-{i % NODES:04d}",
-                                      data=json.dumps({"metadata": {"labels": {"n": str(i)}}}),
-                                      headers={"Content-Type": "application/merge-patch+json"}) as r:
+                async with http.patch(
+                    f"{url}/api/v1/nodes/node-{i % NODES:04d}",
+                    data=json.dumps({"metadata": {"labels": {"n": str(i)}}}),
+                    headers={"Content-Type": "application/merge-patch+json"},
+                ) as r:
                     assert r.status == 200
 
             out: dict[str, Any] = {"nodes": NODES}
@@ -69,8 +74,12 @@ async def run() -> dict[str, Any]:
 
             async def watcher() -> None:
                 nonlocal ready
-                params = {"watch": "true", "resourceVersion": str(rv), "fieldSelector": "metadata.name=node-0000",
-                          "timeoutSeconds": "30"}
+                params = {
+                    "watch": "true",
+                    "resourceVersion": str(rv),
+                    "fieldSelector": "metadata.name=node-0000",
+                    "timeoutSeconds": "30",
+                }
                 async with http.get(f"{url}/api/v1/nodes", params=params) as r:
                     ready += 1
                     async for _line in r.content:
@@ -81,7 +90,7 @@ async def run() -> dict[str, Any]:
                             return
 
             tasks = [asyncio.create_task(watcher()) for _ in range(WATCHERS)]
-            while ready < WATCHERS or (server.store and server.store.hub.count() < WATCHERS):
+            while ready < WATCHERS or (server.store and server.store.hub.count() < WATCHERS):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             start = time.perf_counter()
             for i in range(10):

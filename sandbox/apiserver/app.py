@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from sandbox.apiserver import eviction, openapi, resources, tables
+from sandbox.apiserver import eviction, openapi, protobuf, resources, tables
 from sandbox.apiserver.errors import ApiError, bad_request, status_body
 from sandbox.apiserver.patching import apply_patch
 from sandbox.apiserver.resources import CRDS, ResourceType
@@ -281,6 +281,8 @@ class Api:
 
     async def _body(self, request: web.Request) -> Any:
         ctype = request.headers.get("Content-Type", "application/json")
+        if request.method == "POST" and ctype.startswith(protobuf.PROTOBUF):
+            return protobuf.decode(await request.read())
         if request.method in ("POST", "PUT") and "json" not in ctype and "yaml" not in ctype:
             raise ApiError(
                 415,

@@ -1,7 +1,8 @@
 """kubectl v1.32 drives the emulator as a user would.
 
 Aspects covered:
-- `apply -f` of deploy/crd.yaml then of the seed's two Plans verbatim; re-apply is unchanged (patch path);
+- `create namespace` (a protobuf body), `apply -f` of deploy/crd.yaml then of the seed's two Plans
+  verbatim; re-apply is unchanged (patch path);
 - `get plans` shows Image/Channel/Version/Complete/Message, `-o wide` adds Applying, `-o yaml` round-trips;
 - `get nodes -l`, `label`, `cordon`, `uncordon`;
 - `drain` is held by a PodDisruptionBudget (kubectl retries evictions) and goes through once allowed;
@@ -20,7 +21,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED = Path(__file__).with_name("seed_plans.yaml")
-NS_YAML = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: system-upgrade\n"
 
 
 def _node(name: str, labels: dict[str, str]) -> str:
@@ -39,7 +39,7 @@ def _node(name: str, labels: dict[str, str]) -> str:
 
 def _plans(kubectl: Any) -> None:
     kubectl("apply", "-f", str(ROOT / "deploy" / "crd.yaml"))
-    kubectl("apply", "-f", "-", input=NS_YAML)
+    kubectl("create", "namespace", "system-upgrade")  # a protobuf body
     out = kubectl("apply", "-f", str(SEED)).stdout
     assert "server-plan created" in out and "agent-plan created" in out
 
