@@ -86,6 +86,9 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # a second Ctrl-C / SIGTERM must not cut the teardown short and leave processes behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping the sandbox ...", flush=True)
         sandbox.stop()
     return 0

@@ -10,6 +10,7 @@ carries its plan's hash label, 1 with the cause when a plan halts or the deadlin
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import urllib.error
@@ -110,7 +111,9 @@ def run_demo(*, servers: int = 3, agents: int = 5, timeout: float = 110.0, state
                            versions=(DEMO_FROM, DEMO_TO), state_dir=state_dir, kubeconfig=kubeconfig)
     print(f"starting a sandbox cluster: {servers} servers + {agents} agents on {DEMO_FROM} ...", file=out,
           flush=True)
-    with Sandbox(config) as sandbox:
+    sandbox = Sandbox(config)
+    try:
+        sandbox.start()
         print(f"kubeconfig: {sandbox.kubeconfig}\ncoordinator status: {sandbox.status_url}", file=out)
         print(f"applying the k3s docs' Plans ({SEED_PLANS.name}) with kubectl", file=out, flush=True)
         print(sandbox.kubectl.run("apply", "-f", str(SEED_PLANS)).rstrip(), file=out, flush=True)
@@ -119,4 +122,9 @@ def run_demo(*, servers: int = 3, agents: int = 5, timeout: float = 110.0, state
         print(summary(outcome), file=out, flush=True)
         if not outcome.ok:
             print(f"logs: {sandbox.logs}", file=out)
+    finally:
+        # a second Ctrl-C / SIGTERM must not cut the teardown short and leave processes behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sandbox.stop()
     return 0 if outcome.ok else 1
