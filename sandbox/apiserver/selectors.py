@@ -128,6 +128,9 @@ def parse_field_selector(text: str | None, allowed: frozenset[str], kind: str) -
     return out
 
 
+_BOOL_FIELDS = frozenset({"spec.unschedulable", "spec.hostNetwork"})
+
+
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     """The string value of a field-selector field on an object (missing -> "")."""
     if path == "source":
@@ -138,7 +141,7 @@ def field_value(obj: Mapping[str, Any], path: str) -> str:
             return ""
         cur = cur.get(part)
     if cur is None:
-        return ""
+        return "false" if path in _BOOL_FIELDS else ""
     if isinstance(cur, bool):
         return "true" if cur else "false"
     return str(cur)
