@@ -71,8 +71,9 @@ def artifact_for(base: str, version: str, arch: str, checksum_text: str) -> Arti
 class ArtifactFetcher:
     """Resolves Artifacts over HTTP, caching each good (version, arch) answer for good."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL, timeout: float = 10.0
+    ) -> None:
         self.session = session
         self.base_url = base_url
         self.timeout = timeout

@@ -35,8 +35,9 @@ def version_from_location(url: str, location: str | None) -> str:
 async def resolve_channel(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
     """GET `url` without following redirects and return the version it points to."""
     try:
-        async with session.get(url, allow_redirects=False,
-                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        async with session.get(
+            url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
             await resp.content.read(MAX_BODY)
             if resp.status not in REDIRECTS:
                 raise ChannelError(f"channel {url}: answered {resp.status}, expected a redirect to a release")

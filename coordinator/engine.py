@@ -118,12 +118,32 @@ def plan_input(
     have = secret_data or {}
     missing = [s.name for s in plan.spec.secrets if not s.ignore_updates and s.name not in have]
     if missing:
-        return PlanInput(name=name, plan=plan, version=version, resolved_by=by, status=status,
-                         resolve_error=f"secret(s) {', '.join(missing)} not found")
-    h = plan_hash(version, plan.spec.service_account_name, obj,
-                  [(s.name, s.ignore_updates) for s in plan.spec.secrets], secret_data or {}, secret_types)
-    return PlanInput(name=name, plan=plan, version=version, resolved_by=by, hash=h,
-                     artifacts=dict(artifacts or {}), artifact_error=artifact_error, status=status)
+        return PlanInput(
+            name=name,
+            plan=plan,
+            version=version,
+            resolved_by=by,
+            status=status,
+            resolve_error=f"secret(s) {', '.join(missing)} not found",
+        )
+    h = plan_hash(
+        version,
+        plan.spec.service_account_name,
+        obj,
+        [(s.name, s.ignore_updates) for s in plan.spec.secrets],
+        secret_data or {},
+        secret_types,
+    )
+    return PlanInput(
+        name=name,
+        plan=plan,
+        version=version,
+        resolved_by=by,
+        hash=h,
+        artifacts=dict(artifacts or {}),
+        artifact_error=artifact_error,
+        status=status,
+    )
 
 
 @dataclass(frozen=True)
@@ -337,10 +357,16 @@ class _Decider:
                 lease = self.update(lease, phase=LeasePhase.VERIFIED, verified_at=now, updated_at=now)
             elif (now - lease.updated_at).total_seconds() > w.settings.verify:
                 seen = node.kubelet_version or "unknown"
-                self.update(lease, phase=LeasePhase.ROLLING_BACK, updated_at=now,
-                            cause=(f"node {node.name}: not Ready on {lease.target_version} within "
-                                   f"{w.settings.verify:g}s (Ready={node.ready}, kubelet {seen}); "
-                                   "rolling back"))
+                self.update(
+                    lease,
+                    phase=LeasePhase.ROLLING_BACK,
+                    updated_at=now,
+                    cause=(
+                        f"node {node.name}: not Ready on {lease.target_version} within "
+                        f"{w.settings.verify:g}s (Ready={node.ready}, kubelet {seen}); "
+                        "rolling back"
+                    ),
+                )
                 return
             else:
                 return
@@ -361,8 +387,13 @@ class _Decider:
             self.writes.append(NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None))
             if uncordon:
                 self.uncordoned.add(node.name)
-            self.event("Node", node.name, "Normal", "Upgraded",
-                       f"plan {lease.plan}: node {node.name} verified on {lease.target_version}")
+            self.event(
+                "Node",
+                node.name,
+                "Normal",
+                "Upgraded",
+                f"plan {lease.plan}: node {node.name} verified on {lease.target_version}",
+            )
             if lease.cordoned_by_us:
                 self.update(lease, cordoned_by_us=False)
             return
@@ -397,14 +428,18 @@ class _Decider:
         servers = [n.kubelet_version for n in w.nodes if is_server(n.labels)]
         failed_nodes = {le.node for le in failures}
         pool = []
-        for n in selected(spec.node_selector.model_dump(by_alias=True, exclude_none=True)
-                          if spec.node_selector else None, plan.name, w.nodes):
+        for n in selected(
+            spec.node_selector.model_dump(by_alias=True, exclude_none=True) if spec.node_selector else None,
+            plan.name,
+            w.nodes,
+        ):
             if is_done(n, plan.name, pi.hash) or n.name in failed_nodes:
                 continue
             if self.t.active_for_node(n.name) is not None:
                 continue
-            problem = check(n.name, n.kubelet_version, pi.version, is_server(n.labels), servers,
-                            w.settings.skew)
+            problem = check(
+                n.name, n.kubelet_version, pi.version, is_server(n.labels), servers, w.settings.skew
+            )
             if problem is None and n.arch not in pi.artifacts:
                 problem = f"node {n.name}: no {pi.version} binary for arch {n.arch}"
             if problem:
@@ -414,14 +449,23 @@ class _Decider:
                 pool.append(n)
         for n in candidate_order(pool, plan.uid, pi.hash)[: max(slots, 0)]:
             lease = Lease(
-                lease_id=_lease_id(plan.name, n.name, pi.hash, w.now), plan=plan.name, node=n.name,
-                plan_hash=pi.hash, target_version=pi.version, artifact=pi.artifacts[n.arch],
-                phase=LeasePhase.GRANTED, granted_at=w.now, updated_at=w.now, exclusive=spec.exclusive,
-                restart_stable_seconds=w.settings.restart_stable, restart_timeout_seconds=w.settings.restart,
+                lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),
+                plan=plan.name,
+                node=n.name,
+                plan_hash=pi.hash,
+                target_version=pi.version,
+                artifact=pi.artifacts[n.arch],
+                phase=LeasePhase.GRANTED,
+                granted_at=w.now,
+                updated_at=w.now,
+                exclusive=spec.exclusive,
+                restart_stable_seconds=w.settings.restart_stable,
+                restart_timeout_seconds=w.settings.restart,
             )
             self.commit(self.t.put(lease))
-            self.event("Plan", plan.name, "Normal", "LeaseGranted",
-                       f"node {n.name}: upgrade to {pi.version} granted")
+            self.event(
+                "Plan", plan.name, "Normal", "LeaseGranted", f"node {n.name}: upgrade to {pi.version} granted"
+            )
         return blocked, None
 
     def complete(self, pi: PlanInput) -> bool:
@@ -457,8 +501,14 @@ class _Decider:
                     parts = ([f"applying: {', '.join(sorted(applying))}"] if applying else []) + blocked
                     conds.append(Cond("Complete", False, "SyncJob", "; ".join(parts)))
         applying_nodes = [le.node for le in self.t.active_for_plan(pi.name)]
-        new = plan_status(pi.status, conds, self.w.now, latest_version=pi.version,
-                          latest_hash=pi.hash, applying=applying_nodes)
+        new = plan_status(
+            pi.status,
+            conds,
+            self.w.now,
+            latest_version=pi.version,
+            latest_hash=pi.hash,
+            applying=applying_nodes,
+        )
         if new != dict(pi.status):
             self.writes.append(PlanStatusWrite(pi.name, new))
 

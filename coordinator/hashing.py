@@ -45,9 +45,14 @@ def _as_string(value: Any) -> str:
 def secret_hash(name: str, data: Mapping[str, bytes], type_: str = "Opaque") -> str:
     """kubectl's `hash.SecretHash` of a Secret with this name, type and (decoded) data."""
     encoded = json.dumps(
-        {"data": {k: base64.b64encode(v).decode() for k, v in data.items()}, "kind": "Secret",
-         "name": name, "type": type_},
-        sort_keys=True, separators=(",", ":"),
+        {
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+            "kind": "Secret",
+            "name": name,
+            "type": type_,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(encoded.encode()).hexdigest()[:10].translate(_ENCODE)
 

@@ -231,15 +231,27 @@ _REPORT_MOVES: dict[AgentPhase, tuple[frozenset[LeasePhase], LeasePhase]] = {
     ),
     AgentPhase.ROLLED_BACK: (
         frozenset(
-            {LeasePhase.GRANTED, LeasePhase.STAGED, LeasePhase.DRAINING, LeasePhase.APPLYING,
-             LeasePhase.RESTARTED, LeasePhase.ROLLING_BACK}
+            {
+                LeasePhase.GRANTED,
+                LeasePhase.STAGED,
+                LeasePhase.DRAINING,
+                LeasePhase.APPLYING,
+                LeasePhase.RESTARTED,
+                LeasePhase.ROLLING_BACK,
+            }
         ),
         LeasePhase.ROLLED_BACK,
     ),
     AgentPhase.FAILED: (
         frozenset(
-            {LeasePhase.GRANTED, LeasePhase.STAGED, LeasePhase.DRAINING, LeasePhase.APPLYING,
-             LeasePhase.RESTARTED, LeasePhase.ROLLING_BACK}
+            {
+                LeasePhase.GRANTED,
+                LeasePhase.STAGED,
+                LeasePhase.DRAINING,
+                LeasePhase.APPLYING,
+                LeasePhase.RESTARTED,
+                LeasePhase.ROLLING_BACK,
+            }
         ),
         LeasePhase.FAILED,
     ),

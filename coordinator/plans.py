@@ -154,8 +154,10 @@ def parse_plan(obj: dict[str, Any]) -> tuple[Plan | None, list[str]]:
     if spec.concurrency < 0:
         errors.append(f"spec.concurrency: {spec.concurrency} is negative")
     if not is_k3s_upgrade_image(spec.upgrade.image):
-        errors.append(f"spec.upgrade.image: {spec.upgrade.image!r} is not supported "
-                      "(only rancher/k3s-upgrade is: this engine replaces the k3s binary itself)")
+        errors.append(
+            f"spec.upgrade.image: {spec.upgrade.image!r} is not supported "
+            "(only rancher/k3s-upgrade is: this engine replaces the k3s binary itself)"
+        )
     prepare_plan: str | None = None
     if spec.prepare is not None:
         args = spec.prepare.args or []

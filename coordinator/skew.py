@@ -59,6 +59,8 @@ def check(
             except VersionError:
                 continue
         if parsed and tgt > min(parsed):
-            return (f"node {node} is an agent; its servers run {min(parsed)} and the target {target} "
-                    "is newer: upgrade the servers first")
+            return (
+                f"node {node} is an agent; its servers run {min(parsed)} and the target {target} "
+                "is newer: upgrade the servers first"
+            )
     return None

@@ -12,13 +12,27 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _DAYS = {
-    "sunday": 6, "sun": 6, "su": 6,
-    "monday": 0, "mon": 0, "mo": 0,
-    "tuesday": 1, "tue": 1, "tu": 1,
-    "wednesday": 2, "wed": 2, "we": 2,
-    "thursday": 3, "thu": 3, "th": 3,
-    "friday": 4, "fri": 4, "fr": 4,
-    "saturday": 5, "sat": 5, "sa": 5,
+    "sunday": 6,
+    "sun": 6,
+    "su": 6,
+    "monday": 0,
+    "mon": 0,
+    "mo": 0,
+    "tuesday": 1,
+    "tue": 1,
+    "tu": 1,
+    "wednesday": 2,
+    "wed": 2,
+    "we": 2,
+    "thursday": 3,
+    "thu": 3,
+    "th": 3,
+    "friday": 4,
+    "fri": 4,
+    "fr": 4,
+    "saturday": 5,
+    "sat": 5,
+    "sa": 5,
 }
 
 
