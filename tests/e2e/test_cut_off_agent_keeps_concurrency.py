@@ -30,6 +30,7 @@ def test_cut_off_agent(make_sandbox: MakeSandbox) -> None:
 
     args = list(SandboxConfig().coordinator_args)
     args[args.index("--agent-heartbeat-timeout") + 1] = str(HEARTBEAT)
+    args.append("--allow-agent-skew")  # only the agents are upgraded here; the server stays older
     sandbox = make_sandbox(servers=1, agents=2, from_version=OLD, versions=(OLD, NEW), netns=True,
                            api_on_server=False,
                            coordinator_args=tuple(args))

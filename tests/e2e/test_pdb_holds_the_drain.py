@@ -12,7 +12,7 @@ import time
 
 import yaml
 
-from sandbox.cluster import NAMESPACE, wait_for
+from sandbox.cluster import NAMESPACE, SandboxConfig, wait_for
 from sandbox.progress import build_snapshot, finished
 from tests.e2e.conftest import MakeSandbox, plan_manifest
 
@@ -21,7 +21,9 @@ HOLD = 4.0
 
 
 def test_pdb_blocks_then_allows(make_sandbox: MakeSandbox) -> None:
-    sandbox = make_sandbox(servers=1, agents=1, from_version=OLD, versions=(OLD, NEW), api_on_server=False)
+    args = (*SandboxConfig().coordinator_args, "--allow-agent-skew")  # only the agent is upgraded here
+    sandbox = make_sandbox(servers=1, agents=1, from_version=OLD, versions=(OLD, NEW), api_on_server=False,
+                           coordinator_args=args)
     kubectl = sandbox.kubectl
     kubectl.apply(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default",
