@@ -57,7 +57,12 @@ def test_seed_plans_verbatim(tmp_path: Path) -> None:
         reader = threading.Thread(target=read_plans, daemon=True)
         reader.start()
         assert demo.stdout is not None
-        output_lines = list(demo.stdout)
+        output_lines: list[str] = []
+        complete_at = float("inf")
+        for line in demo.stdout:
+            output_lines.append(line)
+            if "rollout complete" in line:
+                complete_at = time.monotonic()  # before the demo tears the cluster down
         code = demo.wait(150)
         done.set()
         reader.join(30)
@@ -72,7 +77,9 @@ def test_seed_plans_verbatim(tmp_path: Path) -> None:
     assert "rollout complete" in output
     assert set(plans) == {"server-plan", "agent-plan"}
 
-    history = watch.history()
+    # the cluster as it was when the demo declared the rollout complete (teardown stops the nodes after)
+    history = {node: [(at, view) for at, view in seq if at <= complete_at]
+               for node, seq in watch.history().items()}
     servers = sorted(n for n, seq in history.items() if seq[-1][1].server)
     agents = sorted(n for n, seq in history.items() if not seq[-1][1].server)
     assert len(servers) == 3 and len(agents) == 5, sorted(history)
