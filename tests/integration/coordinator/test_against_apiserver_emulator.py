@@ -230,6 +230,8 @@ async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> 
             await asyncio.sleep(random.uniform(0.3, 1.5))
             proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(proc.wait, 10)
+            assert proc.stdout is not None
+            proc.stdout.close()
             proc = await asyncio.to_thread(start_coordinator, env, port, releases.base_url)
         await asyncio.to_thread(
             env.kubectl,
@@ -257,6 +259,8 @@ async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> 
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 15)
+        assert proc.stdout is not None
+        proc.stdout.close()
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         cluster.close()
