@@ -120,7 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="k3s-upgrade-coordinator",
         description="Evaluate upgrade.cattle.io/v1 Plans and coordinate k3s upgrades node by node.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (env KUBECONFIG); in-cluster if unset")
     p.add_argument(
