@@ -43,9 +43,10 @@ def version_output(version: str) -> str:
 def host_root_of(binary: str) -> Path | None:
     """The simulated node's root: the binary's path minus `usr/local/bin/k3s` (None if it is elsewhere)."""
     path = Path(os.path.abspath(binary))
-    if path.parts[-3:] != BINARY_SUFFIX.parts:
+    depth = len(BINARY_SUFFIX.parts)
+    if path.parts[-depth:] != BINARY_SUFFIX.parts:
         return None
-    return path.parents[2]
+    return path.parents[depth - 1]
 
 
 @dataclass
