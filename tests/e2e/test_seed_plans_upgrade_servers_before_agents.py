@@ -73,6 +73,8 @@ def test_seed_plans_verbatim(tmp_path: Path) -> None:
             demo.wait()
         if watch is not None:
             watch.stop()
+        if demo.stdout is not None:
+            demo.stdout.close()
     assert code == 0, output
     assert "rollout complete" in output
     assert set(plans) == {"server-plan", "agent-plan"}
@@ -111,8 +113,9 @@ def test_seed_plans_verbatim(tmp_path: Path) -> None:
     for node in agents:
         seq = history[node]
         ready_at = first_time(seq, lambda v: v.ready) or 0.0
-        touched = [at for at, v in seq
-                   if v.cordoned or v.version != seq[0][1].version or (not v.ready and at > ready_at)]
+        registered_as = next(v.version for at, v in seq if at >= ready_at)  # before: no status yet
+        touched = [at for at, v in seq if at >= ready_at
+                   and (v.cordoned or v.version != registered_as or not v.ready)]
         assert not touched or min(touched) > last_server_verified, (
             f"agent {node} touched at {min(touched)} before the last server was verified "
             f"at {last_server_verified}")
