@@ -1,6 +1,7 @@
 """The real coordinator process against the API server emulator, driven with kubectl where a user would.
 
-Skipped until `sandbox.apiserver` exists (written against its documented interface, not yet run).
+The runtime tests beside this file use an in-memory Cluster for speed; this file is the same runtime,
+as a real process, on the emulator's real semantics (409s, watches, TokenReview).
 
 Aspects covered:
 - deploy/crd.yaml and deploy/coordinator.yaml apply with kubectl;
@@ -9,7 +10,9 @@ Aspects covered:
   is killed with SIGKILL three times at random moments and restarted; every lease-table version seen
   on a watch keeps each plan within concurrency 1;
 - `kubectl get plans` shows SUC's columns and `kubectl wait --for=condition=Complete plan/server-plan`
-  returns.
+  returns;
+- the 16 invalid Plans of the in-memory test, created on the emulator, each get Validated=False naming
+  the field and touch no node, while a valid Plan beside them completes.
 """
 
 from __future__ import annotations
@@ -279,3 +282,66 @@ async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> 
         plan = "server-plan" if n["metadata"]["name"] in SERVERS else "agent-plan"
         assert f"plan.upgrade.cattle.io/{plan}" in labels
         assert not n["spec"].get("unschedulable")
+
+
+async def test_invalid_plans_beside_a_valid_one(env: Env, tmp_path: Path) -> None:
+    """The 16 bad Plans of the in-memory test, created on the emulator: each gets Validated=False naming
+    the field, none touches a node, and a valid Plan beside them completes (coordinator as a subprocess)."""
+    from tests.integration.coordinator.test_invalid_plans_beside_a_valid_one import BAD
+
+    env.kubectl("apply", "-f", str(ROOT / "deploy" / "crd.yaml"))
+    env.kubectl("create", "namespace", NS)
+    env.kubectl("-n", NS, "create", "serviceaccount", "system-upgrade")
+    tokens = await node_tokens(env)
+    plans = f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans"
+
+    def plan(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        meta = {"name": name, "namespace": NS}
+        return {"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": meta, "spec": spec}
+
+    for name, (spec, _) in BAD.items():
+        await env.api("POST", plans, plan(name, spec))
+    good = {
+        "concurrency": 1,
+        "version": NEW,
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchLabels": {"node-role.kubernetes.io/master": "true"}},
+    }
+    await env.api("POST", plans, plan("good", good))
+    releases = ReleaseServer([NEW], tmp_path / "releases")
+    await asyncio.to_thread(releases.start_in_thread)
+    port = free_port()
+    proc = await asyncio.to_thread(start_coordinator, env, port, releases.base_url)
+    stop = asyncio.Event()
+
+    async def restart(name: str, version: str) -> None:
+        await set_node(env, name, version)
+
+    agents = [ScriptedAgent(f"http://127.0.0.1:{port}", n, tokens[n], OLD, restart, wait=1.0) for n in SERVERS]
+    runs = [asyncio.create_task(a.run(stop)) for a in agents]
+    try:
+        await asyncio.to_thread(
+            env.kubectl, "-n", NS, "wait", "--for=condition=Complete", "plan/good", "--timeout=60s", timeout=70
+        )
+        items = {p["metadata"]["name"]: p for p in (await env.api("GET", plans))["items"]}
+    finally:
+        stop.set()
+        await asyncio.gather(*runs)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 15)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        await asyncio.to_thread(releases.stop_in_thread)
+    for name, (_, field) in BAD.items():
+        conditions = (items[name].get("status") or {}).get("conditions") or []
+        validated = next((c for c in conditions if c["type"] == "Validated"), None)
+        assert validated is not None, f"{name}: no Validated condition in {conditions}"
+        assert validated["status"] == "False", f"{name}: {validated}"
+        assert field in validated["message"], f"{name}: {field!r} not named in {validated['message']!r}"
+    nodes = (await env.api("GET", "/api/v1/nodes"))["items"]
+    for n in nodes:
+        labels = n["metadata"].get("labels") or {}
+        assert not [k for k in labels if k.startswith("plan.upgrade.cattle.io/") and k[23:] in BAD], n
+        assert not (n.get("spec") or {}).get("unschedulable"), n["metadata"]["name"]
+        if n["metadata"]["name"] in SERVERS:
+            assert labels.get("plan.upgrade.cattle.io/good"), n["metadata"]["name"]
