@@ -317,11 +317,20 @@ async def test_invalid_plans_beside_a_valid_one(env: Env, tmp_path: Path) -> Non
     async def restart(name: str, version: str) -> None:
         await set_node(env, name, version)
 
-    agents = [ScriptedAgent(f"http://127.0.0.1:{port}", n, tokens[n], OLD, restart, wait=1.0) for n in SERVERS]
+    agents = [
+        ScriptedAgent(f"http://127.0.0.1:{port}", n, tokens[n], OLD, restart, wait=1.0) for n in SERVERS
+    ]
     runs = [asyncio.create_task(a.run(stop)) for a in agents]
     try:
         await asyncio.to_thread(
-            env.kubectl, "-n", NS, "wait", "--for=condition=Complete", "plan/good", "--timeout=60s", timeout=70
+            env.kubectl,
+            "-n",
+            NS,
+            "wait",
+            "--for=condition=Complete",
+            "plan/good",
+            "--timeout=60s",
+            timeout=70,
         )
         items = {p["metadata"]["name"]: p for p in (await env.api("GET", plans))["items"]}
     finally:
