@@ -112,6 +112,15 @@ class ScriptedAgent:
                     self.version = lease.target_version
                     await self.restart(self.node, lease.target_version)
                     await self.report(session, AgentPhase.RESTARTED)
+                elif (
+                    ins.action is Action.APPLY
+                    and lease is not None
+                    and lease.lease_id == self.lease_id
+                    and self.phase in (AgentPhase.APPLYING, AgentPhase.RESTARTED)
+                ):
+                    # Its `restarted` report was lost with a dead coordinator: say it again, as the real
+                    # agent does (agent/upgrade.py answers a repeated apply with `restarted`).
+                    await self.report(session, AgentPhase.RESTARTED)
                 elif ins.action is Action.ROLLBACK and lease is not None:
                     await self.report(session, AgentPhase.ROLLED_BACK)
                 elif ins.action is Action.FINISH:

@@ -12,7 +12,9 @@ Aspects covered:
 - `kubectl get plans` shows SUC's columns and `kubectl wait --for=condition=Complete plan/server-plan`
   returns;
 - the 16 invalid Plans of the in-memory test, created on the emulator, each get Validated=False naming
-  the field and touch no node, while a valid Plan beside them completes.
+  the field and touch no node, while a valid Plan beside them completes;
+- two `--leader-elect` replicas (processes): never both leaders (their `k3s_upgrade_leader` gauges,
+  sampled throughout), the standby takes over when the leader is SIGKILLed mid-rollout and finishes it.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ async def set_node(env: Env, name: str, version: str) -> None:
     )
 
 
-def start_coordinator(env: Env, port: int, releases: str) -> subprocess.Popen[str]:
+def start_coordinator(env: Env, port: int, releases: str, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -189,6 +191,7 @@ def start_coordinator(env: Env, port: int, releases: str) -> subprocess.Popen[st
             "30",
             "--poll-wait-max",
             "1",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -354,3 +357,110 @@ async def test_invalid_plans_beside_a_valid_one(env: Env, tmp_path: Path) -> Non
         assert not (n.get("spec") or {}).get("unschedulable"), n["metadata"]["name"]
         if n["metadata"]["name"] in SERVERS:
             assert labels.get("plan.upgrade.cattle.io/good"), n["metadata"]["name"]
+
+
+async def leader_gauge(session: aiohttp.ClientSession, port: int) -> float | None:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith("k3s_upgrade_leader "):
+                    return float(line.split()[1])
+    except aiohttp.ClientError:
+        return None  # a killed replica
+    return None
+
+
+async def test_two_replicas_never_both_lead_and_the_standby_takes_over(env: Env, tmp_path: Path) -> None:
+    env.kubectl("apply", "-f", str(ROOT / "deploy" / "crd.yaml"))
+    env.kubectl("create", "namespace", NS)
+    env.kubectl("-n", NS, "create", "serviceaccount", "system-upgrade")
+    tokens = await node_tokens(env)
+    releases = ReleaseServer([NEW], tmp_path / "releases")
+    await asyncio.to_thread(releases.start_in_thread)
+    ports = {"a": free_port(), "b": free_port()}
+    elect = ("--leader-elect", "--leader-lease-duration", "3")
+    procs = {
+        name: await asyncio.to_thread(
+            start_coordinator, env, port, releases.base_url, *elect, "--identity", name
+        )
+        for name, port in ports.items()
+    }
+    samples: list[tuple[float | None, float | None]] = []
+    stop_sampling = asyncio.Event()
+
+    async def sample() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop_sampling.is_set():
+                samples.append(
+                    (await leader_gauge(session, ports["a"]), await leader_gauge(session, ports["b"]))
+                )
+                await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
+    stop = asyncio.Event()
+    runs: list[asyncio.Task[None]] = []
+
+    async def restart(name: str, version: str) -> None:
+        await asyncio.sleep(1.0)  # a node's upgrade takes time, so the kill lands mid-rollout
+        await set_node(env, name, version)
+
+    def agents_for(port: int) -> list[ScriptedAgent]:
+        return [
+            ScriptedAgent(f"http://127.0.0.1:{port}", n, tokens[n], OLD, restart, wait=1.0) for n in tokens
+        ]
+
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while not any(a == 1.0 or b == 1.0 for a, b in samples):
+            assert asyncio.get_running_loop().time() < deadline, f"no leader elected: {samples[-3:]}"
+            await asyncio.sleep(0.1)
+        a, _ = samples[-1]
+        leader, standby = ("a", "b") if a == 1.0 else ("b", "a")
+        # Agents reach the leader (as a Service would route to the ready leader).
+        agents = agents_for(ports[leader])
+        runs = [asyncio.create_task(x.run(stop)) for x in agents]
+        env.kubectl("apply", "-f", str(ROOT / "sandbox" / "seed_plans.yaml"))
+        await asyncio.sleep(random.uniform(1.0, 2.5))
+        agent_plan = await env.api("GET", f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans/agent-plan")
+        conditions = (agent_plan.get("status") or {}).get("conditions") or []
+        assert not any(c["type"] == "Complete" and c["status"] == "True" for c in conditions), (
+            f"the rollout finished before the leader was killed: {agent_plan.get('status')}"
+        )
+        procs[leader].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(procs[leader].wait, 10)
+        stop.set()
+        await asyncio.gather(*runs)
+        stop.clear()
+        for agent in agents:  # the same agents, with their lease state, now reach the standby
+            agent.coordinator = f"http://127.0.0.1:{ports[standby]}"
+        runs = [asyncio.create_task(x.run(stop)) for x in agents]
+        for plan in ("server-plan", "agent-plan"):
+            await asyncio.to_thread(
+                env.kubectl,
+                "-n",
+                NS,
+                "wait",
+                "--for=condition=Complete",
+                f"plan/{plan}",
+                "--timeout=90s",
+                timeout=100,
+            )
+        index = 1 if standby == "b" else 0
+        deadline = asyncio.get_running_loop().time() + 15
+        while samples[-1][index] != 1.0:
+            assert asyncio.get_running_loop().time() < deadline, "the standby never took over"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*runs)
+        stop_sampling.set()
+        await sampler
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait, 15)
+            assert proc.stdout is not None
+            proc.stdout.close()
+        await asyncio.to_thread(releases.stop_in_thread)
+    both = [s for s in samples if s == (1.0, 1.0)]
+    assert not both, f"both replicas led at once in {len(both)} of {len(samples)} samples"
