@@ -9,7 +9,7 @@ does, so the order is stable for one hash and reshuffles when the plan changes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
@@ -24,37 +24,57 @@ def plan_label(plan: str) -> str:
     return LABEL_PREFIX + plan
 
 
-def matches(selector: Mapping[str, object] | None, labels: Mapping[str, str]) -> bool:
-    """Whether `labels` satisfy a LabelSelector given as its JSON shape."""
+LabelPredicate = Callable[[Mapping[str, str]], bool]
+
+
+def compile_selector(selector: Mapping[str, object] | None) -> LabelPredicate:
+    """Validate a LabelSelector (its JSON shape) once and return a predicate over a label map.
+
+    Raises SelectorError for a selector that cannot be evaluated, whatever labels it would later see.
+    """
     if not selector:
-        return True
+        return lambda labels: True
     match_labels = selector.get("matchLabels") or {}
     if not isinstance(match_labels, Mapping):
         raise SelectorError("nodeSelector.matchLabels must be a map")
-    for key, value in match_labels.items():
-        if labels.get(str(key)) != value:
-            return False
+    equal = tuple((str(k), v) for k, v in match_labels.items())
     exprs = selector.get("matchExpressions") or []
     if not isinstance(exprs, Sequence):
         raise SelectorError("nodeSelector.matchExpressions must be a list")
+    checks: list[tuple[str, str, frozenset[str]]] = []
     for i, expr in enumerate(exprs):
         if not isinstance(expr, Mapping):
             raise SelectorError(f"nodeSelector.matchExpressions[{i}] must be an object")
-        key, op = str(expr.get("key", "")), expr.get("operator")
-        values = [str(v) for v in (expr.get("values") or [])]
-        if op == "In":
-            ok = key in labels and labels[key] in values
-        elif op == "NotIn":
-            ok = key not in labels or labels[key] not in values
-        elif op == "Exists":
-            ok = key in labels
-        elif op == "DoesNotExist":
-            ok = key not in labels
-        else:
+        op = expr.get("operator")
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
             raise SelectorError(f"nodeSelector.matchExpressions[{i}].operator: unknown operator {op!r}")
-        if not ok:
-            return False
-    return True
+        values = frozenset(str(v) for v in (expr.get("values") or []))
+        checks.append((str(expr.get("key", "")), str(op), values))
+
+    def predicate(labels: Mapping[str, str]) -> bool:
+        for key, value in equal:
+            if labels.get(key) != value:
+                return False
+        for key, op, values in checks:
+            present = key in labels
+            if op == "In":
+                ok = present and labels[key] in values
+            elif op == "NotIn":
+                ok = not present or labels[key] not in values
+            elif op == "Exists":
+                ok = present
+            else:
+                ok = not present
+            if not ok:
+                return False
+        return True
+
+    return predicate
+
+
+def matches(selector: Mapping[str, object] | None, labels: Mapping[str, str]) -> bool:
+    """Whether `labels` satisfy a LabelSelector given as its JSON shape."""
+    return compile_selector(selector)(labels)
 
 
 class _Node(Protocol):
@@ -72,7 +92,8 @@ N = TypeVar("N", bound=_Node)
 def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N]) -> list[N]:
     """Nodes matched by the selector, minus those that opted out with the label value `disabled`."""
     label = plan_label(plan)
-    return [n for n in nodes if matches(selector, n.labels) and n.labels.get(label) != DISABLED]
+    match = compile_selector(selector)
+    return [n for n in nodes if match(n.labels) and n.labels.get(label) != DISABLED]
 
 
 def is_done(node: _Node, plan: str, plan_hash: str) -> bool:

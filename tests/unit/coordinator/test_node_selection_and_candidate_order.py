@@ -74,3 +74,23 @@ def test_candidate_order_is_sucs_sha256_and_depends_on_the_hash() -> None:
     assert order2 == expected("h2")
     assert order1 != order2
     assert [n.name for n in candidate_order(list(reversed(nodes)), "plan-uid", "h1")] == order1
+
+
+def test_a_bad_expression_is_an_error_even_when_match_labels_already_fail() -> None:
+    """The selector is validated as a whole, not only as far as one node's labels get it."""
+    selector = {"matchLabels": {"a": "b"}, "matchExpressions": [{"key": "a", "operator": "Near"}]}
+    with pytest.raises(SelectorError, match=r"matchExpressions\[0\].operator"):
+        matches(selector, {})
+
+
+def test_a_plan_with_a_bad_expression_beside_match_labels_is_invalid() -> None:
+    from coordinator.plans import parse_plan
+
+    spec = {
+        "concurrency": 1,
+        "version": "v1.30.4+k3s1",
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchLabels": {"a": "b"}, "matchExpressions": [{"key": "a", "operator": "Near"}]},
+    }
+    plan, errors = parse_plan({"metadata": {"name": "p", "namespace": "system-upgrade"}, "spec": spec})
+    assert plan is None and any("nodeSelector" in e and "Near" in e for e in errors), errors
