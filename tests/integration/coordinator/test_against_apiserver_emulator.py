@@ -37,12 +37,9 @@ import pytest
 from coordinator.kube.client import KubeCluster
 from coordinator.kube.resources import LEASES
 from coordinator.leasing import LeaseTable
+from sandbox.apiserver import ThreadedApiServer
 from sandbox.releases import ReleaseServer
 from tests.integration.coordinator.scripted_agent import ScriptedAgent
-
-apiserver_mod = pytest.importorskip("sandbox.apiserver")
-if not hasattr(apiserver_mod, "ThreadedApiServer"):
-    pytest.skip("sandbox.apiserver has no ThreadedApiServer yet", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[3]
 OLD, NEW = "v1.24.5+k3s1", "v1.24.6+k3s1"
@@ -92,7 +89,7 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    with apiserver_mod.ThreadedApiServer() as server:
+    with ThreadedApiServer() as server:
         yield Env(server.url, server.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
