@@ -1,0 +1,211 @@
+"""Light stand-ins for nodes and their agents: hundreds of asyncio tasks in ONE process.
+
+Each `SimNode` speaks the real agent HTTP API (`wire.messages`, long-poll + reports, bearer token from a
+TokenRequest bound to a Pod on its node) to a real coordinator process, and plays its node on the API
+server emulator the way a restarting k3s would: on `apply` it spends a fixed `work` time (the node's own
+upgrade work), then patches its Node's status (`kubeletVersion` = target, `Ready`) and reports
+`restarted`. Nothing else of an agent is simulated (no download, no binary): the benchmark measures the
+orchestration around the node's work.
+
+Every instruction it receives and every report it sends is timestamped (`time.monotonic`) in a shared
+`Timeline` so the rollout benchmark can compute hand-off latencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from wire.messages import TOKEN_AUDIENCE, Action, AgentPhase, AgentState, Instruction, Report
+
+ADMIN = {"Authorization": "Bearer admin-token"}
+SETUP_PARALLELISM = 32
+
+
+@dataclass
+class Timeline:
+    """Monotonic timestamps per node of the events the benchmark needs."""
+
+    staged: dict[str, float] = field(default_factory=dict)
+    """First `stage` instruction received (the lease grant as the agent sees it)."""
+    restarted: dict[str, float] = field(default_factory=dict)
+    """`restarted` report answered (the node's work is over and its Node shows the target)."""
+    finished: dict[str, float] = field(default_factory=dict)
+    """`finish` received (the coordinator verified and labelled the node)."""
+    errors: list[str] = field(default_factory=list)
+    expected: int = 0
+    """`all_finished` is set once this many nodes have received `finish`."""
+    all_finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, node: str) -> None:
+        self.finished.setdefault(node, time.monotonic())
+        if len(self.finished) >= self.expected:
+            self.all_finished.set()
+
+
+class ApiClient:
+    """The few admin calls to the API server emulator that setup and node restarts need."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session, self.url = session, url
+
+    async def call(self, method: str, path: str, body: Any, ctype: str = "application/json") -> Any:
+        headers = {**ADMIN, "Content-Type": ctype}
+        async with self.session.request(method, self.url + path, data=json.dumps(body), headers=headers) as r:
+            text = await r.text()
+            if r.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {r.status}: {text[:500]}")
+            return json.loads(text) if text else None
+
+    async def set_node(self, name: str, version: str) -> None:
+        status = {
+            "nodeInfo": {"kubeletVersion": version, "architecture": "amd64"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        await self.call(
+            "PATCH", f"/api/v1/nodes/{name}/status", {"status": status}, "application/merge-patch+json"
+        )
+
+
+async def register(api: ApiClient, names: Iterable[str], version: str, namespace: str) -> dict[str, str]:
+    """Create each Node (Ready on `version`), a Pod of the agent on it, and a token bound to that Pod.
+
+    Needs the namespace and its `system-upgrade` ServiceAccount. Returns node -> bearer token."""
+    gate = asyncio.Semaphore(SETUP_PARALLELISM)
+    tokens: dict[str, str] = {}
+
+    async def one(name: str) -> None:
+        async with gate:
+            labels = {"kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name}
+            await api.call(
+                "POST",
+                "/api/v1/nodes",
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}},
+            )
+            await api.set_node(name, version)
+            pod = await api.call(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/pods",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"agent-{name}", "namespace": namespace},
+                    "spec": {
+                        "nodeName": name,
+                        "serviceAccountName": "system-upgrade",
+                        "containers": [{"name": "agent", "image": "k3s-upgrader"}],
+                    },
+                },
+            )
+            ref = {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "name": pod["metadata"]["name"],
+                "uid": pod["metadata"]["uid"],
+            }
+            review = await api.call(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/system-upgrade/token",
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenRequest",
+                    "spec": {"audiences": [TOKEN_AUDIENCE], "expirationSeconds": 7200, "boundObjectRef": ref},
+                },
+            )
+            tokens[name] = review["status"]["token"]
+
+    await asyncio.gather(*(one(n) for n in names))
+    return tokens
+
+
+@dataclass
+class SimNode:
+    """One node + agent. `run` polls until `stop` is set; it never raises for a refused request."""
+
+    name: str
+    token: str
+    version: str
+    coordinator: str
+    api: ApiClient
+    timeline: Timeline
+    work: float = 1.0
+    wait: float = 20.0
+    phase: AgentPhase = AgentPhase.IDLE
+    lease_id: str | None = None
+
+    async def _post(self, session: aiohttp.ClientSession, path: str, body: str) -> Instruction | None:
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        url = f"{self.coordinator}/v1/agents/{self.name}/{path}"
+        try:
+            async with session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.wait + 30)
+            ) as r:
+                data = await r.read()
+                if r.status != 200:
+                    self.timeline.errors.append(f"{self.name} {path}: HTTP {r.status}: {data[:200]!r}")
+                    return None
+                return Instruction.model_validate_json(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.timeline.errors.append(f"{self.name} {path}: {type(exc).__name__}: {exc}")
+            return None
+
+    async def _report(self, session: aiohttp.ClientSession, phase: AgentPhase) -> None:
+        assert self.lease_id is not None
+        self.phase = phase
+        body = Report(node=self.name, lease_id=self.lease_id, phase=phase, k3s_version=self.version)
+        for _ in range(50):
+            if await self._post(session, "report", body.model_dump_json()) is not None:
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name}: report {phase} never accepted")
+
+    def _state(self) -> str:
+        return AgentState(
+            node=self.name,
+            agent_version="bench-nodesim",
+            arch="amd64",
+            k3s_version=self.version,
+            lease_id=self.lease_id,
+            phase=self.phase,
+        ).model_dump_json()
+
+    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ins = await self._post(session, f"poll?wait={self.wait:g}", self._state())
+            if ins is None:
+                await asyncio.sleep(0.5)
+                continue
+            lease = ins.lease
+            if ins.action is Action.STAGE and lease is not None:
+                self.timeline.staged.setdefault(self.name, time.monotonic())
+                self.lease_id = lease.lease_id
+                await self._report(session, AgentPhase.STAGED)
+            elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
+                await self._report(session, AgentPhase.APPLYING)
+                await asyncio.sleep(self.work)
+                self.version = lease.target_version
+                await self.api.set_node(self.name, lease.target_version)
+                await self._report(session, AgentPhase.RESTARTED)
+                self.timeline.restarted.setdefault(self.name, time.monotonic())
+            elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
+                await self._report(session, AgentPhase.RESTARTED)
+            elif ins.action is Action.FINISH:
+                self.timeline.finish(self.name)
+                self.phase, self.lease_id = AgentPhase.IDLE, None
+            elif ins.action is Action.ROLLBACK and lease is not None:
+                self.timeline.errors.append(f"{self.name}: told to roll back: {ins.reason}")
+                await self._report(session, AgentPhase.ROLLED_BACK)
+            elif ins.action is Action.IDLE and self.phase in (AgentPhase.ROLLED_BACK, AgentPhase.FAILED):
+                self.phase, self.lease_id = AgentPhase.IDLE, None
+            if ins.action is Action.IDLE and ins.poll_after_seconds:
+                try:
+                    async with asyncio.timeout(ins.poll_after_seconds):
+                        await stop.wait()
+                except TimeoutError:
+                    pass

@@ -1,0 +1,326 @@
+"""Rollout at scale: N simulated nodes, one Plan, a real coordinator process, the API server emulator.
+
+Three processes: the API server emulator (`python -m bench.rollout --serve-apiserver`, a wrapper that
+also answers request counts on stdin, since the emulator's request log lives in its own process), the
+coordinator (`python -m coordinator`, measured with psutil: CPU seconds and peak RSS from VmHWM), and
+this one, which holds the release server (a thread) and `bench.nodesim` stand-ins for every node.
+
+Figures: total time from the Plan's creation to the last node's `finish`, against the ideal
+ceil(N / concurrency) x per-node work; hand-off latency, i.e. for the k-th node whose `restarted` report
+was answered (its Node already Ready on the target), the time until the (concurrency + k)-th lease was
+received as `stage` (and the same from the k-th `finish`); Kubernetes API requests during the rollout per
+upgraded node by verb and resource. Prints JSON.
+
+    python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import psutil
+
+from bench.nodesim import ApiClient, SimNode, Timeline, register
+from sandbox.apiserver import ApiServer, LoggedRequest, write_kubeconfig
+from sandbox.releases import ReleaseServer
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = "system-upgrade"
+OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+# ---- the API server emulator in its own process ------------------------------------------------------
+
+
+def classify(req: LoggedRequest) -> str:
+    """`VERB resource[/subresource]`, e.g. `PATCH nodes/status`, `LIST nodes`, `WATCH leases`."""
+    parts = [p for p in req.path.split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    resource = rest[0] if rest else "/".join(parts[:1]) or "/"
+    named = len(rest) >= 2
+    if len(rest) >= 3:
+        resource += "/" + rest[2]
+    verb = req.method
+    if verb == "GET":
+        verb = (
+            "WATCH" if "watch=true" in req.query or "watch=1" in req.query else ("GET" if named else "LIST")
+        )
+    return f"{verb} {resource}"
+
+
+async def serve_apiserver() -> None:
+    """Serve the emulator; print its URL; on each stdin line print the request counts seen since the last
+    line as JSON; stop at EOF."""
+    server = ApiServer(bookmark_interval=5.0)
+    await server.start("127.0.0.1", 0)
+    print(server.url, flush=True)
+    loop = asyncio.get_running_loop()
+    seen = 0
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        log = server.request_log
+        counts = Counter(classify(r) for r in log[seen:])
+        seen = len(log)
+        print(json.dumps(dict(counts)), flush=True)
+    await server.stop()
+
+
+class ApiServerProcess:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.rollout", "--serve-apiserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.stdin: IO[str] = self.proc.stdin
+        self.stdout: IO[str] = self.proc.stdout
+        self.url = self.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            self.close()
+            raise RuntimeError(f"the API server emulator did not start (said {self.url!r})")
+
+    def counts(self) -> Counter[str]:
+        """Requests since the previous call, by `VERB resource`."""
+        self.stdin.write("\n")
+        self.stdin.flush()
+        return Counter(json.loads(self.stdout.readline()))
+
+    def close(self) -> None:
+        self.stdin.close()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stdout.close()
+
+
+# ---- the coordinator process -------------------------------------------------------------------------
+
+
+def start_coordinator(kubeconfig: Path, releases: str, log: IO[bytes]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            NS,
+            "--listen",
+            "127.0.0.1:0",
+            "--release-base-url",
+            releases,
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("coordinator listening on"):
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        raise RuntimeError(f"the coordinator did not start: {line!r}")
+    address = line.split()[-1].removeprefix("http://")
+    return proc, f"http://{address}"
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the kernel's own high-water mark of the resident set."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------
+
+
+def plan(concurrency: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "upgrade.cattle.io/v1",
+        "kind": "Plan",
+        "metadata": {"name": "bench", "namespace": NS},
+        "spec": {
+            "concurrency": concurrency,
+            "cordon": True,
+            "version": NEW,
+            "serviceAccountName": "system-upgrade",
+            "upgrade": {"image": "rancher/k3s-upgrade"},
+            "nodeSelector": {
+                "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]
+            },
+        },
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[float]:
+    """The k-th freed slot (sorted `after` times) against the (concurrency + k)-th grant, in ms."""
+    a, g = sorted(after), sorted(grants)[concurrency:]
+    return [(gi - ai) * 1000 for ai, gi in zip(a, g, strict=False)]
+
+
+async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: float) -> dict[str, Any]:
+    api_proc = ApiServerProcess()
+    releases = ReleaseServer([NEW], tmp / "releases")
+    coordinator: subprocess.Popen[str] | None = None
+    stop = asyncio.Event()
+    runs: list[asyncio.Task[None]] = []
+    log_path = tmp / "coordinator.log"
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        try:
+            kubeconfig = write_kubeconfig(tmp / "kubeconfig", api_proc.url)
+            api = ApiClient(session, api_proc.url)
+            crd = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    "kubectl",
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "apply",
+                    "-f",
+                    str(ROOT / "deploy" / "crd.yaml"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if crd.returncode != 0:
+                raise RuntimeError(f"kubectl apply deploy/crd.yaml: {crd.stderr}")
+            await api.call(
+                "POST",
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+            )
+            await api.call(
+                "POST",
+                f"/api/v1/namespaces/{NS}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "system-upgrade"}},
+            )
+            names = [f"node-{i:05d}" for i in range(nodes)]
+            t_setup = time.monotonic()
+            tokens = await register(api, names, OLD, NS)
+            setup_s = time.monotonic() - t_setup
+            await asyncio.to_thread(releases.start_in_thread)
+            with log_path.open("wb") as log:
+                proc, url = await asyncio.to_thread(start_coordinator, kubeconfig, releases.base_url, log)
+            coordinator = proc
+            timeline = Timeline(expected=nodes)
+            sims = [SimNode(n, tokens[n], OLD, url, api, timeline, work=work) for n in names]
+            runs = [asyncio.create_task(s.run(session, stop)) for s in sims]
+            await asyncio.sleep(2.0)  # every stand-in polls once and waits in a long-poll
+            timeline.errors.clear()
+            api_proc.counts()  # drop setup and start-up requests
+            t0 = time.monotonic()
+            await api.call("POST", f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans", plan(concurrency))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    await timeline.all_finished.wait()
+            done = len(timeline.finished)
+            if not done:
+                raise RuntimeError(
+                    f"no node of {nodes} finished within {limit:g}s; agent errors: {timeline.errors[-5:]}; "
+                    f"coordinator log: {log_path.read_text()[-2000:]}"
+                )
+            total = max(timeline.finished.values()) - t0
+            counts = await asyncio.to_thread(api_proc.counts)
+            cpu = psutil.Process(proc.pid).cpu_times()
+            rss = peak_rss_mib(proc.pid)
+        finally:
+            stop.set()
+            for t in runs:
+                t.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            if coordinator is not None:
+                coordinator.terminate()
+                try:
+                    await asyncio.to_thread(coordinator.wait, 20)
+                except subprocess.TimeoutExpired:
+                    coordinator.kill()
+                    await asyncio.to_thread(coordinator.wait)
+                assert coordinator.stdout is not None
+                coordinator.stdout.close()
+            await asyncio.to_thread(releases.stop_in_thread)
+            await asyncio.to_thread(api_proc.close)
+    ideal = math.ceil(nodes / concurrency) * work
+    from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
+    from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
+    # The stand-ins' own writes (a restarting kubelet's status patch, the Plan) are not the coordinator's.
+    counts.subtract({"PATCH nodes/status": len(timeline.restarted), "POST plans": 1})
+    counts = +counts
+    writes = {k: v for k, v in counts.items() if k.split()[0] in WRITES}
+    core_writes = sum(v for k, v in writes.items() if "eviction" not in k and "tokenreviews" not in k)
+    return {
+        "benchmark": "rollout",
+        "nodes": nodes,
+        "concurrency": concurrency,
+        "work_s": work,
+        "setup_s": round(setup_s, 1),
+        "finished_nodes": done,
+        "complete": done == nodes,
+        "total_s": round(total, 2) if done == nodes else None,
+        "nodes_per_s": round(done / total, 2),
+        "ideal_s": ideal,
+        "total_over_ideal": round(total / ideal, 3) if done == nodes else None,
+        "handoff_ms_p50": round(percentile(from_restarted, 0.5), 1),
+        "handoff_ms_p99": round(percentile(from_restarted, 0.99), 1),
+        "handoff_ms_max": round(max(from_restarted), 1),
+        "handoff_from_finish_ms_p50": round(percentile(from_finish, 0.5), 1),
+        "handoff_from_finish_ms_p99": round(percentile(from_finish, 0.99), 1),
+        "coordinator_api_writes_per_node": round(core_writes / done, 2),
+        "coordinator_api_requests_per_node": {k: round(v / done, 2) for k, v in sorted(counts.items())},
+        "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
+        "coordinator_peak_rss_mib": rss,
+        "agent_errors_during_rollout": len(timeline.errors),
+        "agent_error_sample": sorted({e.split(": ", 1)[1][:160] for e in timeline.errors})[:3],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m bench.rollout", description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--work", type=float, default=1.0, help="each node's own upgrade time, seconds")
+    p.add_argument("--limit", type=float, default=300.0, help="give up after this many seconds")
+    p.add_argument("--serve-apiserver", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_apiserver:
+        asyncio.run(serve_apiserver())
+        return {}
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        return asyncio.run(rollout(args.nodes, args.concurrency, args.work, Path(tmp), args.limit))
+
+
+if __name__ == "__main__":
+    figures = main()
+    if figures:
+        print(json.dumps(figures))
