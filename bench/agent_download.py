@@ -1,0 +1,227 @@
+"""The agent's footprint: download + verify of a 70 MB artifact against curl, and idle RSS/CPU.
+
+Download: a 70 MB random file is served by `python -m http.server` (its own process, so the server does
+not share a GIL with the client). In the same run, `curl` fetches the URL to a file and, in a fresh
+process, `agent.download.download` fetches and SHA-256-verifies it (the agent's real code path); each is
+timed over the same number of rounds and the best round is kept. The ratio is agent MB/s over curl MB/s.
+The child's VmHWM (kernel high-water mark of its resident set) is its peak RSS while downloading.
+
+Idle: the real agent (`python -m agent`) runs for `--idle` seconds against a minimal stand-in of the
+coordinator's agent API that long-polls and answers `idle` (the coordinator's answer when there is no
+work); its RSS at the end and its CPU seconds over the window are reported. Prints JSON.
+
+    python -m bench.agent_download [--megabytes 70] [--rounds 3] [--idle 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from wire.messages import Action, Instruction
+
+
+def serve_files(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "0",
+            "--directory",
+            str(directory),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"port (\d+)", line)
+    if m is None:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        raise RuntimeError(f"http.server did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{m.group(1)}"
+
+
+def child(url: str, sha256: str, part: Path) -> None:
+    """Run in a fresh process: download + verify once, print seconds and this process's peak RSS."""
+    from agent.download import download
+
+    t0 = time.perf_counter()
+    asyncio.run(download(url, sha256, part))
+    elapsed = time.perf_counter() - t0
+    hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+    print(json.dumps({"seconds": elapsed, "peak_rss_mib": int(hwm.split()[1]) / 1024}))
+
+
+def agent_round(url: str, sha256: str, part: Path) -> dict[str, float]:
+    part.unlink(missing_ok=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.agent_download", "--child", url, sha256, str(part)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"agent download failed: {out.stderr[-2000:]}")
+    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def curl_round(url: str, dest: Path) -> float:
+    dest.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True, timeout=300)
+    return time.perf_counter() - t0
+
+
+def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    if shutil.which("curl") is None:
+        raise RuntimeError("curl is not on the PATH: the download benchmark compares against it")
+    served = tmp / "served"
+    served.mkdir()
+    data = os.urandom(megabytes * 1024 * 1024)
+    (served / "k3s").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    size_mb = len(data) / 1e6
+    del data
+    server, base = serve_files(served)
+    try:
+        url = f"{base}/k3s"
+        curl_s, agent_s, rss = [], [], []
+        for _ in range(rounds):  # interleaved, so both see the same machine state
+            curl_s.append(curl_round(url, tmp / "curl.out"))
+            got = agent_round(url, sha, tmp / "agent.part")
+            agent_s.append(got["seconds"])
+            rss.append(got["peak_rss_mib"])
+    finally:
+        server.terminate()
+        server.wait(10)
+        assert server.stdout is not None
+        server.stdout.close()
+    curl_mbps, agent_mbps = size_mb / min(curl_s), size_mb / min(agent_s)
+    return {
+        "artifact_mb": round(size_mb, 1),
+        "curl_mb_per_s": round(curl_mbps, 1),
+        "agent_download_verify_mb_per_s": round(agent_mbps, 1),
+        "agent_over_curl": round(agent_mbps / curl_mbps, 2),
+        "agent_download_peak_rss_mib": round(max(rss), 1),
+    }
+
+
+async def idle_coordinator(host: str) -> tuple[web.AppRunner, str]:
+    """Answers every poll like a coordinator with no work: after the long-poll wait, `idle`."""
+
+    async def poll(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(min(float(request.query.get("wait", "0")), 30.0))
+        ins = Instruction(action=Action.IDLE, reason="no plan selects this node", poll_after_seconds=1.0)
+        return web.json_response(text=ins.model_dump_json())
+
+    app = web.Application()
+    app.router.add_post("/v1/agents/{node}/poll", poll)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    return runner, f"http://{host}:{runner.addresses[0][1]}"
+
+
+async def measure_idle(seconds: float, tmp: Path) -> dict[str, Any]:
+    runner, url = await idle_coordinator("127.0.0.1")
+    root = tmp / "host"
+    (root / "usr/local/bin").mkdir(parents=True)
+    token = tmp / "token"
+    token.write_text("bench-token")
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "--node",
+            "bench-node",
+            "--coordinator",
+            url,
+            "--host-root",
+            str(root),
+            "--token-file",
+            str(token),
+            "--state-dir",
+            str(tmp / "state"),
+            "--arch",
+            "amd64",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        p = psutil.Process(proc.pid)
+        await asyncio.sleep(3.0)  # start-up (imports) is not idle time
+        if proc.poll() is not None:
+            assert proc.stderr is not None
+            raise RuntimeError(f"the agent exited {proc.returncode}: {proc.stderr.read()[-2000:]!r}")
+        c0 = p.cpu_times()
+        await asyncio.sleep(seconds)
+        c1 = p.cpu_times()
+        rss = p.memory_info().rss / 2**20
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        await runner.cleanup()
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    return {
+        "agent_idle_window_s": seconds,
+        "agent_idle_rss_mib": round(rss, 1),
+        "agent_idle_cpu_s": round(cpu, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m bench.agent_download", description=__doc__.split("\n\n")[0])
+    p.add_argument("--megabytes", type=int, default=70)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--idle", type=float, default=60.0, help="idle window, seconds")
+    p.add_argument("--child", nargs=3, metavar=("URL", "SHA256", "PART"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args.child[0], args.child[1], Path(args.child[2]))
+        return {}
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        figures = {"benchmark": "agent", **measure_download(args.megabytes, args.rounds, Path(tmp))}
+        figures.update(asyncio.run(measure_idle(args.idle, Path(tmp))))
+    return figures
+
+
+if __name__ == "__main__":
+    result = main()
+    if result:
+        print(json.dumps(result))
