@@ -1,8 +1,12 @@
 """`python -m bench` (what `make bench` runs): every benchmark in its own process, its JSON printed, and a
 table of the figures written to bench/RESULTS.md with the date and the machine.
 
-Benchmarks present: `bench.apiserver` (the API server emulator) and `bench.scheduling` (one decision of
-the pure engine). Issue 6's rollout-at-scale and agent-download benchmarks are not written yet.
+Benchmarks: `bench.apiserver` (the API server emulator), `bench.scheduling` (one decision of the pure
+engine), `bench.rollout` at 1,000 nodes / concurrency 50 and at 5,000 / 200 (each with a time limit: a
+rollout that does not finish in it reports the nodes it finished and their rate), `bench.agent_download`
+(download + verify vs curl, idle footprint). Targets (issue 6) are checked where one is set.
+`BENCH_QUICK=1` runs everything at small scale (used by the smoke test); `BENCH_RESULTS=FILE` writes
+the table there instead of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -12,17 +16,37 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-BENCHMARKS = ("bench.apiserver", "bench.scheduling")
-RESULTS = Path(__file__).with_name("RESULTS.md")
-TARGETS = {
-    "decide_ms_leases_held_median": "one decision over 5,000 nodes and 20 Plans (no target set; hand-off "
-    "p99 target is 50 ms)",
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("bench.apiserver", ()),
+    ("bench.scheduling", ()),
+    ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240")),
+    ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90")),
+    ("bench.agent_download", ()),
+)
+QUICK_BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("bench.scheduling", ()),
+    ("bench.rollout", ("--nodes", "20", "--concurrency", "5", "--work", "0.3", "--limit", "30")),
+    ("bench.agent_download", ("--megabytes", "8", "--rounds", "1", "--idle", "2")),
+)
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))
+Check = Callable[[Any, dict[str, Any]], bool]
+TARGETS: dict[str, tuple[str, Check]] = {
+    "total_over_ideal": ("<= 1.05 at 1,000 nodes", lambda v, f: v is not None and v <= 1.05),
+    "handoff_ms_p99": ("< 50 ms", lambda v, f: v < 50),
+    "coordinator_api_writes_per_node": ("<= 6 (besides evictions)", lambda v, f: v <= 6),
+    "coordinator_peak_rss_mib": ("< 150 MiB at 5,000 nodes", lambda v, f: f["nodes"] < 5000 or v < 150),
+    "complete": ("every node upgraded", lambda v, f: v is True),
+    "agent_over_curl": (">= 0.8", lambda v, f: v >= 0.8),
+    "agent_idle_rss_mib": ("< 40 MiB", lambda v, f: v < 40),
 }
 
 
@@ -39,30 +63,45 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}"
 
 
-def run(module: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=600)
+def run(module: str, args: tuple[str, ...]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"{module} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
     figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| benchmark | figure | value | note |", "|---|---|---|---|"]
-    for module, figures in results.items():
+def verdict(key: str, value: Any, figures: dict[str, Any]) -> str:
+    if key not in TARGETS:
+        return ""
+    text, check = TARGETS[key]
+    return f"{text}: {'met' if check(value, figures) else '**missed**'}"
+
+
+def table(results: list[tuple[str, dict[str, Any]]]) -> str:
+    rows = ["| benchmark | figure | value | target |", "|---|---|---|---|"]
+    for name, figures in results:
         for key, value in figures.items():
-            rows.append(f"| {module} | {key} | {value} | {TARGETS.get(key, '')} |")
+            if key == "benchmark":
+                continue
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            rows.append(f"| {name} | {key} | {shown} | {verdict(key, value, figures)} |")
     return "\n".join(rows)
 
 
 def main() -> None:
-    results = {}
-    for module in BENCHMARKS:
-        results[module] = run(module)
-        print(json.dumps({"module": module, **results[module]}), flush=True)
+    results: list[tuple[str, dict[str, Any]]] = []
+    started = time.monotonic()
+    for module, args in QUICK_BENCHMARKS if QUICK else BENCHMARKS:
+        figures = run(module, args)
+        name = module + (f" {' '.join(args)}" if args else "")
+        results.append((name, figures))
+        print(json.dumps({"module": module, "args": list(args), **figures}), flush=True)
+    elapsed = time.monotonic() - started
     RESULTS.write_text(
         "# Benchmark results\n\n"
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()} by `make bench`.\n\n"
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()} by `make bench`"
+        f"{' (BENCH_QUICK=1: small scale)' if QUICK else ''}, {elapsed:.0f} s in all.\n\n"
         f"{table(results)}\n"
     )
     print(f"wrote {RESULTS}")
