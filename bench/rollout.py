@@ -9,7 +9,8 @@ Figures: total time from the Plan's creation to the last node's `finish`, agains
 ceil(N / concurrency) x per-node work; hand-off latency, i.e. for the k-th node whose `restarted` report
 was answered (its Node already Ready on the target), the time until the (concurrency + k)-th lease was
 received as `stage` (and the same from the k-th `finish`); Kubernetes API requests during the rollout per
-upgraded node by verb and resource. Prints JSON.
+upgraded node by verb and resource; the CPU seconds of the API server and of the stand-ins during the
+rollout too, to show where a 2-core machine's time goes. Prints JSON.
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0]
 """
@@ -241,6 +242,8 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
             timeline.errors.clear()
             api_proc.counts()  # drop setup and start-up requests
             t0 = time.monotonic()
+            others = {"apiserver": psutil.Process(api_proc.proc.pid), "nodesim": psutil.Process()}
+            cpu0 = {k: sum(v.cpu_times()[:2]) for k, v in others.items()}
             await api.call("POST", f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans", plan(concurrency))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limit):
@@ -255,6 +258,7 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
             counts = await asyncio.to_thread(api_proc.counts)
             cpu = psutil.Process(proc.pid).cpu_times()
             rss = peak_rss_mib(proc.pid)
+            others_cpu = {k: sum(v.cpu_times()[:2]) - cpu0[k] for k, v in others.items()}
         finally:
             stop.set()
             for t in runs:
@@ -300,6 +304,8 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
         "coordinator_api_requests_per_node": {k: round(v / done, 2) for k, v in sorted(counts.items())},
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
         "coordinator_peak_rss_mib": rss,
+        "apiserver_cpu_s_during_rollout": round(others_cpu["apiserver"], 1),
+        "nodesim_cpu_s_during_rollout": round(others_cpu["nodesim"], 1),
         "agent_errors_during_rollout": len(timeline.errors),
         "agent_error_sample": sorted({e.split(": ", 1)[1][:160] for e in timeline.errors})[:3],
     }
