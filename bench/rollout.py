@@ -178,9 +178,13 @@ def plan(concurrency: int) -> dict[str, Any]:
     }
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile in ms, rounded; None when there is nothing to rank (fewer nodes finished
+    than `concurrency`, so no hand-off happened)."""
+    if not values:
+        return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 1)
 
 
 def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[float]:
@@ -295,11 +299,11 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
         "nodes_per_s": round(done / total, 2),
         "ideal_s": ideal,
         "total_over_ideal": round(total / ideal, 3) if done == nodes else None,
-        "handoff_ms_p50": round(percentile(from_restarted, 0.5), 1),
-        "handoff_ms_p99": round(percentile(from_restarted, 0.99), 1),
-        "handoff_ms_max": round(max(from_restarted), 1),
-        "handoff_from_finish_ms_p50": round(percentile(from_finish, 0.5), 1),
-        "handoff_from_finish_ms_p99": round(percentile(from_finish, 0.99), 1),
+        "handoff_ms_p50": percentile(from_restarted, 0.5),
+        "handoff_ms_p99": percentile(from_restarted, 0.99),
+        "handoff_ms_max": percentile(from_restarted, 1.0),
+        "handoff_from_finish_ms_p50": percentile(from_finish, 0.5),
+        "handoff_from_finish_ms_p99": percentile(from_finish, 0.99),
         "coordinator_api_writes_per_node": round(core_writes / done, 2),
         "coordinator_api_requests_per_node": {k: round(v / done, 2) for k, v in sorted(counts.items())},
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
