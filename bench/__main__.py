@@ -38,15 +38,19 @@ QUICK_BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.agent_download", ("--megabytes", "8", "--rounds", "1", "--idle", "2")),
 )
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))
-Check = Callable[[Any, dict[str, Any]], bool]
-TARGETS: dict[str, tuple[str, Check]] = {
-    "total_over_ideal": ("<= 1.05 at 1,000 nodes", lambda v, f: v is not None and v <= 1.05),
-    "handoff_ms_p99": ("< 50 ms", lambda v, f: v < 50),
-    "coordinator_api_writes_per_node": ("<= 6 (besides evictions)", lambda v, f: v <= 6),
-    "coordinator_peak_rss_mib": ("< 150 MiB at 5,000 nodes", lambda v, f: f["nodes"] < 5000 or v < 150),
-    "complete": ("every node upgraded", lambda v, f: v is True),
-    "agent_over_curl": (">= 0.8", lambda v, f: v >= 0.8),
-    "agent_idle_rss_mib": ("< 40 MiB", lambda v, f: v < 40),
+Check = Callable[[Any], bool]
+Applies = Callable[[dict[str, Any]], bool]
+ANY: Applies = lambda f: True  # noqa: E731
+AT_1000: Applies = lambda f: f.get("nodes") == 1000  # noqa: E731
+AT_5000: Applies = lambda f: f.get("nodes") == 5000  # noqa: E731
+TARGETS: dict[str, tuple[str, Applies, Check]] = {
+    "total_over_ideal": ("<= 1.05 at 1,000 nodes", AT_1000, lambda v: v <= 1.05),
+    "handoff_ms_p99": ("< 50 ms", ANY, lambda v: v < 50),
+    "coordinator_api_writes_per_node": ("<= 6 (besides evictions)", ANY, lambda v: v <= 6),
+    "coordinator_peak_rss_mib": ("< 150 MiB at 5,000 nodes", AT_5000, lambda v: v < 150),
+    "complete": ("every node upgraded", ANY, lambda v: v is True),
+    "agent_over_curl": (">= 0.8", ANY, lambda v: v >= 0.8),
+    "agent_idle_rss_mib": ("< 40 MiB", ANY, lambda v: v < 40),
 }
 
 
@@ -74,10 +78,12 @@ def run(module: str, args: tuple[str, ...]) -> dict[str, Any]:
 def verdict(key: str, value: Any, figures: dict[str, Any]) -> str:
     if key not in TARGETS:
         return ""
-    text, check = TARGETS[key]
+    text, applies, check = TARGETS[key]
+    if not applies(figures):
+        return ""
     if value is None:
         return f"{text}: **missed** (not measured: see the other figures)"
-    return f"{text}: {'met' if check(value, figures) else '**missed**'}"
+    return f"{text}: {'met' if check(value) else '**missed**'}"
 
 
 def table(results: list[tuple[str, dict[str, Any]]]) -> str:
