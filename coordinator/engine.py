@@ -38,7 +38,7 @@ from coordinator.skew import SkewPolicy, check, is_server
 from coordinator.status import Cond, plan_status
 from coordinator.versions import same_version
 from coordinator.windows import parse_window
-from wire.messages import AgentState, Artifact
+from wire.messages import AgentPhase, AgentState, Artifact
 
 RETRY_ANNOTATION = "upgrade.k3s.io/retry"
 """Node annotation (any value): drop this node's failure records, then the annotation."""
@@ -222,10 +222,28 @@ def _substitute(value: str, version: str, h: str) -> str:
     return value.replace("$(LATEST_VERSION)", version.replace("+", "-")).replace("$(LATEST_HASH)", h)
 
 
+def prune_finished(table: LeaseTable, agents: Mapping[str, AgentView], nodes: set[str]) -> LeaseTable:
+    """Drop `finished` entries no agent can still need, so the table stays the size of the work in flight.
+
+    An entry exists so that an agent that missed `finish` is told again (see `instruction_for`). It is
+    kept while its node exists and its agent is unknown (e.g. after a coordinator restart) or still says
+    it is on that lease; once the agent is idle or on another lease, the entry is dropped.
+    """
+    keep = {}
+    for node, done in table.finished.items():
+        view = agents.get(node)
+        if node in nodes and (
+            view is None or (view.state.lease_id == done.lease_id and view.state.phase is not AgentPhase.IDLE)
+        ):
+            keep[node] = done
+    return table if len(keep) == len(table.finished) else replace(table, finished=keep)
+
+
 class _Decider:
     def __init__(self, world: World) -> None:
         self.w = world
-        self.t = world.table
+        # Pruned in memory only: it reaches the API with the next table write this decision makes anyway.
+        self.t = prune_finished(world.table, world.agents, {n.name for n in world.nodes})
         self.writes: list[Write] = []
         self.nodes = {n.name: n for n in world.nodes}
         self.plans = {p.name: p for p in world.plans}

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from coordinator.kube.resources import PLANS
+from coordinator.leasing import LeasePhase
 from tests.integration.coordinator.harness import condition, coordinator, drive
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -64,11 +65,19 @@ async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Pa
     for table in history:
         for plan in ("server-plan", "agent-plan"):
             assert len(table.active_for_plan(plan)) <= 1, f"{plan} exceeded concurrency 1"
-    first_agent = next(t for t in history if any(le.plan == "agent-plan" for le in t.leases))
-    assert all(
-        first_agent.finished.get(s) is not None and first_agent.finished[s].plan == "server-plan"
-        for s in SERVERS
-    ), "an agent node started before every server was verified and released"
+    first = next(i for i, t in enumerate(history) if any(le.plan == "agent-plan" for le in t.leases))
+    verified_before = {
+        le.node
+        for t in history[:first]
+        for le in t.leases
+        if le.plan == "server-plan" and le.phase is LeasePhase.VERIFIED
+    }
+    assert verified_before == set(SERVERS), (
+        f"an agent node started before every server was verified (verified: {sorted(verified_before)})"
+    )
+    assert not history[first].active_for_plan("server-plan"), (
+        "an agent node started while a server held a lease"
+    )
     assert not any(le.active for le in history[-1].leases)
     upgraded = len(SERVERS) + len(AGENTS)
     writes = rig.cluster.writes

@@ -138,3 +138,23 @@ def test_json_round_trip_and_garbage() -> None:
         LeaseTable.from_json('{"leases": [{"leaseId": 1}]}')
     with pytest.raises(TableFormatError):
         LeaseTable.from_json("not json")
+
+
+def test_finished_entries_are_kept_only_while_an_agent_may_still_need_them() -> None:
+    """The table stays the size of the work in flight: a node's finished lease is dropped once its agent
+    is idle or on another lease, or the node is gone; kept while the agent is unknown or still on it."""
+    from coordinator.engine import AgentView, prune_finished
+
+    done = LeaseTable()
+    for n in ("n1", "n2", "n3", "n4", "n5"):
+        done = done.put(lease(P.VERIFIED, lease_id=f"L-{n}", node=n)).remove(f"L-{n}", finished=True)
+    agents = {
+        "n1": AgentView(state(None, A.IDLE), NOW),  # acknowledged finish
+        "n2": AgentView(state("L-n2", A.RESTARTED), NOW),  # missed finish: still needs it
+        "n3": AgentView(state("L-n3", A.RESTARTED), NOW),  # ...but its node was deleted
+        "n5": AgentView(state("L-other", A.STAGED), NOW),  # moved on to another lease
+    }
+    pruned = prune_finished(done, agents, {"n1", "n2", "n4", "n5"})
+    assert sorted(pruned.finished) == ["n2", "n4"]
+    assert instruction_for("n2", pruned, state("L-n2", A.RESTARTED), NOW).action is Action.FINISH
+    assert prune_finished(pruned, agents, {"n1", "n2", "n4", "n5"}) is pruned  # nothing more to drop
