@@ -201,11 +201,25 @@ def start_coordinator(env: Env, port: int, releases: str, *extra: str) -> subpro
     return proc
 
 
-async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> None:
+def stop_coordinator(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    """Stop a coordinator started by `start_coordinator` (if still running) and close its pipe."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        proc.wait(15)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+async def prepared_cluster(env: Env) -> dict[str, str]:
+    """The CRD, the namespace and its ServiceAccount, and the nodes; returns each node's agent token."""
     env.kubectl("apply", "-f", str(ROOT / "deploy" / "crd.yaml"))
     env.kubectl("create", "namespace", NS)
     env.kubectl("-n", NS, "create", "serviceaccount", "system-upgrade")
-    tokens = await node_tokens(env)
+    return await node_tokens(env)
+
+
+async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> None:
+    tokens = await prepared_cluster(env)
     releases = ReleaseServer([NEW], tmp_path / "releases")
     await asyncio.to_thread(releases.start_in_thread)
     port = free_port()
@@ -231,10 +245,7 @@ async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> 
     try:
         for _ in range(3):
             await asyncio.sleep(random.uniform(0.3, 1.5))
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, 10)
-            assert proc.stdout is not None
-            proc.stdout.close()
+            await asyncio.to_thread(stop_coordinator, proc, signal.SIGKILL)
             proc = await asyncio.to_thread(start_coordinator, env, port, releases.base_url)
         await asyncio.to_thread(
             env.kubectl,
@@ -259,11 +270,7 @@ async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> 
     finally:
         stop.set()
         await asyncio.gather(*runs)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(proc.wait, 15)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        await asyncio.to_thread(stop_coordinator, proc)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         cluster.close()
@@ -289,10 +296,7 @@ async def test_invalid_plans_beside_a_valid_one(env: Env, tmp_path: Path) -> Non
     the field, none touches a node, and a valid Plan beside them completes (coordinator as a subprocess)."""
     from tests.integration.coordinator.test_invalid_plans_beside_a_valid_one import BAD
 
-    env.kubectl("apply", "-f", str(ROOT / "deploy" / "crd.yaml"))
-    env.kubectl("create", "namespace", NS)
-    env.kubectl("-n", NS, "create", "serviceaccount", "system-upgrade")
-    tokens = await node_tokens(env)
+    tokens = await prepared_cluster(env)
     plans = f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans"
 
     def plan(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -336,10 +340,7 @@ async def test_invalid_plans_beside_a_valid_one(env: Env, tmp_path: Path) -> Non
     finally:
         stop.set()
         await asyncio.gather(*runs)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(proc.wait, 15)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        await asyncio.to_thread(stop_coordinator, proc)
         await asyncio.to_thread(releases.stop_in_thread)
     for name, (_, field) in BAD.items():
         conditions = (items[name].get("status") or {}).get("conditions") or []
@@ -368,10 +369,7 @@ async def leader_gauge(session: aiohttp.ClientSession, port: int) -> float | Non
 
 
 async def test_two_replicas_never_both_lead_and_the_standby_takes_over(env: Env, tmp_path: Path) -> None:
-    env.kubectl("apply", "-f", str(ROOT / "deploy" / "crd.yaml"))
-    env.kubectl("create", "namespace", NS)
-    env.kubectl("-n", NS, "create", "serviceaccount", "system-upgrade")
-    tokens = await node_tokens(env)
+    tokens = await prepared_cluster(env)
     releases = ReleaseServer([NEW], tmp_path / "releases")
     await asyncio.to_thread(releases.start_in_thread)
     ports = {"a": free_port(), "b": free_port()}
@@ -453,11 +451,7 @@ async def test_two_replicas_never_both_lead_and_the_standby_takes_over(env: Env,
         stop_sampling.set()
         await sampler
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(proc.wait, 15)
-            assert proc.stdout is not None
-            proc.stdout.close()
+            await asyncio.to_thread(stop_coordinator, proc)
         await asyncio.to_thread(releases.stop_in_thread)
     both = [s for s in samples if s == (1.0, 1.0)]
     assert not both, f"both replicas led at once in {len(both)} of {len(samples)} samples"
