@@ -54,7 +54,7 @@ class NodeAuthenticator:
     def __init__(
         self,
         reviewer: TokenReviewer,
-        ttl: float = 10.0,
+        ttl: float = 120.0,
         audience: str = TOKEN_AUDIENCE,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 20000,

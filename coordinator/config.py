@@ -78,8 +78,9 @@ class Timeouts:
     """Upper bound of an agent long-poll (`?wait=`)."""
     resync: float = 30.0
     """Reconcile every plan at least this often even without events."""
-    token_cache: float = 10.0
-    """How long a successful TokenReview is trusted without asking again."""
+    token_cache: float = 120.0
+    """How long a successful TokenReview is trusted without asking again: as long as the API server
+    caches webhook token reviews (2 min), and longer than a 30 s long-poll."""
     leader_lease: float = 15.0
     """Leader election: lease duration; renewed every third of it."""
     channel_request: float = 10.0

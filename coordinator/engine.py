@@ -2,12 +2,20 @@
 
 The runtime (coordinator.reconciler) gathers a World (Plans, Nodes, the lease table as read, agent
 heartbeats, drain outcomes), calls `decide`, and performs the Decision's writes IN ORDER, stopping at the
-first that fails and deciding again on fresh state. A Decision may hold several `TableWrite`s: each is
-the whole table, written conditionally on the resourceVersion the previous write returned (the first on
-the one read). Writes are ordered for crash safety: `cordonedByUs` is recorded before we cordon; a node
-is labelled and uncordoned before its lease is released; Events precede the table write that marks them
-published. `StartDrain` is repeated on every pass until `drains[lease_id]` holds its outcome: the runtime
-runs at most one drain per lease id.
+first that fails and deciding again on fresh state. A Decision has one shape, whatever the number of
+leases it moves, so a pass costs at most two lease-table writes:
+
+    [TableWrite(before)]  effects...  [TableWrite(after)]  afterwards...
+
+`before` holds every lease change that must be stored before its node is touched (`cordonedByUs` before
+we cordon, a phase change before the node is patched for it); the effects (Node patches, Events) touch
+different nodes and may run concurrently; `after` holds the changes that may only be stored once those
+effects happened (a lease is released only after its node was labelled and uncordoned; `APPLYING` only
+after the cordon; `announced` only after the Events) plus every new grant (a grant may use a slot freed
+in `after`); `afterwards` are writes that describe the stored table (Plan status, grant Events) or must
+follow the cordon (`StartDrain`). A lease takes at most one round of effects per pass. `StartDrain` is
+repeated on every pass until `drains[lease_id]` holds its outcome: the runtime runs at most one drain per
+lease id.
 
 Failures and how to retry (copy for the README):
   A lease that fails (download/checksum error, drain failure, k3s not coming up, node not Ready on the
@@ -243,26 +251,58 @@ class _Decider:
     def __init__(self, world: World) -> None:
         self.w = world
         # Pruned in memory only: it reaches the API with the next table write this decision makes anyway.
-        self.t = prune_finished(world.table, world.agents, {n.name for n in world.nodes})
-        self.writes: list[Write] = []
+        self.base = prune_finished(world.table, world.agents, {n.name for n in world.nodes})
+        self.t = self.base
+        """The table after every change of this decision (written last)."""
+        self.before = self.base
+        """The table with only the changes made to leases before their first effect (written first)."""
+        self.acted: set[str] = set()
+        """Lease ids that have an effect (Node patch, Event) in this decision: later changes go `after`."""
+        self.effects: list[Write] = []
+        self.afterwards: list[Write] = []
         self.nodes = {n.name: n for n in world.nodes}
         self.plans = {p.name: p for p in world.plans}
         self.cordoned: set[str] = set()  # nodes this decision cordons/uncordons (seen by later steps)
         self.uncordoned: set[str] = set()
+        self.released: set[str] = set()
+        """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
+
+    def writes(self) -> tuple[Write, ...]:
+        """The decision in its one shape: [before] effects [after] afterwards."""
+        out: list[Write] = []
+        if self.effects and self.before != self.base:
+            out.append(TableWrite(self.before))
+        out.extend(self.effects)
+        if self.t != (self.before if self.effects else self.base):
+            out.append(TableWrite(self.t))
+        out.extend(self.afterwards)
+        return tuple(out)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def commit(self, table: LeaseTable) -> None:
-        if table != self.t:
-            self.t = table
-            self.writes.append(TableWrite(table))
+    def _change(self, lease_id: str, put: Lease | None = None, *, finished: bool = False) -> None:
+        """Put `put` (or remove lease `lease_id`) in the table; in `before` too unless the lease acted."""
+        def change(table: LeaseTable) -> LeaseTable:
+            return table.put(put) if put is not None else table.remove(lease_id, finished=finished)
+
+        self.t = change(self.t)
+        if lease_id not in self.acted:
+            self.before = change(self.before)
+
+    def remove(self, lease_id: str, *, finished: bool = False) -> None:
+        self._change(lease_id, finished=finished)
 
     def update(self, lease: Lease, **changes: Any) -> Lease:
         new = replace(lease, **changes)
-        self.commit(self.t.put(new))
+        self._change(lease.lease_id, new)
         return new
 
-    def event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:
-        self.writes.append(EventWrite(kind, name, self.w.namespace, type_, reason, message))
+    def effect(self, lease_id: str, write: Write) -> None:
+        """A write that touches the node (or publishes) for `lease_id`, after `before` is stored."""
+        self.acted.add(lease_id)
+        self.effects.append(write)
+
+    def event(self, lease_id: str, kind: str, name: str, type_: str, reason: str, message: str) -> None:
+        self.effect(lease_id, EventWrite(kind, name, self.w.namespace, type_, reason, message))
 
     def alive(self, node: str, since: datetime) -> bool:
         baseline = max(since, self.w.started_at or since)
@@ -286,14 +326,14 @@ class _Decider:
         if not self.is_unschedulable(node):
             if not lease.cordoned_by_us:
                 lease = self.update(lease, cordoned_by_us=True)
-            self.writes.append(NodePatch(node.name, unschedulable=True))
+            self.effect(lease.lease_id, NodePatch(node.name, unschedulable=True))
             self.cordoned.add(node.name)
         return lease
 
     def uncordon(self, lease: Lease, node: NodeView | None) -> Lease:
         if lease.cordoned_by_us:
             if node is not None and self.is_unschedulable(node):
-                self.writes.append(NodePatch(node.name, unschedulable=False))
+                self.effect(lease.lease_id, NodePatch(node.name, unschedulable=False))
                 self.uncordoned.add(node.name)
             lease = self.update(lease, cordoned_by_us=False)
         return lease
@@ -314,8 +354,9 @@ class _Decider:
             for le in records:
                 if le.cordoned_by_us:
                     self.uncordon(le, node)
-                self.commit(self.t.remove(le.lease_id))
-            self.writes.append(NodePatch(node.name, annotations={RETRY_ANNOTATION: None}))
+                self.remove(le.lease_id)
+            # Only once the records' removal is stored: otherwise a crash would lose the request.
+            self.afterwards.append(NodePatch(node.name, annotations={RETRY_ANNOTATION: None}))
 
     def advance(self, lease_id: str) -> None:
         lease = self.t.by_id(lease_id)
@@ -324,22 +365,24 @@ class _Decider:
         node = self.nodes.get(lease.node)
         w, now = self.w, self.w.now
         if node is None:
-            self.commit(self.t.remove(lease.lease_id))
+            self.remove(lease.lease_id)
             return
         if lease.phase in TERMINAL:
             lease = self.uncordon(lease, node)
             if not lease.announced:
                 msg = lease.cause or f"node {node.name}: upgrade failed"
-                self.event("Plan", lease.plan, "Warning", "UpgradeFailed", msg)
-                self.event("Node", node.name, "Warning", "UpgradeFailed", f"plan {lease.plan}: {msg}")
+                self.event(lease.lease_id, "Plan", lease.plan, "Warning", "UpgradeFailed", msg)
+                self.event(
+                    lease.lease_id, "Node", node.name, "Warning", "UpgradeFailed", f"plan {lease.plan}: {msg}"
+                )
                 lease = self.update(lease, announced=True)
             if self.withdrawn(lease):
-                self.commit(self.t.remove(lease.lease_id))
+                self.remove(lease.lease_id)
             return
         pi = self.plans.get(lease.plan)
         if lease.phase in UNDISRUPTED:
             if self.withdrawn(lease) or not self.alive(node.name, lease.updated_at):
-                self.commit(self.t.remove(lease.lease_id))
+                self.remove(lease.lease_id)
                 return
             if lease.phase is LeasePhase.STAGED:
                 assert pi is not None and pi.plan is not None
@@ -354,7 +397,7 @@ class _Decider:
         if lease.phase is LeasePhase.DRAINING:
             if self.withdrawn(lease):  # nothing was applied yet: give the node back
                 lease = self.uncordon(lease, node)
-                self.commit(self.t.remove(lease.lease_id))
+                self.remove(lease.lease_id)
                 return
             assert pi is not None and pi.plan is not None
             lease = self.cordon(lease, node)
@@ -362,7 +405,8 @@ class _Decider:
             if drain is not None:
                 outcome = w.drains.get(lease.lease_id)
                 if outcome is None:
-                    self.writes.append(StartDrain(lease.lease_id, node.name, drain))
+                    # After the cordon (an effect of this pass, maybe): evicted pods must not come back.
+                    self.afterwards.append(StartDrain(lease.lease_id, node.name, drain))
                     return
                 if not outcome.ok:
                     self.fail(lease, f"node {node.name}: drain failed: {outcome.message}")
@@ -401,23 +445,26 @@ class _Decider:
             delay = pi.plan.post_complete_delay_seconds
         unlabelled = any(node.labels.get(k) != v for k, v in labels.items())
         uncordon = lease.cordoned_by_us and self.is_unschedulable(node)
+        verified = lease.verified_at or lease.updated_at
+        release = self.w.now >= verified + timedelta(seconds=delay)
         if unlabelled or uncordon:
-            self.writes.append(NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None))
+            patch = NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None)
+            self.effect(lease.lease_id, patch)
             if uncordon:
                 self.uncordoned.add(node.name)
             self.event(
+                lease.lease_id,
                 "Node",
                 node.name,
                 "Normal",
                 "Upgraded",
                 f"plan {lease.plan}: node {node.name} verified on {lease.target_version}",
             )
-            if lease.cordoned_by_us:
+            if not release and lease.cordoned_by_us:
                 self.update(lease, cordoned_by_us=False)
-            return
-        verified = lease.verified_at or lease.updated_at
-        if self.w.now >= verified + timedelta(seconds=delay):
-            self.commit(self.t.remove(lease.lease_id, finished=True))
+        if release:  # stored after the patch above: the slot is free for a grant of this same pass
+            self.remove(lease.lease_id, finished=True)
+            self.released.add(node.name)
 
     def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
         """Grant what the plan may; returns (messages about blocked nodes, why the plan waits or None)."""
@@ -451,7 +498,7 @@ class _Decider:
             plan.name,
             w.nodes,
         ):
-            if is_done(n, plan.name, pi.hash) or n.name in failed_nodes:
+            if is_done(n, plan.name, pi.hash) or n.name in failed_nodes or n.name in self.released:
                 continue
             if self.t.active_for_node(n.name) is not None:
                 continue
@@ -480,10 +527,11 @@ class _Decider:
                 restart_stable_seconds=w.settings.restart_stable,
                 restart_timeout_seconds=w.settings.restart,
             )
-            self.commit(self.t.put(lease))
-            self.event(
-                "Plan", plan.name, "Normal", "LeaseGranted", f"node {n.name}: upgrade to {pi.version} granted"
-            )
+            # Stored `after`: the slot may be one this pass frees there (a released or failed lease).
+            self.acted.add(lease.lease_id)
+            self._change(lease.lease_id, lease)
+            msg = f"node {n.name}: upgrade to {pi.version} granted"
+            self.afterwards.append(EventWrite("Plan", plan.name, w.namespace, "Normal", "LeaseGranted", msg))
         return blocked, None
 
     def complete(self, pi: PlanInput) -> bool:
@@ -528,7 +576,7 @@ class _Decider:
             applying=applying_nodes,
         )
         if new != dict(pi.status):
-            self.writes.append(PlanStatusWrite(pi.name, new))
+            self.afterwards.append(PlanStatusWrite(pi.name, new))
 
 
 def decide(world: World) -> Decision:
@@ -542,4 +590,4 @@ def decide(world: World) -> Decision:
         outcome[pi.name] = d.grants(pi)
     for pi in sorted(world.plans, key=lambda p: p.name):
         d.status(pi, *outcome[pi.name])
-    return Decision(writes=tuple(d.writes))
+    return Decision(writes=d.writes())

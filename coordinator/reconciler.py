@@ -1,14 +1,17 @@
 """The coordinator's runtime loop: watch-fed caches -> World -> engine.decide -> ordered writes -> repeat.
 
 One reconcile path for everything: Plan, Node and Secret events, agent reports, drain outcomes and
-timers only wake the loop; each pass reads the caches and the lease table (with its resourceVersion),
-asks the pure engine what to do, and performs the writes in the order given, stopping at the first that
-fails (a 409 on the lease table just means: read again and decide again). Agent heartbeats stay in
-memory (`AgentRegistry`); they are never written to the API.
+timers only wake the loop; each pass takes the lease table this replica last read or wrote (it is the only
+writer while it leads; every write is conditional on the resourceVersion, so a 409 just means: read again
+and decide again), applies the agent reports that arrived since the last pass, asks the pure engine what
+to do, and performs the writes in the engine's order: at most two table writes per pass, with the Node
+patches and Events between them performed concurrently. Agent heartbeats stay in memory
+(`AgentRegistry`); they are never written to the API.
 
 This module also answers agents (`RuntimeBroker`): a poll records the agent's state and returns the
-instruction for its lease; when nothing new is due it waits (long-poll) until the next pass changes
-something for that node or `wait` runs out.
+instruction for its lease; when nothing new is due it waits (long-poll) until the instruction for that
+node changes or `wait` runs out. A report that changes the table is answered once the pass that stored
+it is over (a group commit: every report of that moment shares one table write).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction,
 log = logging.getLogger("coordinator.reconciler")
 
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
+EFFECT_PARALLELISM = 16
+"""Node patches and Events of one pass performed at the same time."""
 
 
 def _ts(text: Any) -> datetime | None:
@@ -129,6 +134,18 @@ class AgentRegistry:
                 ev.set()
 
 
+def changed_nodes(old: LeaseTable | None, new: LeaseTable) -> set[str] | None:
+    """Nodes whose lease or finished record differs between the two tables (None: every node)."""
+    if old is None:
+        return None
+    before = {le.lease_id: le for le in old.leases}
+    after = {le.lease_id: le for le in new.leases}
+    nodes = {le.node for k, le in after.items() if before.get(k) != le}
+    nodes |= {le.node for k, le in before.items() if k not in after}
+    nodes |= {n for n in set(old.finished) | set(new.finished) if old.finished.get(n) != new.finished.get(n)}
+    return nodes
+
+
 def _already_doing(state: AgentState, ins: Instruction) -> bool:
     """Whether the agent is already carrying out `ins` (then a long-poll may hold the answer)."""
     lease_id = ins.lease.lease_id if ins.lease else None
@@ -149,60 +166,74 @@ def _already_doing(state: AgentState, ins: Instruction) -> bool:
 
 
 class RuntimeBroker:
-    """Answers agents for the leader, from the lease table (read/written conditionally)."""
+    """Answers agents for the leader, from the lease table this replica holds."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
         rt = self._rt
+        loop = asyncio.get_running_loop()
         now = datetime.now(UTC)
         prev = rt.agents.seen.get(state.node)
         rt.agents.record(state, now)
         if prev is None or (now - prev.at).total_seconds() > rt.settings.timeouts.agent_heartbeat / 2:
             rt.wake()  # the agent (re)appeared: its node may now get a lease
         ev = rt.agents.event(state.node)
-        ev.clear()
-        table = await rt.current_table()
-        ins = instruction_for(state.node, table, state, datetime.now(UTC))
-        if wait > 0 and _already_doing(state, ins):
+        deadline = loop.time() + wait
+        while True:
+            ev.clear()  # before reading: a table stored from here on sets it again
+            table = await rt.current_table()
+            ins = instruction_for(state.node, table, state, datetime.now(UTC))
+            remaining = deadline - loop.time()
+            if not _already_doing(state, ins):
+                return ins
+            if remaining <= 0:
+                # Held for the whole long-poll: that paced the agent already, so it may poll again at once
+                # (a lease granted while it slept would wait for it).
+                return ins.model_copy(update={"poll_after_seconds": 0.0}) if wait > 0 else ins
             try:
-                async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel (3.11)
+                async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancel (3.11)
                     await ev.wait()
             except TimeoutError:
                 pass
-            table = await rt.current_table()
-            ins = instruction_for(state.node, table, state, datetime.now(UTC))
-        return ins
 
     async def report(self, report: Report) -> Instruction:
         rt = self._rt
-        for _attempt in range(8):
-            stored, table = await rt.read_table()
-            now = datetime.now(UTC)
-            try:
-                new = apply_report(table, report, now)
-            except ReportError as exc:
-                raise BrokerError(exc.status, str(exc)) from exc
-            if new != table:
-                try:
-                    await rt.write_table(stored, new)
-                except LeaseTableConflict:
-                    continue
-                rt.wake()
-            seen = rt.agents.seen.get(report.node)
-            state = AgentState(
-                node=report.node,
-                agent_version=seen.state.agent_version if seen else "unknown",
-                arch=seen.state.arch if seen else "amd64",
-                k3s_version=report.k3s_version,
-                lease_id=report.lease_id,
-                phase=report.phase,
-            )
-            return instruction_for(report.node, new, state, now)
-        raise BrokerError(
-            503, f"lease table kept changing while recording the report of {report.node}; retry"
+        table = await rt.current_table()
+        now = datetime.now(UTC)
+        try:
+            new = apply_report(table, report, now)  # checked here at once; applied again by the pass
+        except ReportError as exc:
+            raise BrokerError(exc.status, str(exc)) from exc
+        if new == table:  # progress only, or a retry of what is stored already
+            return instruction_for(report.node, table, self._state(report), now)
+        return await rt.submit(report, self._state(report))
+
+    def _state(self, report: Report) -> AgentState:
+        seen = self._rt.agents.seen.get(report.node)
+        return AgentState(
+            node=report.node,
+            agent_version=seen.state.agent_version if seen else "unknown",
+            arch=seen.state.arch if seen else "amd64",
+            k3s_version=report.k3s_version,
+            lease_id=report.lease_id,
+            phase=report.phase,
         )
+
+
+@dataclass
+class PendingReport:
+    """A report waiting for the next pass to store it; `answer` gets the agent's next instruction."""
+
+    report: Report
+    state: AgentState
+    answer: asyncio.Future[Instruction]
+    passes: int = 0
+
+
+REPORT_PASSES = 8
+"""A report not stored after this many passes (each failed on a conflict or an API error) gets a 503."""
 
 
 class Runtime:
@@ -223,6 +254,9 @@ class Runtime:
         self.lease_table: LeaseTable | None = None
         self.last_error: str | None = None
         self.broker = RuntimeBroker(self)
+        self._reports: list[PendingReport] = []
+        self._table_read_at = 0.0
+        self._last_export = 0.0
         self._views: dict[str, tuple[str, NodeView]] = {}
         self._observed: LeaseTable | None = None
         self.resolver = Resolver(
@@ -270,6 +304,7 @@ class Runtime:
         for inf in (self.plans, self.nodes, self.secrets):
             await inf.synced.wait()
         self._export_channels()
+        self.lease_table = None  # (re)gaining the lead: read the table as stored, never trust an old copy
         resolving = asyncio.create_task(self.resolver.run(), name="resolver")
         try:
             while True:
@@ -294,18 +329,69 @@ class Runtime:
             await asyncio.gather(resolving, return_exceptions=True)
             await self.drainer.close()
             self.lease_table = None
+            for pending in self._reports:
+                if not pending.answer.done():
+                    pending.answer.set_exception(BrokerError(503, "this coordinator stopped leading; retry"))
+            self._reports = []
+
+    async def submit(self, report: Report, state: AgentState) -> Instruction:
+        """Queue `report` for the next pass; the agent's instruction once the pass has stored it."""
+        pending = PendingReport(report, state, asyncio.get_running_loop().create_future())
+        self._reports.append(pending)
+        self.wake()
+        return await pending.answer
 
     async def reconcile_once(self) -> None:
-        """One pass: World -> decide -> writes in order; stop at the first failed write and come back."""
+        """One pass: reports + World -> decide -> writes in order; stop at the first failed write."""
         self.metrics.reconciles.inc()
-        stored, table = await self.read_table()
-        world = self.world(table)
-        decision = decide(world)
-        done = await self.perform(decision.writes, stored)
-        self._export(world)
+        stored, table = await self.stored_table()
+        reports, self._reports = self._reports, []
+        now = datetime.now(UTC)
+        accepted = []
+        for pending in reports:
+            try:
+                table = apply_report(table, pending.report, now)
+                accepted.append(pending)
+            except ReportError as exc:  # the table moved on since the broker checked it
+                pending.answer.set_exception(BrokerError(exc.status, str(exc)))
+        done = False
+        try:
+            world = self.world(table)
+            writes = decide(world).writes
+            if table != self.lease_table and not (writes and isinstance(writes[0], TableWrite)):
+                writes = (TableWrite(table), *writes)  # the reports alone changed the table
+            done = await self.perform(writes, stored, via=table)
+            self._export(world)
+        finally:
+            self._answer(accepted, stored_before=stored)
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
+        elif self.table is not stored:
+            self.wake()  # what we stored may allow the next step (a release frees a slot, ...)
+
+    def _answer(self, accepted: list[PendingReport], stored_before: StoredLease | None) -> None:
+        """Answer the reports the pass stored; queue the others again (503 after REPORT_PASSES)."""
+        stored = self.table is not stored_before and self.lease_table is not None
+        retry = []
+        for pending in accepted:
+            if pending.answer.done():
+                continue
+            if stored:
+                assert self.lease_table is not None
+                now = datetime.now(UTC)
+                pending.answer.set_result(
+                    instruction_for(pending.report.node, self.lease_table, pending.state, now)
+                )
+            elif pending.passes + 1 >= REPORT_PASSES:
+                pending.answer.set_exception(
+                    BrokerError(503, f"could not store the report of {pending.report.node}: "
+                                     f"{self.last_error or 'lease table kept changing'}; retry")
+                )
+            else:
+                pending.passes += 1
+                retry.append(pending)
+        self._reports[:0] = retry
 
     def world(self, table: LeaseTable) -> World:
         now = datetime.now(UTC)
@@ -376,46 +462,78 @@ class Runtime:
             artifact_error=artifact_err,
         )
 
-    async def perform(self, writes: Sequence[Write], stored: StoredLease | None) -> bool:
-        """Perform `writes` in order; False at the first that fails (it is logged with its cause)."""
-        ns = self.settings.namespace
-        for i, w in enumerate(writes):
-            try:
-                if isinstance(w, TableWrite):
-                    if i + 1 < len(writes) and isinstance(writes[i + 1], TableWrite):
-                        continue  # coalesced: nothing happens between the two, only the later table matters
-                    await self.write_table(stored, w.table)
-                    stored = self.table
-                elif isinstance(w, NodePatch):
-                    self.metrics.api_writes.labels("node").inc()
-                    await self.cluster.patch_node(
-                        w.node,
-                        labels=dict(w.labels) or None,
-                        annotations=dict(w.annotations) or None,
-                        unschedulable=w.unschedulable,
-                    )
-                elif isinstance(w, PlanStatusWrite):
-                    self.metrics.api_writes.labels("plan_status").inc()
-                    old = (self.plans.cache.get(f"{ns}/{w.plan}") or {}).get("status") or {}
-                    patch: dict[str, Any] = {k: None for k in old if k not in w.status}
-                    patch.update(w.status)
-                    await self.cluster.patch_status(PLANS, ns, w.plan, patch)
-                elif isinstance(w, EventWrite):
-                    self.metrics.api_writes.labels("event").inc()
-                    ev_ns, ref = involved(w.kind, w.name, w.namespace, self._by_name(w.kind))
-                    await self.cluster.create_event(ev_ns, ref, w.type, w.reason, w.message)
-                    if w.type == "Warning" and w.kind == "Plan" and w.reason == "UpgradeFailed":
-                        self.metrics.failures.labels(w.name).inc()
-                elif isinstance(w, StartDrain):
-                    self.drainer.start(w.lease_id, w.node, drain_options(w.drain), self.picker(w.drain))
-            except LeaseTableConflict:
-                log.info("lease table changed under us; deciding again")
-                return False
-            except KubeError as exc:
-                log.warning("write failed, deciding again: %s", exc, extra={"write": type(w).__name__})
-                self.last_error = str(exc)
-                return False
+    async def perform(
+        self, writes: Sequence[Write], stored: StoredLease | None, via: LeaseTable | None = None
+    ) -> bool:
+        """Perform `writes` in order; False at the first that fails (it is logged with its cause).
+
+        Table writes are barriers; the writes between two of them touch different objects and are
+        performed concurrently (up to `EFFECT_PARALLELISM` at a time), all of them even if one fails.
+        `via`: the table the decision started from (reports applied), for phase durations."""
+        group: list[Write] = []
+        for w in (*writes, None):
+            if w is not None and not isinstance(w, TableWrite):
+                group.append(w)
+                continue
+            if group:
+                if not await self._perform_group(group):
+                    return False
+                group = []
+            if isinstance(w, TableWrite):
+                try:
+                    await self.write_table(stored, w.table, via=via)
+                    via = None
+                except LeaseTableConflict:
+                    log.info("lease table changed under us; deciding again")
+                    return False
+                except KubeError as exc:
+                    log.warning("lease table write failed, deciding again: %s", exc)
+                    self.last_error = str(exc)
+                    return False
+                stored = self.table
         return True
+
+    async def _perform_group(self, group: list[Write]) -> bool:
+        gate = asyncio.Semaphore(EFFECT_PARALLELISM)
+
+        async def one(w: Write) -> bool:
+            async with gate:
+                try:
+                    await self._perform_one(w)
+                    return True
+                except KubeError as exc:
+                    log.warning("write failed, deciding again: %s", exc, extra={"write": type(w).__name__})
+                    self.last_error = str(exc)
+                    return False
+
+        if len(group) == 1:
+            return await one(group[0])
+        return all(await asyncio.gather(*(one(w) for w in group)))
+
+    async def _perform_one(self, w: Write) -> None:
+        ns = self.settings.namespace
+        if isinstance(w, NodePatch):
+            self.metrics.api_writes.labels("node").inc()
+            await self.cluster.patch_node(
+                w.node,
+                labels=dict(w.labels) or None,
+                annotations=dict(w.annotations) or None,
+                unschedulable=w.unschedulable,
+            )
+        elif isinstance(w, PlanStatusWrite):
+            self.metrics.api_writes.labels("plan_status").inc()
+            old = (self.plans.cache.get(f"{ns}/{w.plan}") or {}).get("status") or {}
+            patch: dict[str, Any] = {k: None for k in old if k not in w.status}
+            patch.update(w.status)
+            await self.cluster.patch_status(PLANS, ns, w.plan, patch)
+        elif isinstance(w, EventWrite):
+            self.metrics.api_writes.labels("event").inc()
+            ev_ns, ref = involved(w.kind, w.name, w.namespace, self._by_name(w.kind))
+            await self.cluster.create_event(ev_ns, ref, w.type, w.reason, w.message)
+            if w.type == "Warning" and w.kind == "Plan" and w.reason == "UpgradeFailed":
+                self.metrics.failures.labels(w.name).inc()
+        elif isinstance(w, StartDrain):
+            self.drainer.start(w.lease_id, w.node, drain_options(w.drain), self.picker(w.drain))
 
     def _by_name(self, kind: str) -> dict[str, Obj]:
         src = self.nodes.cache if kind == "Node" else self.plans.cache
@@ -472,7 +590,19 @@ class Runtime:
         table = LeaseTable.from_annotations(stored.annotations if stored else None)
         self._seen(table)
         self.table, self.lease_table = stored, table
+        self._table_read_at = asyncio.get_running_loop().time()
         return stored, table
+
+    async def stored_table(self) -> tuple[StoredLease | None, LeaseTable]:
+        """The table this replica last read or wrote; read again after a conflict and every resync.
+
+        While this replica leads it is the table's only writer, so its copy is the stored one; should
+        anyone else write, the next conditional write fails with a conflict and the table is read again.
+        """
+        stale = asyncio.get_running_loop().time() - self._table_read_at > self.settings.timeouts.resync
+        if self.lease_table is None or stale:
+            return await self.read_table()
+        return self.table, self.lease_table
 
     async def current_table(self) -> LeaseTable:
         """The last table read or written by this replica (read once if none yet)."""
@@ -480,8 +610,13 @@ class Runtime:
             return (await self.read_table())[1]
         return self.lease_table
 
-    async def write_table(self, stored: StoredLease | None, table: LeaseTable) -> None:
-        """Conditional write of the table; `LeaseTableConflict` when someone changed it since `stored`."""
+    async def write_table(
+        self, stored: StoredLease | None, table: LeaseTable, via: LeaseTable | None = None
+    ) -> None:
+        """Conditional write of the table; `LeaseTableConflict` when someone changed it since `stored`.
+
+        `via`: a table between the stored one and this one (the reports of a pass applied), so that a
+        phase a lease passed through within one write still counts in the phase durations."""
         annotations = dict(stored.annotations) if stored else {}
         annotations[TABLE_ANNOTATION] = table.to_json()
         self.metrics.api_writes.labels("lease_table").inc()
@@ -497,9 +632,12 @@ class Runtime:
             self.metrics.write_conflicts.labels("lease_table").inc()
             self.lease_table = None
             raise
+        old = self.lease_table
+        if via is not None:
+            self._seen(via)
         self._seen(table)
         self.table, self.lease_table = written, table
-        self.agents.notify({le.node for le in table.leases} | set(table.finished))
+        self.agents.notify(changed_nodes(old, table))
 
     # -- /status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -101,11 +101,14 @@ class Sim:
     # -- writes ------------------------------------------------------------------------------------
     def perform(self, w: Any, world: World) -> None:
         if isinstance(w, TableWrite):
-            before = {le.lease_id for le in self.table.leases}
+            before = {le.lease_id: le for le in self.table.leases}
             self.table = w.table
             for le in w.table.leases:
                 if le.lease_id not in before and le.phase is LeasePhase.GRANTED:
                     self.check_grant(le.plan, le.node, world)
+                old = before.get(le.lease_id)
+                if le.phase is LeasePhase.APPLYING and (old is None or old.phase is not LeasePhase.APPLYING):
+                    self.check_cordoned(le.plan, le.node, "told to apply")
             self.check_table()
         elif isinstance(w, NodePatch):
             node = self.nodes.get(w.node)
@@ -139,7 +142,15 @@ class Sim:
         elif isinstance(w, EventWrite):
             self.events.append(w)
         elif isinstance(w, StartDrain):
+            self.check_cordoned(None, w.node, "drained")
             self.drains.setdefault(w.lease_id, DrainOutcome(ok=True))
+
+    def check_cordoned(self, plan: str | None, node: str, what: str) -> None:
+        """A node is drained, or its agent told to apply, only once it is cordoned (if the plan cordons)."""
+        spec = self.plans[plan]["spec"] if plan is not None and plan in self.plans else {"cordon": True}
+        sim = self.nodes.get(node)
+        if sim is not None and (spec.get("cordon") or spec.get("drain")) and not sim.unschedulable:
+            raise InvariantBroken(f"{node} {what} while still schedulable")
 
     def check_grant(self, plan: str, node: str, world: World) -> None:
         self.grants.append((plan, node))
