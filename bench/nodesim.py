@@ -35,7 +35,7 @@ class Timeline:
     staged: dict[str, float] = field(default_factory=dict)
     """First `stage` instruction received (the lease grant as the agent sees it)."""
     restarted: dict[str, float] = field(default_factory=dict)
-    """`restarted` report answered (the node's work is over and its Node shows the target)."""
+    """`restarted` report sent: the node's work is over and its Node shows the target, Ready."""
     finished: dict[str, float] = field(default_factory=dict)
     """`finish` received (the coordinator verified and labelled the node)."""
     errors: list[str] = field(default_factory=list)
@@ -191,8 +191,8 @@ class SimNode:
                 await asyncio.sleep(self.work)
                 self.version = lease.target_version
                 await self.api.set_node(self.name, lease.target_version)
-                await self._report(session, AgentPhase.RESTARTED)
                 self.timeline.restarted.setdefault(self.name, time.monotonic())
+                await self._report(session, AgentPhase.RESTARTED)
             elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
                 await self._report(session, AgentPhase.RESTARTED)
             elif ins.action is Action.FINISH:

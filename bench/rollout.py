@@ -6,11 +6,13 @@ coordinator (`python -m coordinator`, measured with psutil: CPU seconds and peak
 this one, which holds the release server (a thread) and `bench.nodesim` stand-ins for every node.
 
 Figures: total time from the Plan's creation to the last node's `finish`, against the ideal
-ceil(N / concurrency) x per-node work; hand-off latency, i.e. for the k-th node whose `restarted` report
-was answered (its Node already Ready on the target), the time until the (concurrency + k)-th lease was
-received as `stage` (and the same from the k-th `finish`); Kubernetes API requests during the rollout per
-upgraded node by verb and resource; the CPU seconds of the API server and of the stand-ins during the
-rollout too, to show where a 2-core machine's time goes. Prints JSON.
+ceil(N / concurrency) x per-node work; hand-off latency, i.e. for the k-th node that sent its `restarted`
+report (its Node already Ready on the target), the time until the (concurrency + k)-th lease was
+received as `stage`: the report's trip, the verification, the label, the release and the grant (and the
+same from the k-th `finish` received, which may come after the next grant: then it is negative);
+Kubernetes API requests during the rollout per upgraded node by verb and resource; the CPU seconds of
+the API server and of the stand-ins during the rollout too, to show where a 2-core machine's time goes.
+Prints JSON.
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0]
 """

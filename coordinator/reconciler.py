@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -255,6 +255,8 @@ class Runtime:
         self.last_error: str | None = None
         self.broker = RuntimeBroker(self)
         self._reports: list[PendingReport] = []
+        self.running = False
+        """The reconcile loop runs (only then can a report be stored)."""
         self._table_read_at = 0.0
         self._last_export = 0.0
         self._views: dict[str, tuple[str, NodeView]] = {}
@@ -306,6 +308,7 @@ class Runtime:
         self._export_channels()
         self.lease_table = None  # (re)gaining the lead: read the table as stored, never trust an old copy
         resolving = asyncio.create_task(self.resolver.run(), name="resolver")
+        self.running = True
         try:
             while True:
                 await asyncio.sleep(0.005)  # coalesce a burst of events into one pass
@@ -327,6 +330,7 @@ class Runtime:
         finally:
             resolving.cancel()
             await asyncio.gather(resolving, return_exceptions=True)
+            self.running = False
             await self.drainer.close()
             self.lease_table = None
             for pending in self._reports:
@@ -336,10 +340,16 @@ class Runtime:
 
     async def submit(self, report: Report, state: AgentState) -> Instruction:
         """Queue `report` for the next pass; the agent's instruction once the pass has stored it."""
+        if not self.running:
+            raise BrokerError(503, f"this coordinator is not reconciling; report of {report.node} not stored")
         pending = PendingReport(report, state, asyncio.get_running_loop().create_future())
         self._reports.append(pending)
         self.wake()
-        return await pending.answer
+        try:
+            async with asyncio.timeout(self.settings.timeouts.resync):
+                return await pending.answer
+        except TimeoutError:
+            raise BrokerError(503, f"the report of {report.node} was not stored in time; retry") from None
 
     async def reconcile_once(self) -> None:
         """One pass: reports + World -> decide -> writes in order; stop at the first failed write."""
@@ -360,10 +370,13 @@ class Runtime:
             writes = decide(world).writes
             if table != self.lease_table and not (writes and isinstance(writes[0], TableWrite)):
                 writes = (TableWrite(table), *writes)  # the reports alone changed the table
-            done = await self.perform(writes, stored, via=table)
+            last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
+            done = await self.perform(
+                writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
+            )
             self._export(world)
         finally:
-            self._answer(accepted, stored_before=stored)
+            self._answer(accepted, stored)
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
@@ -371,7 +384,10 @@ class Runtime:
             self.wake()  # what we stored may allow the next step (a release frees a slot, ...)
 
     def _answer(self, accepted: list[PendingReport], stored_before: StoredLease | None) -> None:
-        """Answer the reports the pass stored; queue the others again (503 after REPORT_PASSES)."""
+        """Answer the reports the pass stored; queue the others again (503 after REPORT_PASSES).
+
+        Called right after the pass's last table write (the agents need not wait for the Plan status and
+        Events that follow) and again when the pass ends; a report is answered once."""
         stored = self.table is not stored_before and self.lease_table is not None
         retry = []
         for pending in accepted:
@@ -463,15 +479,20 @@ class Runtime:
         )
 
     async def perform(
-        self, writes: Sequence[Write], stored: StoredLease | None, via: LeaseTable | None = None
+        self,
+        writes: Sequence[Write],
+        stored: StoredLease | None,
+        via: LeaseTable | None = None,
+        after: tuple[int, Callable[[], None]] | None = None,
     ) -> bool:
         """Perform `writes` in order; False at the first that fails (it is logged with its cause).
 
         Table writes are barriers; the writes between two of them touch different objects and are
         performed concurrently (up to `EFFECT_PARALLELISM` at a time), all of them even if one fails.
-        `via`: the table the decision started from (reports applied), for phase durations."""
+        `via`: the table the decision started from (reports applied), for phase durations.
+        `after`: (index, callback): call back once the write at that index succeeded."""
         group: list[Write] = []
-        for w in (*writes, None):
+        for i, w in enumerate((*writes, None)):
             if w is not None and not isinstance(w, TableWrite):
                 group.append(w)
                 continue
@@ -483,6 +504,8 @@ class Runtime:
                 try:
                     await self.write_table(stored, w.table, via=via)
                     via = None
+                    if after is not None and after[0] == i:
+                        after[1]()
                 except LeaseTableConflict:
                     log.info("lease table changed under us; deciding again")
                     return False

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import cached_property, lru_cache, total_ordering
+from typing import Any
 
 import semver
 
@@ -35,8 +36,18 @@ class K3sVersion:
     def minor(self) -> int:
         return int(self.sem.minor)
 
-    def _key(self) -> tuple[semver.Version, int]:
-        return (self.sem.replace(build=None), self.revision)
+    @cached_property
+    def _key_tuple(self) -> tuple[Any, ...]:
+        """SemVer precedence as a plain tuple (compared without semver's per-call work), then revision:
+        a release sorts after its pre-releases; pre-release fields compare numerically when numeric,
+        numeric before alphanumeric, and a shorter list of equal fields first."""
+        pre = self.sem.prerelease
+        fields = tuple((0, int(f), "") if f.isdigit() else (1, 0, f) for f in pre.split(".")) if pre else ()
+        release = (1,) if not pre else (0, fields)
+        return (int(self.sem.major), int(self.sem.minor), int(self.sem.patch), release, self.revision)
+
+    def _key(self) -> tuple[Any, ...]:
+        return self._key_tuple
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, K3sVersion):
@@ -49,14 +60,17 @@ class K3sVersion:
         return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((str(self.sem.replace(build=None)), self.revision))
+        return hash(self._key_tuple)
 
     def __str__(self) -> str:
         return self.text
 
 
+@lru_cache(maxsize=1024)
 def parse_version(text: str) -> K3sVersion:
-    """Parse `v1.30.4+k3s1` (the `v` is optional; a missing revision counts as 0)."""
+    """Parse `v1.30.4+k3s1` (the `v` is optional; a missing revision counts as 0).
+
+    Cached: every scheduling pass compares every node's version, and a cluster runs only a few."""
     raw = text.strip()
     body = raw[1:] if raw[:1] in ("v", "V") else raw
     try:

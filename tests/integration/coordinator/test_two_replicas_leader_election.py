@@ -55,8 +55,10 @@ class Replica:
         self.acting.discard(self.name)
 
     async def die(self) -> None:
-        """SIGKILL-like: everything stops where it is; the Lease is not released."""
+        """SIGKILL-like: everything stops where it is; the Lease is not released; agents reach it no more."""
         self.done.set()
+        if self.rig.slot.broker is self.runtime.broker:
+            self.rig.slot.broker = IdleBroker(max_wait=0.2)
         tasks = [*self.tasks, *([self.run] if self.run else [])]
         for t in tasks:
             t.cancel()

@@ -62,3 +62,29 @@ def test_same_version(a: str, b: str | None, same: bool) -> None:
 def test_parts() -> None:
     v = parse_version("v1.30.4+k3s2")
     assert (v.major, v.minor, v.revision) == (1, 30, 2)
+
+
+_PRE = st.one_of(
+    st.none(),
+    st.lists(
+        st.one_of(st.integers(0, 20).map(str), st.sampled_from(["rc", "alpha", "beta", "a1", "rc1"])),
+        min_size=1,
+        max_size=3,
+    ).map(".".join),
+)
+_VERSION = st.builds(
+    lambda minor, patch, pre, rev: f"v1.{minor}.{patch}" + (f"-{pre}" if pre else "") + f"+k3s{rev}",
+    st.integers(28, 31),
+    st.integers(0, 3),
+    _PRE,
+    st.integers(1, 3),
+)
+
+
+@given(_VERSION, _VERSION)
+def test_order_is_semver_precedence_then_revision(a: str, b: str) -> None:
+    """The cached plain-tuple key orders exactly as semver's own precedence, then the k3s revision."""
+    va, vb = parse_version(a), parse_version(b)
+    ka, kb = (va.sem.replace(build=None), va.revision), (vb.sem.replace(build=None), vb.revision)
+    assert (va < vb) == (ka < kb)
+    assert (va == vb) == (ka == kb)
