@@ -8,6 +8,7 @@ import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/k3s-upgrade/token"
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
@@ -73,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         p.error("--node (or NODE_NAME) is required")
     if not ns.coordinator:
         p.error("--coordinator (or COORDINATOR_URL) is required")
+    url = urlsplit(ns.coordinator)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        p.error(f"--coordinator {ns.coordinator!r} is not an http:// or https:// URL with a host")
     host_root = Path(os.path.abspath(ns.host_root))
     return AgentConfig(
         node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),

@@ -1,0 +1,197 @@
+"""The agent's coordinator client against a real aiohttp server on loopback (what the coordinator runs).
+
+Aspects: a poll posts the state as JSON with the bearer token (re-read from its file), the `wait` query
+and a base-URL path prefix, and returns the validated instruction, also from a chunked answer; 5xx, 401
+and 429 are temporary (`CoordinatorUnavailable`), other 4xx permanent (`Rejected`); a refused connection,
+an answer that never comes, a truncated or oversized answer, an answer that is not an `Instruction` and a
+token file holding several lines are all temporary; a cancelled long-poll returns at once and closes its
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.client import MAX_ANSWER_BYTES, CoordinatorClient, CoordinatorUnavailable, Rejected
+from wire.messages import Action, AgentState, Instruction
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STATE = AgentState(node="n1", agent_version="0.1.0", arch="amd64", k3s_version="v1.30.3+k3s1")
+STAGE = Instruction(action=Action.STAGE, reason="go", poll_after_seconds=0.5)
+
+
+class Server:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], str]] = []
+        self.handler: Handler | None = None
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _any(self, request: web.Request) -> web.StreamResponse:
+        body = await request.text()
+        self.requests.append((request.path, request.query_string, dict(request.headers), body))
+        if self.handler is not None:
+            return await self.handler(request)
+        return web.json_response(text=STAGE.model_dump_json())
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._any)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server()
+    await s.start()
+    try:
+        yield s
+    finally:
+        assert s.runner is not None
+        await s.runner.cleanup()
+
+
+@pytest.fixture
+def token(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text("tok-1\n")
+    return path
+
+
+async def test_poll_posts_state_with_token_and_wait(server: Server, token: Path) -> None:
+    client = CoordinatorClient(server.url + "/prefix/", "n1", token, timeout=2)
+    assert await client.poll(STATE, 0.5) == STAGE
+    await asyncio.to_thread(token.write_text, "tok-2")
+    await client.poll(STATE, 0)
+    (path, query, headers, body), second = server.requests
+    assert path == "/prefix/v1/agents/n1/poll" and query == "wait=0.5"
+    assert headers["Authorization"] == "Bearer tok-1" and headers["Content-Type"] == "application/json"
+    assert AgentState.model_validate_json(body) == STATE
+    assert second[1] == "wait=0" and second[2]["Authorization"] == "Bearer tok-2"
+    await client.close()
+
+
+async def test_chunked_answer_is_parsed(server: Server, token: Path) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        text = STAGE.model_dump_json().encode()
+        await response.write(text[:10])
+        await asyncio.sleep(0.05)
+        await response.write(text[10:])
+        await response.write_eof()
+        return response
+
+    server.handler = chunked
+    assert await CoordinatorClient(server.url, "n1", token).poll(STATE, 0) == STAGE
+
+
+@pytest.mark.parametrize(("status", "error"), [(500, CoordinatorUnavailable), (503, CoordinatorUnavailable),
+                                               (401, CoordinatorUnavailable), (429, CoordinatorUnavailable),
+                                               (400, Rejected), (403, Rejected), (404, Rejected)])
+async def test_status_classes(server: Server, token: Path, status: int, error: type[Exception]) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "no", "status": status}, status=status)
+
+    server.handler = answer
+    with pytest.raises(error, match=f"answered {status}"):
+        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+
+
+@pytest.mark.parametrize("answer", [b'{"action": "explode"}', b"not json", b'{"action": "idle", "x": 1}'])
+async def test_an_answer_that_is_no_instruction_is_temporary(server: Server, token: Path,
+                                                             answer: bytes) -> None:
+    async def bad(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=answer, content_type="application/json")
+
+    server.handler = bad
+    with pytest.raises(CoordinatorUnavailable, match="bad instruction"):
+        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+
+
+async def test_oversized_answer_is_refused(server: Server, token: Path) -> None:
+    async def huge(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b" " * (MAX_ANSWER_BYTES + 1), content_type="application/json")
+
+    server.handler = huge
+    with pytest.raises(CoordinatorUnavailable, match="larger than"):
+        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+
+
+async def test_truncated_answer_is_temporary(token: Path) -> None:
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"action\":")
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(half, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(CoordinatorUnavailable, match="failed"):
+            await CoordinatorClient(f"http://127.0.0.1:{port}", "n1", token).poll(STATE, 0)
+    finally:
+        raw.close()
+        await raw.wait_closed()
+
+
+async def test_refused_connection_and_silence_are_temporary(server: Server, token: Path) -> None:
+    assert server.runner is not None
+    port = server.runner.addresses[0][1]
+    await server.runner.cleanup()
+    with pytest.raises(CoordinatorUnavailable, match="failed"):
+        await CoordinatorClient(f"http://127.0.0.1:{port}", "n1", token).poll(STATE, 0)
+    server.runner = None
+    await server.start()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(10)
+        raise AssertionError("not reached")
+
+    server.handler = silent
+    started = time.monotonic()
+    with pytest.raises(CoordinatorUnavailable, match=r"no answer within 0\.5 s"):
+        await CoordinatorClient(server.url, "n1", token, timeout=0.3).poll(STATE, 0.2)
+    assert time.monotonic() - started < 2
+
+
+async def test_multi_line_token_is_not_sent(server: Server, token: Path) -> None:
+    await asyncio.to_thread(token.write_text, "tok\r\nX-Injected: 1")
+    with pytest.raises(CoordinatorUnavailable, match="more than one line"):
+        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+    assert server.requests == []
+
+
+async def test_cancelled_long_poll_returns_at_once(server: Server, token: Path) -> None:
+    held = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.StreamResponse:
+        held.set()
+        await asyncio.sleep(30)
+        raise AssertionError("not reached")
+
+    server.handler = hold
+    task = asyncio.create_task(CoordinatorClient(server.url, "n1", token).poll(STATE, 30))
+    await asyncio.wait_for(held.wait(), 5)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 1
+
+
+def test_bad_base_url_is_refused(token: Path) -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        CoordinatorClient("coordinator:8080", "n1", token)
