@@ -5,7 +5,7 @@ and a base-URL path prefix, and returns the validated instruction, also from a c
 and 429 are temporary (`CoordinatorUnavailable`), other 4xx permanent (`Rejected`); a refused connection,
 an answer that never comes, a truncated or oversized answer, an answer that is not an `Instruction` and a
 token file holding several lines are all temporary; a cancelled long-poll returns at once and closes its
-connection.
+connection; an idle agent process never imports aiohttp, and after a lease it starts afresh without it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from agent.client import MAX_ANSWER_BYTES, CoordinatorClient, CoordinatorUnavailable, Rejected
-from wire.messages import Action, AgentState, Instruction
+from tests.integration.agent.conftest import ScriptedCoordinator, make_lease
+from wire.messages import Action, AgentPhase, AgentState, Instruction
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATE = AgentState(node="n1", agent_version="0.1.0", arch="amd64", k3s_version="v1.30.3+k3s1")
@@ -195,3 +197,39 @@ async def test_cancelled_long_poll_returns_at_once(server: Server, token: Path) 
 def test_bad_base_url_is_refused(token: Path) -> None:
     with pytest.raises(ValueError, match="not an http"):
         CoordinatorClient("coordinator:8080", "n1", token)
+
+
+def logged(log: Path, text: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while text not in log.read_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def aiohttp_mapped(pid: int) -> bool:
+    """Whether a process has aiohttp's compiled modules mapped (it imported aiohttp)."""
+    return "/aiohttp/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not list(Path(aiohttp.__file__ or "").parent.glob("*.so")),
+                    reason="aiohttp has no compiled modules here, so /proc/PID/maps cannot show it")
+async def test_idle_agent_never_loads_aiohttp_and_sheds_it_after_a_lease(
+        node, releases, coordinator: ScriptedCoordinator, agent_factory) -> None:
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    await asyncio.sleep(2.0)  # started and polling
+    assert agent.process is not None
+    pid = agent.process.pid
+    assert not aiohttp_mapped(pid)
+    coordinator.instruct(Action.STAGE, make_lease(releases))
+    await coordinator.wait_report(AgentPhase.RESTARTED)  # the coordinator then says finish, then idle
+    assert await asyncio.to_thread(logged, agent.log, "finished", 20)
+    coordinator.instruct(Action.IDLE, None)
+    assert await asyncio.to_thread(logged, agent.log, "starting the agent afresh", 20)
+    await asyncio.sleep(1.5)  # the fresh process is up and polling
+    assert agent.process.poll() is None and agent.process.pid == pid
+    assert not aiohttp_mapped(pid)
+    assert agent.journal_phase() is None
+    assert coordinator.polls[-1].phase == AgentPhase.IDLE and coordinator.polls[-1].k3s_version is not None
