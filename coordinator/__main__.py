@@ -150,7 +150,7 @@ async def serve(settings: config.Settings) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
-        cluster.close()
+        await cluster.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -247,6 +247,23 @@ def prune_finished(table: LeaseTable, agents: Mapping[str, AgentView], nodes: se
     return table if len(keep) == len(table.finished) else replace(table, finished=keep)
 
 
+def granted_message(nodes: list[str], version: str, limit: int = 900) -> str:
+    """`node a: upgrade to v granted` for one node; for several, their names (cut to fit an Event)."""
+    if len(nodes) == 1:
+        return f"node {nodes[0]}: upgrade to {version} granted"
+    head = f"upgrade to {version} granted to {len(nodes)} nodes: "
+    names = ", ".join(nodes)
+    if len(head) + len(names) <= limit:
+        return head + names
+    shown: list[str] = []
+    for name in nodes:
+        rest = f" and {len(nodes) - len(shown) - 1} more"
+        if len(head) + len(", ".join([*shown, name])) + len(rest) > limit:
+            break
+        shown.append(name)
+    return f"{head}{', '.join(shown)} and {len(nodes) - len(shown)} more"
+
+
 class _Decider:
     def __init__(self, world: World) -> None:
         self.w = world
@@ -512,7 +529,8 @@ class _Decider:
                 continue
             if n.ready and self.agent_alive(n.name):
                 pool.append(n)
-        for n in candidate_order(pool, plan.uid, pi.hash)[: max(slots, 0)]:
+        granted = candidate_order(pool, plan.uid, pi.hash)[: max(slots, 0)]
+        for n in granted:
             lease = Lease(
                 lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),
                 plan=plan.name,
@@ -530,7 +548,8 @@ class _Decider:
             # Stored `after`: the slot may be one this pass frees there (a released or failed lease).
             self.acted.add(lease.lease_id)
             self._change(lease.lease_id, lease)
-            msg = f"node {n.name}: upgrade to {pi.version} granted"
+        if granted:  # one Event per plan and pass, however many nodes (each node gets its own when done)
+            msg = granted_message([n.name for n in granted], pi.version)
             self.afterwards.append(EventWrite("Plan", plan.name, w.namespace, "Normal", "LeaseGranted", msg))
         return blocked, None
 

@@ -107,23 +107,16 @@ def drain_options(drain: Drain) -> DrainOptions:
     )
 
 
-@dataclass(frozen=True)
-class AgentSeen:
-    """The last state an agent posted and when (in memory only; empty after a restart)."""
-
-    state: AgentState
-    at: datetime
-
-
 class AgentRegistry:
     """Last heartbeat per node plus a per-node "something changed" event for long-polls."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, AgentSeen] = {}
+        self.seen: dict[str, AgentView] = {}
+        """node -> the last state its agent posted and when (the engine reads it as is, no copy)."""
         self._changed: dict[str, asyncio.Event] = {}
 
     def record(self, state: AgentState, now: datetime) -> None:
-        self.seen[state.node] = AgentSeen(state, now)
+        self.seen[state.node] = AgentView(state, now)
 
     def event(self, node: str) -> asyncio.Event:
         return self._changed.setdefault(node, asyncio.Event())
@@ -311,7 +304,7 @@ class Runtime:
         self.running = True
         try:
             while True:
-                await asyncio.sleep(0.005)  # coalesce a burst of events into one pass
+                await asyncio.sleep(0.001)  # coalesce a burst of events into one pass
                 self._wake.clear()
                 try:
                     await self.reconcile_once()
@@ -377,11 +370,11 @@ class Runtime:
             self._export(world)
         finally:
             self._answer(accepted, stored)
+        # No pass of its own after a success: a lease takes one round of effects per pass and then waits for
+        # something outside (its agent's report, its Node's watch event, a drain, a timer), which wakes us.
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
-        elif self.table is not stored:
-            self.wake()  # what we stored may allow the next step (a release frees a slot, ...)
 
     def _answer(self, accepted: list[PendingReport], stored_before: StoredLease | None) -> None:
         """Answer the reports the pass stored; queue the others again (503 after REPORT_PASSES).
@@ -422,7 +415,7 @@ class Runtime:
             plans=tuple(self.plan_input(o, arches) for o in self.plans.cache.values()),
             nodes=nodes,
             table=table,
-            agents={n: AgentView(a.state, a.at) for n, a in self.agents.seen.items()},
+            agents=self.agents.seen,
             drains={lid: DrainOutcome(r.ok, r.error or "") for lid, r in self.drainer.results.items()},
             started_at=self.started_at,
             settings=self.engine_settings,

@@ -273,7 +273,7 @@ async def test_subprocess_rollout_survives_sigkill(env: Env, tmp_path: Path) -> 
         await asyncio.to_thread(stop_coordinator, proc)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-        cluster.close()
+        await cluster.aclose()
         await asyncio.to_thread(releases.stop_in_thread)
     assert tables
     for table in tables:

@@ -110,7 +110,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[KubeCluster, Seen]]:
     try:
         yield cluster, seen
     finally:
-        cluster.close()
+        await cluster.aclose()
         await runner.cleanup()
 
 
@@ -183,4 +183,4 @@ async def test_unreachable_api_server_is_temporary(tmp_path: Path) -> None:
             await cluster.list_objects(NODES)
         assert info.value.temporary
     finally:
-        cluster.close()
+        await cluster.aclose()

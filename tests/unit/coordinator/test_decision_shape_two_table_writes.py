@@ -99,3 +99,26 @@ def test_a_released_slot_is_granted_in_the_same_pass() -> None:
             assert sim.table.active_for_node(new).phase in (LeasePhase.GRANTED, LeasePhase.STAGED)  # type: ignore[union-attr]
             return
     raise AssertionError("no hand-off seen in 20 passes")
+
+
+def test_one_grant_event_per_plan_and_pass_naming_the_nodes() -> None:
+    sim = Sim(cluster(30), [plan(10)])
+    for name in sim.nodes:
+        sim.agent_poll(name)  # grants go to nodes whose agent is alive
+    sim.step()
+    (event,) = [e for e in sim.events if e.reason == "LeaseGranted"]
+    granted = sorted(le.node for le in sim.table.leases)
+    assert len(granted) == 10
+    assert event.message.startswith("upgrade to v1.24.6+k3s1 granted to 10 nodes: ")
+    assert sorted(event.message.split(": ", 1)[1].split(", ")) == granted
+
+
+def test_grant_message_fits_an_event() -> None:
+    from coordinator.engine import granted_message
+
+    assert granted_message(["a"], "v1") == "node a: upgrade to v1 granted"
+    many = [f"node-{i:05d}" for i in range(200)]
+    msg = granted_message(many, "v1.30.4+k3s1")
+    assert len(msg) <= 900 and msg.endswith(" more") and "node-00000, node-00001" in msg
+    shown = msg.split(": ", 1)[1].rsplit(" and ", 1)
+    assert len(shown[0].split(", ")) + int(shown[1].split()[0]) == 200
