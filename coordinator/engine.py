@@ -218,6 +218,8 @@ Write = TableWrite | NodePatch | PlanStatusWrite | EventWrite | StartDrain
 @dataclass(frozen=True)
 class Decision:
     writes: tuple[Write, ...]
+    progress: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """plan -> (nodes it selects, nodes done at its current hash), for the metrics."""
 
 
 def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
@@ -283,6 +285,7 @@ class _Decider:
         self.uncordoned: set[str] = set()
         self.released: set[str] = set()
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
+        self._chosen: dict[str, tuple[tuple[NodeView, ...], int]] = {}
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -510,11 +513,7 @@ class _Decider:
         servers = [n.kubelet_version for n in w.nodes if is_server(n.labels)]
         failed_nodes = {le.node for le in failures}
         pool = []
-        for n in selected(
-            spec.node_selector.model_dump(by_alias=True, exclude_none=True) if spec.node_selector else None,
-            plan.name,
-            w.nodes,
-        ):
+        for n in self.chosen(pi)[0]:
             if is_done(n, plan.name, pi.hash) or n.name in failed_nodes or n.name in self.released:
                 continue
             if self.t.active_for_node(n.name) is not None:
@@ -553,13 +552,23 @@ class _Decider:
             self.afterwards.append(EventWrite("Plan", plan.name, w.namespace, "Normal", "LeaseGranted", msg))
         return blocked, None
 
+    def chosen(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], int]:
+        """The nodes the plan selects and how many of them are done at its hash (once per decision)."""
+        hit = self._chosen.get(pi.name)
+        if hit is None:
+            sel = pi.plan.spec.node_selector if pi.plan is not None else None
+            raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
+            nodes = tuple(selected(raw, pi.name, self.w.nodes)) if pi.plan is not None else ()
+            h = pi.hash
+            done = sum(1 for n in nodes if is_done(n, pi.name, h)) if h is not None else 0
+            hit = self._chosen[pi.name] = (nodes, done)
+        return hit
+
     def complete(self, pi: PlanInput) -> bool:
         if pi.plan is None or pi.hash is None:
             return False
-        sel = pi.plan.spec.node_selector
-        raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
-        nodes = selected(raw, pi.name, self.w.nodes)
-        return all(is_done(n, pi.name, pi.hash) for n in nodes)
+        nodes, done = self.chosen(pi)
+        return done == len(nodes)
 
     def status(self, pi: PlanInput, blocked: list[str], waiting: str | None) -> None:
         conds: list[Cond] = []
@@ -609,4 +618,9 @@ def decide(world: World) -> Decision:
         outcome[pi.name] = d.grants(pi)
     for pi in sorted(world.plans, key=lambda p: p.name):
         d.status(pi, *outcome[pi.name])
-    return Decision(writes=d.writes())
+    progress = {}
+    for pi in world.plans:
+        if pi.plan is not None:
+            nodes, done = d.chosen(pi)
+            progress[pi.name] = (len(nodes), done)
+    return Decision(writes=d.writes(), progress=progress)

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
@@ -158,7 +159,16 @@ class LeaseTable:
         return next((le for le in self.leases if le.lease_id == lease_id), None)
 
     def active_for_node(self, node: str) -> Lease | None:
-        return next((le for le in self.leases if le.node == node and le.active), None)
+        return self._active_by_node.get(node)
+
+    @cached_property
+    def _active_by_node(self) -> dict[str, Lease]:
+        """node -> its active lease, built once per table (a scheduling pass asks for every node)."""
+        index: dict[str, Lease] = {}
+        for le in self.leases:
+            if le.active:
+                index.setdefault(le.node, le)
+        return index
 
     def active_for_plan(self, plan: str) -> tuple[Lease, ...]:
         return tuple(le for le in self.leases if le.plan == plan and le.active)

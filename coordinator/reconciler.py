@@ -54,7 +54,6 @@ from coordinator.leasing import TABLE_ANNOTATION, LeaseTable, ReportError, apply
 from coordinator.metrics import Metrics
 from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
-from coordinator.selection import is_done, selected
 from coordinator.skew import SkewPolicy
 from coordinator.versions import is_version
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, Report
@@ -360,14 +359,15 @@ class Runtime:
         done = False
         try:
             world = self.world(table)
-            writes = decide(world).writes
+            decision = decide(world)
+            writes = decision.writes
             if table != self.lease_table and not (writes and isinstance(writes[0], TableWrite)):
                 writes = (TableWrite(table), *writes)  # the reports alone changed the table
             last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
-            self._export(world)
+            self._export(world, decision.progress)
         finally:
             self._answer(accepted, stored)
         # No pass of its own after a success: a lease takes one round of effects per pass and then waits for
@@ -573,22 +573,15 @@ class Runtime:
                     max(0.0, (now - le.updated_at).total_seconds())
                 )
 
-    def _export(self, world: World) -> None:
+    def _export(self, world: World, progress: Mapping[str, tuple[int, int]]) -> None:
         table = self.lease_table or world.table
         counts: dict[tuple[str, str], int] = {}
         for le in table.leases:
             counts[(le.plan, le.phase.value)] = counts.get((le.plan, le.phase.value), 0) + 1
         self.metrics.set_leases(counts)
-        for pi in world.plans:
-            if pi.plan is None:
-                continue
-            sel = pi.plan.spec.node_selector
-            raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
-            chosen = selected(raw, pi.name, world.nodes)
-            self.metrics.nodes_total.labels(pi.name).set(len(chosen))
-            self.metrics.nodes_done.labels(pi.name).set(
-                sum(1 for n in chosen if pi.hash is not None and is_done(n, pi.name, pi.hash))
-            )
+        for plan, (total, done) in progress.items():
+            self.metrics.nodes_total.labels(plan).set(total)
+            self.metrics.nodes_done.labels(plan).set(done)
         self._export_channels()
 
     def _export_channels(self) -> None:
