@@ -4,11 +4,14 @@ Download: a 70 MB random file is served by `python -m http.server` (its own proc
 not share a GIL with the client). In the same run, `curl` fetches the URL to a file and, in a fresh
 process, `agent.download.download` fetches and SHA-256-verifies it (the agent's real code path); each is
 timed over the same number of rounds and the best round is kept. The ratio is agent MB/s over curl MB/s.
-The child's VmHWM (kernel high-water mark of its resident set) is its peak RSS while downloading.
+The agent imports aiohttp only when a download starts; that one-time import is timed on its own
+(`agent_download_import_s`) and left out of the throughput, as interpreter start-up is (curl's run
+includes its own start-up). The child first imports what the running agent has imported
+(`agent.__main__`) and nothing of this benchmark's own (aiohttp.web, the sandbox), so its VmHWM (kernel
+high-water mark of its resident set) is the agent's peak RSS while downloading.
 
-Idle: the real agent (`python -m agent`) runs for `--idle` seconds against a minimal stand-in of the
-coordinator's agent API that long-polls and answers `idle` (the coordinator's answer when there is no
-work); its RSS at the end and its CPU seconds over the window are reported. Prints JSON.
+Idle: `bench.agent_idle` (the agent's RSS, USS and CPU while idle, before and after an upgrade).
+Prints JSON.
 
     python -m bench.agent_download [--megabytes 70] [--rounds 3] [--idle 60]
 """
@@ -28,11 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import psutil
-from aiohttp import web
-
-from wire.messages import Action, Instruction
 
 
 def serve_files(directory: Path) -> tuple[subprocess.Popen[str], str]:
@@ -64,14 +62,21 @@ def serve_files(directory: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def child(url: str, sha256: str, part: Path) -> None:
-    """Run in a fresh process: download + verify once, print seconds and this process's peak RSS."""
+    """Run in a fresh process: download + verify once, print seconds, the one-time aiohttp import (which
+    `download` would otherwise do on its first call) and this process's peak RSS."""
+    import agent.__main__  # noqa: F401 - what the running agent has imported
     from agent.download import download
 
+    t0 = time.perf_counter()
+    import aiohttp  # noqa: F401 - what the agent's first download imports
+
+    imported = time.perf_counter() - t0
     t0 = time.perf_counter()
     asyncio.run(download(url, sha256, part))
     elapsed = time.perf_counter() - t0
     hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
-    print(json.dumps({"seconds": elapsed, "peak_rss_mib": int(hwm.split()[1]) / 1024}))
+    peak = int(hwm.split()[1]) / 1024
+    print(json.dumps({"seconds": elapsed, "import_seconds": imported, "peak_rss_mib": peak}))
 
 
 def agent_round(url: str, sha256: str, part: Path) -> dict[str, float]:
@@ -108,11 +113,12 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
     server, base = serve_files(served)
     try:
         url = f"{base}/k3s"
-        curl_s, agent_s, rss = [], [], []
+        curl_s, agent_s, import_s, rss = [], [], [], []
         for _ in range(rounds):  # interleaved, so both see the same machine state
             curl_s.append(curl_round(url, tmp / "curl.out"))
             got = agent_round(url, sha, tmp / "agent.part")
             agent_s.append(got["seconds"])
+            import_s.append(got["import_seconds"])
             rss.append(got["peak_rss_mib"])
     finally:
         server.terminate()
@@ -125,83 +131,8 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
         "curl_mb_per_s": round(curl_mbps, 1),
         "agent_download_verify_mb_per_s": round(agent_mbps, 1),
         "agent_over_curl": round(agent_mbps / curl_mbps, 2),
+        "agent_download_import_s": round(min(import_s), 3),
         "agent_download_peak_rss_mib": round(max(rss), 1),
-    }
-
-
-async def idle_coordinator(host: str) -> tuple[web.AppRunner, str]:
-    """Answers every poll like a coordinator with no work: after the long-poll wait, `idle`."""
-
-    async def poll(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(min(float(request.query.get("wait", "0")), 30.0))
-        ins = Instruction(action=Action.IDLE, reason="no plan selects this node", poll_after_seconds=1.0)
-        return web.json_response(text=ins.model_dump_json())
-
-    app = web.Application()
-    app.router.add_post("/v1/agents/{node}/poll", poll)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    return runner, f"http://{host}:{runner.addresses[0][1]}"
-
-
-async def measure_idle(seconds: float, tmp: Path) -> dict[str, Any]:
-    runner, url = await idle_coordinator("127.0.0.1")
-    root = tmp / "host"
-    (root / "usr/local/bin").mkdir(parents=True)
-    token = tmp / "token"
-    token.write_text("bench-token")
-    proc = await asyncio.to_thread(
-        subprocess.Popen,
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "--node",
-            "bench-node",
-            "--coordinator",
-            url,
-            "--host-root",
-            str(root),
-            "--token-file",
-            str(token),
-            "--state-dir",
-            str(tmp / "state"),
-            "--arch",
-            "amd64",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        p = psutil.Process(proc.pid)
-        await asyncio.sleep(3.0)  # start-up (imports) is not idle time
-        if proc.poll() is not None:
-            assert proc.stderr is not None
-            raise RuntimeError(f"the agent exited {proc.returncode}: {proc.stderr.read()[-2000:]!r}")
-        c0 = p.cpu_times()
-        await asyncio.sleep(seconds)
-        c1 = p.cpu_times()
-        rss = p.memory_info().rss / 2**20
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-        assert proc.stderr is not None
-        proc.stderr.close()
-        await runner.cleanup()
-    cpu = (c1.user + c1.system) - (c0.user + c0.system)
-    return {
-        "agent_idle_window_s": seconds,
-        "agent_idle_rss_mib": round(rss, 1),
-        "agent_idle_cpu_s": round(cpu, 2),
     }
 
 
@@ -215,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         child(args.child[0], args.child[1], Path(args.child[2]))
         return {}
+    from bench.agent_idle import measure_idle
+
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         figures = {"benchmark": "agent", **measure_download(args.megabytes, args.rounds, Path(tmp))}
         figures.update(asyncio.run(measure_idle(args.idle, Path(tmp))))
