@@ -240,7 +240,7 @@ class Runtime:
         self._wake = asyncio.Event()
         ns = settings.namespace
         self.plans = Informer(cluster, PLANS, ns, self._on_event)
-        self.nodes = Informer(cluster, NODES, None, self._on_event)
+        self.nodes = Informer(cluster, NODES, None, self._on_node_event)
         self.secrets = Informer(cluster, SECRETS, ns, self._on_event)
         self.table: StoredLease | None = None
         self.lease_table: LeaseTable | None = None
@@ -251,7 +251,8 @@ class Runtime:
         """The reconcile loop runs (only then can a report be stored)."""
         self._table_read_at = 0.0
         self._last_export = 0.0
-        self._views: dict[str, tuple[str, NodeView]] = {}
+        self._views: dict[str, NodeView] = {}
+        """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass)."""
         self._observed: LeaseTable | None = None
         self.resolver = Resolver(
             settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
@@ -272,6 +273,14 @@ class Runtime:
 
     # -- caches ---------------------------------------------------------------------------------
     def _on_event(self, kind: str, obj: Obj) -> None:
+        self._wake.set()
+
+    def _on_node_event(self, kind: str, obj: Obj) -> None:
+        name = str((obj.get("metadata") or {}).get("name"))
+        if kind == "DELETED":
+            self._views.pop(name, None)
+        else:
+            self._views[name] = node_view(obj)
         self._wake.set()
 
     def wake(self) -> None:
@@ -404,10 +413,7 @@ class Runtime:
 
     def world(self, table: LeaseTable) -> World:
         now = datetime.now(UTC)
-        nodes = tuple(self._node_view(o) for o in self.nodes.cache.values())
-        if len(self._views) > len(self.nodes.cache):
-            live = {str(o["metadata"]["name"]) for o in self.nodes.cache.values()}
-            self._views = {k: v for k, v in self._views.items() if k in live}
+        nodes = tuple(self._views.values())
         arches = {n.arch for n in nodes}
         return World(
             now=now,
@@ -420,17 +426,6 @@ class Runtime:
             started_at=self.started_at,
             settings=self.engine_settings,
         )
-
-    def _node_view(self, obj: Obj) -> NodeView:
-        """NodeViews are rebuilt only when the Node's resourceVersion changed (thousands of nodes)."""
-        meta = obj["metadata"]
-        name, rv = str(meta["name"]), str(meta.get("resourceVersion", ""))
-        hit = self._views.get(name)
-        if hit is not None and hit[0] == rv:
-            return hit[1]
-        view = node_view(obj)
-        self._views[name] = (rv, view)
-        return view
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:
         spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
@@ -544,16 +539,18 @@ class Runtime:
             await self.cluster.patch_status(PLANS, ns, w.plan, patch)
         elif isinstance(w, EventWrite):
             self.metrics.api_writes.labels("event").inc()
-            ev_ns, ref = involved(w.kind, w.name, w.namespace, self._by_name(w.kind))
+            ev_ns, ref = involved(w.kind, w.name, w.namespace, self._cached(w.kind, w.name))
             await self.cluster.create_event(ev_ns, ref, w.type, w.reason, w.message)
             if w.type == "Warning" and w.kind == "Plan" and w.reason == "UpgradeFailed":
                 self.metrics.failures.labels(w.name).inc()
         elif isinstance(w, StartDrain):
             self.drainer.start(w.lease_id, w.node, drain_options(w.drain), self.picker(w.drain))
 
-    def _by_name(self, kind: str) -> dict[str, Obj]:
-        src = self.nodes.cache if kind == "Node" else self.plans.cache
-        return {str(o["metadata"]["name"]): o for o in src.values()}
+    def _cached(self, kind: str, name: str) -> dict[str, Obj]:
+        """{name: the object as cached} for a Node or Plan (empty when not cached)."""
+        key = name if kind == "Node" else f"{self.settings.namespace}/{name}"
+        obj = (self.nodes.cache if kind == "Node" else self.plans.cache).get(key)
+        return {name: obj} if obj is not None else {}
 
     def picker(self, drain: Drain) -> PodPicker:
         return lambda pods: pods_to_evict(pods, drain, self.settings.pod_name, self.settings.pod_namespace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Protocol, TypeVar
 
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
@@ -100,7 +101,9 @@ def is_done(node: _Node, plan: str, plan_hash: str) -> bool:
     return node.labels.get(plan_label(plan)) == plan_hash
 
 
+@lru_cache(maxsize=65536)
 def candidate_key(node_uid: str, plan_uid: str, plan_hash: str) -> str:
+    """The node's place in the plan's order (cached: every pass orders every candidate node)."""
     return hashlib.sha256((node_uid + plan_uid + plan_hash).encode()).hexdigest()
 
 
