@@ -528,7 +528,7 @@ class _Decider:
                 continue
             if n.ready and self.agent_alive(n.name):
                 pool.append(n)
-        granted = candidate_order(pool, plan.uid, pi.hash)[: max(slots, 0)]
+        granted = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0))
         for n in granted:
             lease = Lease(
                 lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),

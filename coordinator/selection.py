@@ -9,6 +9,7 @@ does, so the order is stable for one hash and reshuffles when the plan changes.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Protocol, TypeVar
@@ -107,5 +108,11 @@ def candidate_key(node_uid: str, plan_uid: str, plan_hash: str) -> str:
     return hashlib.sha256((node_uid + plan_uid + plan_hash).encode()).hexdigest()
 
 
-def candidate_order(nodes: Iterable[N], plan_uid: str, plan_hash: str) -> list[N]:
-    return sorted(nodes, key=lambda n: (candidate_key(n.uid, plan_uid, plan_hash), n.name))
+def candidate_order(nodes: Iterable[N], plan_uid: str, plan_hash: str, first: int | None = None) -> list[N]:
+    """The nodes in the plan's order; only the `first` of them if given (without sorting them all)."""
+    def order(n: N) -> tuple[str, str]:
+        return (candidate_key(n.uid, plan_uid, plan_hash), n.name)
+
+    if first is not None:
+        return heapq.nsmallest(first, nodes, key=order) if first > 0 else []
+    return sorted(nodes, key=order)

@@ -74,6 +74,8 @@ def test_candidate_order_is_sucs_sha256_and_depends_on_the_hash() -> None:
     assert order2 == expected("h2")
     assert order1 != order2
     assert [n.name for n in candidate_order(list(reversed(nodes)), "plan-uid", "h1")] == order1
+    for k in range(10):  # the first k without sorting all of them: the same prefix
+        assert [n.name for n in candidate_order(reversed(nodes), "plan-uid", "h1", first=k)] == order1[:k]
 
 
 def test_a_bad_expression_is_an_error_even_when_match_labels_already_fail() -> None:
