@@ -22,6 +22,7 @@ cached (a token may become valid moments later, right after it is minted).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class NodeAuthenticator:
         self._audience = audience
         self._clock = clock
         self._max = max_entries
-        self._cache: dict[str, tuple[float, TokenIdentity]] = {}
+        self._cache: dict[bytes, tuple[float, TokenIdentity]] = {}
         self.reviews = 0
         """TokenReview calls made (visible to tests and metrics)."""
 
@@ -76,7 +77,8 @@ class NodeAuthenticator:
         if scheme.lower() != "bearer" or not token:
             raise AuthError(401, "malformed Authorization header (expected: Bearer <ServiceAccount token>)")
         now = self._clock()
-        hit = self._cache.get(token)
+        digest = hashlib.sha256(token.encode()).digest()  # the cache keeps no bearer token in memory
+        hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
@@ -85,13 +87,13 @@ class NodeAuthenticator:
         except KubeError as exc:
             raise AuthError(503, f"cannot review the token now: {exc}") from exc
         if ident is None:
-            self._cache.pop(token, None)
+            self._cache.pop(digest, None)
             raise AuthError(401, f"token rejected by TokenReview (audience {self._audience})")
         if len(self._cache) >= self._max:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             if len(self._cache) >= self._max:
                 self._cache.clear()
-        self._cache[token] = (now + self._ttl, ident)
+        self._cache[digest] = (now + self._ttl, ident)
         return ident
 
     async def authorize(self, authorization: str | None, node: str) -> TokenIdentity:

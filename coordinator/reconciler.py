@@ -72,6 +72,30 @@ def _ts(text: Any) -> datetime | None:
         return None
 
 
+def slim_node(obj: Obj) -> Obj:
+    """The part of a Node the coordinator reads (a real Node carries its image list, managedFields,
+    capacity...: several KiB that thousands of cached Nodes would hold for nothing)."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    info = status.get("nodeInfo") or {}
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "uid", "resourceVersion", "creationTimestamp", "labels", "annotations")
+            if k in meta
+        },
+        "spec": {"unschedulable": bool((obj.get("spec") or {}).get("unschedulable"))},
+        "status": {
+            "nodeInfo": {k: info[k] for k in ("kubeletVersion", "architecture") if k in info},
+            "conditions": [
+                {k: c[k] for k in ("type", "status") if k in c}
+                for c in status.get("conditions") or []
+                if c.get("type") == "Ready"
+            ],
+        },
+    }
+
+
 def node_view(obj: Obj) -> NodeView:
     """What the engine needs of a Node object as read."""
     meta = obj.get("metadata") or {}
@@ -240,7 +264,7 @@ class Runtime:
         self._wake = asyncio.Event()
         ns = settings.namespace
         self.plans = Informer(cluster, PLANS, ns, self._on_event)
-        self.nodes = Informer(cluster, NODES, None, self._on_node_event)
+        self.nodes = Informer(cluster, NODES, None, self._on_node_event, transform=slim_node)
         self.secrets = Informer(cluster, SECRETS, ns, self._on_event)
         self.table: StoredLease | None = None
         self.lease_table: LeaseTable | None = None

@@ -36,8 +36,11 @@ class Informer:
         on_event: Handler,
         watch_timeout: int = 300,
         backoff: float = 0.5,
+        transform: Callable[[Obj], Obj] | None = None,
     ) -> None:
+        """`transform`: applied to every object before it is cached (e.g. keep only the fields read)."""
         self._cluster = cluster
+        self._transform = transform
         self.res = res
         self._namespace = namespace
         self._on_event = on_event
@@ -49,6 +52,8 @@ class Informer:
 
     async def _relist(self) -> None:
         items, rv = await self._cluster.list_objects(self.res, self._namespace)
+        if self._transform is not None:
+            items = [self._transform(o) for o in items]
         fresh = {key(o): o for o in items}
         for k, old in list(self.cache.items()):
             if k not in fresh:
@@ -80,12 +85,13 @@ class Informer:
                         self.resource_version = str(rv)
                     if ev.type == "BOOKMARK":
                         continue
-                    k = key(ev.obj)
+                    obj = self._transform(ev.obj) if self._transform is not None else ev.obj
+                    k = key(obj)
                     if ev.type == "DELETED":
                         self.cache.pop(k, None)
                     else:
-                        self.cache[k] = ev.obj
-                    self._on_event(ev.type, ev.obj)
+                        self.cache[k] = obj
+                    self._on_event(ev.type, obj)
             except Expired:
                 need_list = True
             except KubeError as exc:
