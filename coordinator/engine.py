@@ -39,7 +39,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coordinator.hashing import plan_hash
-from coordinator.leasing import TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
+from coordinator.leasing import MAX_ACTIVE_LEASES, TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
 from coordinator.plans import Drain, Plan, parse_plan
 from coordinator.selection import candidate_order, is_done, plan_label, selected
 from coordinator.skew import SkewPolicy, check, is_server
@@ -509,6 +509,11 @@ class _Decider:
         if any(le.exclusive for le in others) or (spec.exclusive and others):
             return [], "waiting for an exclusive plan" if others else None
         slots = max(spec.concurrency, 1) - len(self.t.active_for_plan(plan.name))
+        room = MAX_ACTIVE_LEASES - sum(1 for le in self.t.leases if le.active)
+        if 0 < slots and room < slots:
+            slots = room
+            if room <= 0:
+                return [], f"the lease table holds {MAX_ACTIVE_LEASES} leases in flight, its limit"
         blocked: list[str] = []
         servers = [n.kubelet_version for n in w.nodes if is_server(n.labels)]
         failed_nodes = {le.node for le in failures}

@@ -25,7 +25,11 @@ Errors (both subclasses of `ReportError`, carrying the HTTP status the agent API
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -37,6 +41,14 @@ from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction,
 
 TABLE_ANNOTATION = "upgrade.cattle.io/lease-table"
 """Annotation of the Lease object that holds the table as JSON."""
+
+COMPRESS_ABOVE = 32 * 1024
+"""A table whose JSON is longer is stored gzip-compressed and base64-encoded, behind `GZIP_PREFIX`."""
+GZIP_PREFIX = "gzip+base64:"
+MAX_ACTIVE_LEASES = 2000
+"""Leases in flight across all plans. The API server refuses more than 256 KiB of annotations on an
+object; a lease record takes about 670 bytes as JSON but about 53 once compressed, so 2,000 active leases
+plus as many finished records fit in about 210 KiB."""
 
 
 class LeasePhase(StrEnum):
@@ -198,11 +210,24 @@ class LeaseTable:
             sort_keys=True,
         )
 
+    def to_annotation(self) -> str:
+        """The annotation's value: the JSON, compressed when it is long (see `COMPRESS_ABOVE`)."""
+        text = self.to_json()
+        if len(text) <= COMPRESS_ABOVE:
+            return text
+        return GZIP_PREFIX + base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
     @staticmethod
     def from_json(text: str | None) -> LeaseTable:
-        """Parse the annotation; a missing or empty annotation is an empty table."""
+        """Parse the annotation (plain or compressed JSON); a missing or empty one is an empty table."""
         if not text:
             return LeaseTable()
+        if text.startswith(GZIP_PREFIX):
+            try:
+                text = gzip.decompress(base64.b64decode(text[len(GZIP_PREFIX) :], validate=True)).decode()
+            except (binascii.Error, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+                msg = f"annotation {TABLE_ANNOTATION} is not a compressed table: {exc}"
+                raise TableFormatError(msg) from exc
         try:
             raw = json.loads(text)
             return LeaseTable(

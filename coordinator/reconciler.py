@@ -648,7 +648,7 @@ class Runtime:
         `via`: a table between the stored one and this one (the reports of a pass applied), so that a
         phase a lease passed through within one write still counts in the phase durations."""
         annotations = dict(stored.annotations) if stored else {}
-        annotations[TABLE_ANNOTATION] = table.to_json()
+        annotations[TABLE_ANNOTATION] = table.to_annotation()
         self.metrics.api_writes.labels("lease_table").inc()
         try:
             written = await self.cluster.write_lease(

@@ -35,6 +35,22 @@ def now_rfc3339(clock: Callable[[], datetime] | None = None) -> str:
     return (clock or (lambda: datetime.now(UTC)))().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+ANNOTATIONS_LIMIT = 256 * 1024
+"""Total bytes of annotation keys and values a real API server accepts on one object."""
+
+
+def _check_annotations(rt: ResourceType, obj: Obj) -> None:
+    """Refuse what a real API server refuses (apimachinery ValidateAnnotationsSize)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return
+    size = sum(len(str(k)) + len(str(v)) for k, v in annotations.items())
+    if size > ANNOTATIONS_LIMIT:
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        too_long = f"Too long: must have at most {ANNOTATIONS_LIMIT} bytes"
+        raise errors.invalid(rt.kind, rt.group, name, "metadata.annotations", too_long)
+
+
 def _spec_part(obj: Obj, with_status: bool) -> Obj:
     skip = {"metadata", "apiVersion", "kind"} | ({"status"} if with_status else set())
     return {k: v for k, v in obj.items() if k not in skip}
@@ -177,6 +193,7 @@ class Store:
                     rt.kind, rt.group, "", "metadata.name", "Required value: name or generateName is required"
                 )
         self._check_namespace(rt, ns)
+        _check_annotations(rt, obj)
         name = meta["name"]
         if ((ns or "") if rt.namespaced else "", name) in self.objects.get(rt.key, {}):
             raise errors.already_exists(rt.plural, rt.group, name)
@@ -261,6 +278,7 @@ class Store:
             if rt.key == CRDS.key:
                 self._crd_status(new)
         new["apiVersion"], new["kind"] = current["apiVersion"], rt.kind
+        _check_annotations(rt, new)
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if (
             rt.generation

@@ -7,7 +7,8 @@ Aspects covered:
 - merge patch, JSON patch, strategic merge patch (415 on custom resources), list `kind`;
 - label (set-based) and field selectors (`spec.nodeName`, `status.phase`), unsupported field -> 400;
 - watch: replay from a resourceVersion, selector transitions as ADDED/DELETED, timeoutSeconds ends it;
-- bad input: malformed JSON -> 400, unknown resource -> 404, body over the limit -> 413;
+- bad input: malformed JSON -> 400, unknown resource -> 404, body over the limit -> 413, annotations over
+  256 KiB -> 422 (as a real API server);
 - fault injection and the request log;
 - TokenRequest bound to a Pod and TokenReview (user, extra, audiences, deleted pod).
 """
@@ -275,3 +276,22 @@ def test_token_request_and_review(kube_api: Any) -> None:
     assert not auth.create_token_review(
         {"spec": {"token": token, "audiences": ["coord"]}}
     ).status.authenticated
+
+
+def test_annotations_over_256_kib_are_refused_like_a_real_api_server(kube_api: Any) -> None:
+    """Total annotation bytes (keys + values) above 262144 -> 422 Invalid on create and on update."""
+    coord = client.CoordinationV1Api(kube_api)
+    fits = {"a": "x" * (256 * 1024 - 1)}
+    lease = coord.create_namespaced_lease("default", {"metadata": {"name": "big", "annotations": fits}})
+    status, body = _raw(
+        kube_api,
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+        {"metadata": {"name": "too-big", "annotations": {"a": "x" * (256 * 1024)}}},
+    )
+    assert status == 422 and body["reason"] == "Invalid"
+    assert "metadata.annotations: Too long: must have at most 262144 bytes" in body["message"]
+    lease.metadata.annotations = {"a": "x" * (256 * 1024 - 1), "b": "y"}
+    with pytest.raises(ApiException) as exc:
+        coord.replace_namespaced_lease("big", "default", lease)
+    assert exc.value.status == 422 and _status(exc.value)["reason"] == "Invalid"

@@ -122,3 +122,18 @@ def test_grant_message_fits_an_event() -> None:
     assert len(msg) <= 900 and msg.endswith(" more") and "node-00000, node-00001" in msg
     shown = msg.split(": ", 1)[1].rsplit(" and ", 1)
     assert len(shown[0].split(", ")) + int(shown[1].split()[0]) == 200
+
+
+def test_grants_stop_at_the_lease_table_limit(monkeypatch: Any) -> None:
+    from coordinator import engine
+
+    monkeypatch.setattr(engine, "MAX_ACTIVE_LEASES", 3)
+    sim = Sim(cluster(10), [plan(10)])
+    for name in sim.nodes:
+        sim.agent_poll(name)
+    sim.step()
+    assert len([le for le in sim.table.leases if le.active]) == 3
+    sim.step()  # the table is full: the plan waits and says why
+    conds = {c["type"]: c for c in sim.plans["p"]["status"]["conditions"]}
+    assert conds["Complete"]["reason"] == "Waiting"
+    assert "3 leases in flight, its limit" in conds["Complete"]["message"]

@@ -158,3 +158,37 @@ def test_finished_entries_are_kept_only_while_an_agent_may_still_need_them() -> 
     assert sorted(pruned.finished) == ["n2", "n4"]
     assert instruction_for("n2", pruned, state("L-n2", A.RESTARTED), NOW).action is Action.FINISH
     assert prune_finished(pruned, agents, {"n1", "n2", "n4", "n5"}) is pruned  # nothing more to drop
+
+
+def test_a_large_table_is_stored_compressed_and_fits_the_annotation_limit() -> None:
+    """MAX_ACTIVE_LEASES leases in flight plus as many finished records fit the API server's 256 KiB."""
+    import hashlib
+    from datetime import timedelta
+
+    from coordinator.leasing import GZIP_PREFIX, MAX_ACTIVE_LEASES, TABLE_ANNOTATION
+
+    release = "https://github.com/k3s-io/k3s/releases/download/v1.30.4%2Bk3s1/"
+    arts = [Artifact(url=release + f"k3s{a}", sha256=hashlib.sha256(a.encode()).hexdigest(), name=f"k3s{a}")
+            for a in ("", "-arm64", "-armhf")]
+
+    def record(i: int, phase: LeasePhase) -> Lease:
+        at = NOW + timedelta(seconds=i * 0.731)
+        digest = hashlib.sha256(str(i).encode()).hexdigest()
+        return lease(phase, lease_id=f"plan-{i % 7}.worker-{i:05d}.{digest[:12]}", node=f"worker-{i:05d}",
+                     plan=f"plan-{i % 7}", plan_hash=hashlib.sha224(str(i % 7).encode()).hexdigest(),
+                     artifact=arts[i % 3],
+                     granted_at=at, updated_at=at + timedelta(seconds=i % 97), cordoned_by_us=i % 2 == 0)
+
+    small = table(P.GRANTED)
+    assert small.to_annotation() == small.to_json()  # small tables stay readable
+    big = LeaseTable(
+        leases=tuple(record(i, list(P)[i % 6]) for i in range(MAX_ACTIVE_LEASES)),
+        finished={f"done-{i:05d}": record(10**6 + i, P.VERIFIED) for i in range(MAX_ACTIVE_LEASES)},
+    )
+    stored = big.to_annotation()
+    assert stored.startswith(GZIP_PREFIX)
+    assert len(TABLE_ANNOTATION) + len(stored) < 256 * 1024 < len(big.to_json())
+    assert LeaseTable.from_annotations({TABLE_ANNOTATION: stored}) == big
+    with pytest.raises(TableFormatError, match="compressed"):
+        LeaseTable.from_json(GZIP_PREFIX + "bm90IGd6aXA=")  # base64 of "not gzip"
+
