@@ -82,7 +82,10 @@ def up(args: argparse.Namespace) -> int:
               f"nodes:               {', '.join(sandbox.nodes)} on {args.from_version}\n"
               f"state and logs:      {sandbox.state_dir}\n"
               "Ctrl-C stops everything.", flush=True)
-        stop.wait()
+        # Wake up now and then: a signal the kernel hands to another thread only sets a flag, and the
+        # main thread runs the Python handler (KeyboardInterrupt) only once it is back in Python code.
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
