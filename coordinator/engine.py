@@ -436,6 +436,9 @@ class _Decider:
             return
         if lease.phase is LeasePhase.RESTARTED:
             if node.ready and same_version(node.kubelet_version, lease.target_version):
+                # Stored with the release, not before the label: nothing depends on it having been
+                # stored (a crash in between finds the lease `restarted` and the Node verified again).
+                self.acted.add(lease.lease_id)
                 lease = self.update(lease, phase=LeasePhase.VERIFIED, verified_at=now, updated_at=now)
             elif (now - lease.updated_at).total_seconds() > w.settings.verify:
                 seen = node.kubelet_version or "unknown"
@@ -472,14 +475,9 @@ class _Decider:
             self.effect(lease.lease_id, patch)
             if uncordon:
                 self.uncordoned.add(node.name)
-            self.event(
-                lease.lease_id,
-                "Node",
-                node.name,
-                "Normal",
-                "Upgraded",
-                f"plan {lease.plan}: node {node.name} verified on {lease.target_version}",
-            )
+            # An announcement: after the table write, so the next grant does not wait for it.
+            msg = f"plan {lease.plan}: node {node.name} verified on {lease.target_version}"
+            self.afterwards.append(EventWrite("Node", node.name, self.w.namespace, "Normal", "Upgraded", msg))
             if not release and lease.cordoned_by_us:
                 self.update(lease, cordoned_by_us=False)
         if release:  # stored after the patch above: the slot is free for a grant of this same pass

@@ -1,8 +1,8 @@
 """Every decision has one shape, however many leases move: [table] effects [table] afterwards.
 
 Aspects: at most two lease-table writes per pass (so a rollout of 50 nodes at once does not cost 50
-writes per phase); Node patches and Events sit between the two; Plan status, grant Events and StartDrain
-come after the last table write; a node's slot is handed to the next node in the same pass that labels
+writes per phase); Node patches and failure Events sit between the two; Plan status, grant and upgraded
+Events and StartDrain come after the last table write; a node's slot is handed to the next node in the same pass that labels
 and releases it.
 """
 
@@ -40,13 +40,13 @@ def cluster(n: int) -> list[SimNode]:
 
 
 def shape(writes: tuple[Write, ...]) -> str:
-    """T = table, E = effect (Node patch, failure/Upgraded Event), A = afterwards."""
+    """T = table, E = effect (Node patch, failure Event), A = afterwards (status, announcements, drains)."""
     out = []
     for w in writes:
         if isinstance(w, TableWrite):
             out.append("T")
         elif isinstance(w, (PlanStatusWrite, StartDrain)) or (
-            isinstance(w, EventWrite) and w.reason == "LeaseGranted"
+            isinstance(w, EventWrite) and w.reason in ("LeaseGranted", "Upgraded")
         ):
             out.append("A")
         elif isinstance(w, NodePatch) and not w.labels and w.unschedulable is None:
