@@ -2,8 +2,8 @@
 
 Aspects: at most two lease-table writes per pass (so a rollout of 50 nodes at once does not cost 50
 writes per phase); Node patches and failure Events sit between the two; Plan status, grant and upgraded
-Events and StartDrain come after the last table write; a node's slot is handed to the next node in the same pass that labels
-and releases it.
+Events and StartDrain come after the last table write; a node's slot is handed to the next node in the
+same pass that labels and releases it.
 """
 
 from __future__ import annotations
