@@ -4,7 +4,9 @@ table of the figures written to bench/RESULTS.md with the date and the machine.
 Benchmarks: `bench.apiserver` (the API server emulator), `bench.scheduling` (one decision of the pure
 engine), `bench.rollout` at 1,000 nodes / concurrency 50 and at 5,000 / 200 (each with a time limit: a
 rollout that does not finish in it reports the nodes it finished and their rate), `bench.agent_download`
-(download + verify vs curl, idle footprint). Targets (issue 6) are checked where one is set.
+(download + verify vs curl, idle footprint), `bench.longpoll_memory` (what the coordinator's RSS at 5,000
+nodes is made of: its imports, and aiohttp's cost per held long-poll). Targets (issue 6) are checked where
+one is set.
 `BENCH_QUICK=1` runs everything at small scale (used by the smoke test); `BENCH_RESULTS=FILE` writes
 the table there instead of bench/RESULTS.md.
 """
@@ -30,11 +32,13 @@ BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.scheduling", ()),
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240")),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90")),
+    ("bench.longpoll_memory", ("--clients", "5000")),
     ("bench.agent_download", ()),
 )
 QUICK_BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench.scheduling", ()),
     ("bench.rollout", ("--nodes", "20", "--concurrency", "5", "--work", "0.3", "--limit", "30")),
+    ("bench.longpoll_memory", ("--clients", "100")),
     ("bench.agent_download", ("--megabytes", "8", "--rounds", "1", "--idle", "2")),
 )
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))

@@ -41,7 +41,12 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert out.returncode == 0, out.stderr
     lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
     by_module: dict[str, dict[str, Any]] = {ln["module"]: ln for ln in lines}
-    assert set(by_module) == {"bench.scheduling", "bench.rollout", "bench.agent_download"}
+    assert set(by_module) == {
+        "bench.scheduling",
+        "bench.rollout",
+        "bench.longpoll_memory",
+        "bench.agent_download",
+    }
 
     r = by_module["bench.rollout"]
     assert r["complete"] is True and r["finished_nodes"] == r["nodes"] == 20
@@ -50,6 +55,10 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert r["coordinator_api_writes_per_node"] > 0
     assert any(k.startswith("PATCH nodes") for k in r["coordinator_api_requests_per_node"])
     assert r["coordinator_cpu_s"] > 0 and 20 < r["coordinator_peak_rss_mib"] < 2000
+
+    m = by_module["bench.longpoll_memory"]
+    assert m["clients"] == 100 and 20 < m["coordinator_import_mib"] < 500
+    assert m["rss_holding_mib"] >= m["rss_before_mib"] and m["per_longpoll_kib"] >= 0
 
     a = by_module["bench.agent_download"]
     assert a["curl_mb_per_s"] > 0 and a["agent_download_verify_mb_per_s"] > 0 and a["agent_over_curl"] > 0
