@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminate_on_sigterm() -> threading.Event:
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -56,6 +56,9 @@ def _terminate_on_sigterm() -> threading.Event:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    # Python keeps SIGINT ignored when it starts that way (a background job of a non-interactive shell):
+    # `kill -INT` must still stop the sandbox and everything it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return stop
 
 
@@ -69,7 +72,7 @@ def up(args: argparse.Namespace) -> int:
                            versions=versions, stable=args.stable, state_dir=args.state_dir,
                            kubeconfig=args.kubeconfig, netns=args.netns)
     sandbox = Sandbox(config)
-    stop = _terminate_on_sigterm()
+    stop = _stop_on_signals()
     try:
         sandbox.start()
         assert sandbox.channels is not None and sandbox.releases is not None
@@ -82,10 +85,7 @@ def up(args: argparse.Namespace) -> int:
               f"nodes:               {', '.join(sandbox.nodes)} on {args.from_version}\n"
               f"state and logs:      {sandbox.state_dir}\n"
               "Ctrl-C stops everything.", flush=True)
-        # Wake up now and then: a signal the kernel hands to another thread only sets a flag, and the
-        # main thread runs the Python handler (KeyboardInterrupt) only once it is back in Python code.
-        while not stop.wait(0.5):
-            pass
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "up":
             return up(args)
-        _terminate_on_sigterm()
+        _stop_on_signals()
         return run_demo(servers=args.servers, agents=args.agents, timeout=args.timeout,
                         state_dir=args.state_dir, kubeconfig=args.kubeconfig)
     except KeyboardInterrupt:
