@@ -34,6 +34,8 @@ class Timeline:
 
     staged: dict[str, float] = field(default_factory=dict)
     """First `stage` instruction received (the lease grant as the agent sees it)."""
+    applied: dict[str, float] = field(default_factory=dict)
+    """First `apply` instruction received (staged, cordoned: the go-ahead)."""
     restarted: dict[str, float] = field(default_factory=dict)
     """`restarted` report sent: the node's work is over and its Node shows the target, Ready."""
     finished: dict[str, float] = field(default_factory=dict)
@@ -187,6 +189,7 @@ class SimNode:
                 self.lease_id = lease.lease_id
                 await self._report(session, AgentPhase.STAGED)
             elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
+                self.timeline.applied.setdefault(self.name, time.monotonic())
                 await self._report(session, AgentPhase.APPLYING)
                 await asyncio.sleep(self.work)
                 self.version = lease.target_version

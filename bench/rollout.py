@@ -9,7 +9,9 @@ Figures: total time from the Plan's creation to the last node's `finish`, agains
 ceil(N / concurrency) x per-node work; hand-off latency, i.e. for the k-th node that sent its `restarted`
 report (its Node already Ready on the target), the time until the (concurrency + k)-th lease was
 received as `stage`: the report's trip, the verification, the label, the release and the grant (and the
-same from the k-th `finish` received, which may come after the next grant: then it is negative);
+same from the k-th `finish` received, which may come after the next grant: then it is negative); the
+go-ahead latency per node (its `stage` received to its `apply` received: the staged report, the cordon
+and the table writes around it, with no download in between);
 Kubernetes API requests during the rollout per upgraded node by verb and resource; the CPU seconds of
 the API server and of the stand-ins during the rollout too, to show where a 2-core machine's time goes.
 Prints JSON.
@@ -284,6 +286,7 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
     ideal = math.ceil(nodes / concurrency) * work
     from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
     from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
+    go_ahead = [(timeline.applied[n] - t) * 1000 for n, t in timeline.staged.items() if n in timeline.applied]
     # The stand-ins' own writes (a restarting kubelet's status patch, the Plan) are not the coordinator's.
     counts.subtract({"PATCH nodes/status": len(timeline.restarted), "POST plans": 1})
     counts = +counts
@@ -306,6 +309,8 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
         "handoff_ms_max": percentile(from_restarted, 1.0),
         "handoff_from_finish_ms_p50": percentile(from_finish, 0.5),
         "handoff_from_finish_ms_p99": percentile(from_finish, 0.99),
+        "grant_to_apply_ms_p50": percentile(go_ahead, 0.5),
+        "grant_to_apply_ms_p99": percentile(go_ahead, 0.99),
         "coordinator_api_writes_per_node": round(core_writes / done, 2),
         "coordinator_api_requests_per_node": {k: round(v / done, 2) for k, v in sorted(counts.items())},
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
