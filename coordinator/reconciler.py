@@ -585,14 +585,25 @@ class Runtime:
         self._observed = table
 
     def _observe(self, old: LeaseTable, new: LeaseTable, now: datetime) -> None:
-        """Phase durations: a lease that left a phase (or the table) spent `now - updated_at` in it."""
+        """Phase durations: a lease that left a phase (or the table) spent `now - updated_at` in it.
+
+        A lease released in the same write that verified it (its finished record says `verified`)
+        spent `verified.updated_at - updated_at` in its old phase, and the rest in `verified`."""
         after = {le.lease_id: le for le in new.leases}
+        seconds = self.metrics.phase_seconds
         for le in old.leases:
             nxt = after.get(le.lease_id)
-            if nxt is None or nxt.phase != le.phase:
-                self.metrics.phase_seconds.labels(le.plan, le.phase.value).observe(
-                    max(0.0, (now - le.updated_at).total_seconds())
+            done = new.finished.get(le.node) if nxt is None else None
+            if done is not None and done.lease_id == le.lease_id and done.phase != le.phase:
+                seconds.labels(le.plan, le.phase.value).observe(
+                    max(0.0, (done.updated_at - le.updated_at).total_seconds())
                 )
+                seconds.labels(le.plan, done.phase.value).observe(
+                    max(0.0, (now - done.updated_at).total_seconds())
+                )
+            elif nxt is None or nxt.phase != le.phase:
+                spent = max(0.0, (now - le.updated_at).total_seconds())
+                seconds.labels(le.plan, le.phase.value).observe(spent)
 
     def _export(self, world: World, progress: Mapping[str, tuple[int, int]]) -> None:
         table = self.lease_table or world.table
