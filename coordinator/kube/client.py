@@ -1,13 +1,13 @@
 """`Cluster` over the official kubernetes client's configuration and auth, with aiohttp as the transport.
 
 The client loads the kubeconfig or the in-cluster ServiceAccount (server, CA, client certificate, token
-and its refresh) and gives the auth headers (`auth_settings`); the request itself goes out on an aiohttp
-session, on the event loop. Its own synchronous transport (urllib3) costs about
-0.45 ms of CPU per request on this path, several times aiohttp's, and a pass that labels, cordons and
-reports on dozens of nodes at once waits for all of it. Watches stream on a thread of their own through
-the client (`_call`), as before. We talk JSON dicts at the REST level, so that custom resources, merge
-patches and watches all go through one small path and the engine never sees client models. Library
-exceptions become `coordinator.kube.errors`.
+and its refresh) and gives the auth headers (`auth_settings`); requests go out on an aiohttp session, on
+the event loop (`_acall`). The client's own synchronous transport (urllib3) costs about 0.45 ms of CPU per
+request on this path, several times aiohttp's, and a pass that labels, cordons and reports on dozens of
+nodes at once waits for all of it. Watches still go through the client (`_open_watch`), each streamed by
+a thread of its own. We talk JSON dicts at the REST level, so that custom resources, merge patches and
+watches all go through one small path and the engine never sees client models. Library exceptions
+become `coordinator.kube.errors`.
 """
 
 from __future__ import annotations
@@ -98,43 +98,25 @@ class KubeCluster:
             self._session = None
         self.close()
 
-    # -- the one request path ------------------------------------------------------------------
-    def _call(
-        self,
-        method: str,
-        path: str,
-        what: str,
-        query: list[tuple[str, str]] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        stream: bool = False,
-        timeout: float | None = None,
-    ) -> Any:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
+    # -- the two request paths -----------------------------------------------------------------
+    def _open_watch(self, path: str, what: str, query: list[tuple[str, str]], timeout: float) -> Any:
+        """GET a watch through the client, unread (a thread streams it): the urllib3 response."""
         try:
             _m, url, hdrs, data, _ = self._api.param_serialize(
-                method,
+                "GET",
                 path,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
+                query_params=query,
+                header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
             )
-            resp = self._api.call_api(
-                _m, url, header_params=hdrs, body=data, _request_timeout=timeout or self._timeout
-            )
+            resp = self._api.call_api(_m, url, header_params=hdrs, body=data, _request_timeout=timeout)
         except ApiException as exc:
             raise _error(exc.status or 0, what, _detail(exc.body) or str(exc.reason)) from exc
         except Exception as exc:  # urllib3/socket errors: the API server is unreachable
             raise errors.KubeUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        if stream and 200 <= resp.status < 300:
-            return resp.response
-        raw = resp.read()  # type: ignore[no-untyped-call]
         if not 200 <= resp.status < 300:
-            raise _error(resp.status, what, _detail(raw))
-        return json.loads(raw) if raw else {}
+            raise _error(resp.status, what, _detail(resp.read()))  # type: ignore[no-untyped-call]
+        return resp.response
 
     async def _acall(
         self,
@@ -212,9 +194,7 @@ class KubeCluster:
             ("allowWatchBookmarks", "true"),
         ]
         path = res.path(namespace)
-        resp = await asyncio.to_thread(
-            self._call, "GET", path, what, query=query, stream=True, timeout=timeout_seconds + 10
-        )
+        resp = await asyncio.to_thread(self._open_watch, path, what, query, timeout_seconds + 10)
         lines: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         stop = threading.Event()

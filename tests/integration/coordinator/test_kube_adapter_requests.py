@@ -1,4 +1,5 @@
-"""`KubeCluster` (the official client, off the event loop) sends the requests the API expects and maps errors.
+"""`KubeCluster` (the client's config and auth, aiohttp requests, watches through the client on a thread)
+sends the requests the API expects and maps errors.
 
 A loopback HTTP server records what arrives and answers like the API server would. (Runs against the
 API server emulator are the rollout tests' business; this pins the wire shape of our adapter.)
