@@ -316,13 +316,21 @@ class _Decider:
         self._change(lease.lease_id, new)
         return new
 
+    def store_after_effects(self, lease_id: str) -> None:
+        """From now on, changes to `lease_id` are stored in `after` (once this pass's effects happened)."""
+        self.acted.add(lease_id)
+
     def effect(self, lease_id: str, write: Write) -> None:
         """A write that touches the node (or publishes) for `lease_id`, after `before` is stored."""
-        self.acted.add(lease_id)
+        self.store_after_effects(lease_id)
         self.effects.append(write)
 
     def event(self, lease_id: str, kind: str, name: str, type_: str, reason: str, message: str) -> None:
         self.effect(lease_id, EventWrite(kind, name, self.w.namespace, type_, reason, message))
+
+    def announce(self, kind: str, name: str, reason: str, message: str) -> None:
+        """A Normal Event after the last table write: it describes what is stored, nothing waits for it."""
+        self.afterwards.append(EventWrite(kind, name, self.w.namespace, "Normal", reason, message))
 
     def alive(self, node: str, since: datetime) -> bool:
         baseline = max(since, self.w.started_at or since)
@@ -438,7 +446,7 @@ class _Decider:
             if node.ready and same_version(node.kubelet_version, lease.target_version):
                 # Stored with the release, not before the label: nothing depends on it having been
                 # stored (a crash in between finds the lease `restarted` and the Node verified again).
-                self.acted.add(lease.lease_id)
+                self.store_after_effects(lease.lease_id)
                 lease = self.update(lease, phase=LeasePhase.VERIFIED, verified_at=now, updated_at=now)
             elif (now - lease.updated_at).total_seconds() > w.settings.verify:
                 seen = node.kubelet_version or "unknown"
@@ -477,7 +485,7 @@ class _Decider:
                 self.uncordoned.add(node.name)
             # An announcement: after the table write, so the next grant does not wait for it.
             msg = f"plan {lease.plan}: node {node.name} verified on {lease.target_version}"
-            self.afterwards.append(EventWrite("Node", node.name, self.w.namespace, "Normal", "Upgraded", msg))
+            self.announce("Node", node.name, "Upgraded", msg)
             if not release and lease.cordoned_by_us:
                 self.update(lease, cordoned_by_us=False)
         if release:  # stored after the patch above: the slot is free for a grant of this same pass
@@ -548,11 +556,11 @@ class _Decider:
                 restart_timeout_seconds=w.settings.restart,
             )
             # Stored `after`: the slot may be one this pass frees there (a released or failed lease).
-            self.acted.add(lease.lease_id)
+            self.store_after_effects(lease.lease_id)
             self._change(lease.lease_id, lease)
         if granted:  # one Event per plan and pass, however many nodes (each node gets its own when done)
             msg = granted_message([n.name for n in granted], pi.version)
-            self.afterwards.append(EventWrite("Plan", plan.name, w.namespace, "Normal", "LeaseGranted", msg))
+            self.announce("Plan", plan.name, "LeaseGranted", msg)
         return blocked, None
 
     def chosen(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], int]:
