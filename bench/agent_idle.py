@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 from aiohttp import web
 
+from bench.processes import stop_process
 from sandbox.releases import ReleaseServer
 from sandbox.standin import build_standin
 from sandbox.supervision import NodeSupervisor
@@ -166,14 +167,7 @@ async def measure_idle(seconds: float, tmp: Path) -> dict[str, Any]:
         if proc.poll() is not None:
             raise RuntimeError(f"the agent exited {proc.returncode} after the upgrade")
     finally:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        await stop_process(proc, 15)
         await asyncio.to_thread(supervisor.stop)
         await releases.stop()
         await runner.cleanup()

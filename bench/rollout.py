@@ -39,6 +39,7 @@ import aiohttp
 import psutil
 
 from bench.nodesim import ApiClient, SimNode, Timeline, register
+from bench.processes import stop_process
 from sandbox.apiserver import ApiServer, LoggedRequest, write_kubeconfig
 from sandbox.releases import ReleaseServer
 
@@ -273,14 +274,7 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
                 t.cancel()
             await asyncio.gather(*runs, return_exceptions=True)
             if coordinator is not None:
-                coordinator.terminate()
-                try:
-                    await asyncio.to_thread(coordinator.wait, 20)
-                except subprocess.TimeoutExpired:
-                    coordinator.kill()
-                    await asyncio.to_thread(coordinator.wait)
-                assert coordinator.stdout is not None
-                coordinator.stdout.close()
+                await stop_process(coordinator, 20)
             await asyncio.to_thread(releases.stop_in_thread)
             await asyncio.to_thread(api_proc.close)
     ideal = math.ceil(nodes / concurrency) * work
