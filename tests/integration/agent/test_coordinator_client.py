@@ -214,7 +214,8 @@ def aiohttp_mapped(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not list(Path(aiohttp.__file__ or "").parent.glob("*.so")),
-                    reason="aiohttp has no compiled modules here, so /proc/PID/maps cannot show it")
+                    reason="aiohttp was installed without its C extensions (a pure-Python build): "
+                           "/proc/PID/maps cannot tell whether the agent imported it")
 async def test_idle_agent_never_loads_aiohttp_and_sheds_it_after_a_lease(
         node, releases, coordinator: ScriptedCoordinator, agent_factory) -> None:
     agent = agent_factory(coordinator.url)
