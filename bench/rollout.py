@@ -13,7 +13,9 @@ same from the k-th `finish` received, which may come after the next grant: then 
 go-ahead latency per node (its `stage` received to its `apply` received: the staged report, the cordon
 and the table writes around it, with no download in between);
 Kubernetes API requests during the rollout per upgraded node by verb and resource; the CPU seconds of
-the API server and of the stand-ins during the rollout too, to show where a 2-core machine's time goes.
+the API server and of the stand-ins during the rollout too, to show where a 2-core machine's time goes;
+the coordinator's RSS once its caches are synced (every Node read) and once every stand-in holds a
+long-poll, before the Plan exists, beside its peak.
 Prints JSON.
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0]
@@ -154,12 +156,26 @@ def start_coordinator(kubeconfig: Path, releases: str, log: IO[bytes]) -> tuple[
     return proc, f"http://{address}"
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM: the kernel's own high-water mark of the resident set."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """From /proc: VmRSS (the resident set now) or VmHWM (the kernel's own high-water mark of it)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def peak_rss_mib(pid: int) -> float:
+    return rss_mib(pid, "VmHWM")
+
+
+async def until_ready(session: aiohttp.ClientSession, url: str, limit: float = 60.0) -> None:
+    """Until the coordinator's /readyz answers 200: its caches (all the Nodes) are synced."""
+    async with asyncio.timeout(limit):
+        while True:
+            async with session.get(f"{url}/readyz") as r:
+                if r.status == 200:
+                    return
+            await asyncio.sleep(0.1)
 
 
 # ---- the benchmark -----------------------------------------------------------------------------------
@@ -244,12 +260,23 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
             with log_path.open("wb") as log:
                 proc, url = await asyncio.to_thread(start_coordinator, kubeconfig, releases.base_url, log)
             coordinator = proc
+            await until_ready(session, url)
+            await asyncio.sleep(0.5)
+            rss_synced = rss_mib(proc.pid)
             timeline = Timeline(expected=nodes)
             sims = [SimNode(n, tokens[n], OLD, url, api, timeline, work=work) for n in names]
             runs = [asyncio.create_task(s.run(session, stop)) for s in sims]
-            await asyncio.sleep(2.0)  # every stand-in polls once and waits in a long-poll
+            api_proc.counts()  # drop the setup's requests
+            # Until every stand-in's first poll was authenticated (one TokenReview each) and held.
+            reviewed = 0
+            async with asyncio.timeout(limit):
+                while reviewed < nodes:
+                    await asyncio.sleep(0.25)
+                    reviewed += (await asyncio.to_thread(api_proc.counts))["POST tokenreviews"]
+            await asyncio.sleep(1.0)
             timeline.errors.clear()
-            api_proc.counts()  # drop setup and start-up requests
+            rss_polling = rss_mib(proc.pid)
+            api_proc.counts()  # drop start-up requests
             t0 = time.monotonic()
             others = {"apiserver": psutil.Process(api_proc.proc.pid), "nodesim": psutil.Process()}
             cpu0 = {k: sum(v.cpu_times()[:2]) for k, v in others.items()}
@@ -309,6 +336,8 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
         "coordinator_api_requests_per_node": {k: round(v / done, 2) for k, v in sorted(counts.items())},
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
         "coordinator_peak_rss_mib": rss,
+        "coordinator_rss_mib_synced": rss_synced,
+        "coordinator_rss_mib_all_polling": rss_polling,
         "apiserver_cpu_s_during_rollout": round(others_cpu["apiserver"], 1),
         "nodesim_cpu_s_during_rollout": round(others_cpu["nodesim"], 1),
         "agent_errors_during_rollout": len(timeline.errors),
