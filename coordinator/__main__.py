@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator import config
+from coordinator import config, gc_tuning
 from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
 from coordinator.election import LeaderElector, act_while_leading
 from coordinator.kube.client import KubeCluster
@@ -60,7 +60,15 @@ def setup_logging(level: str) -> None:
     root.setLevel(level)
 
 
+async def freeze_once_synced(runtime: Runtime) -> None:
+    """See coordinator.gc_tuning: what exists once the caches are synced lives as long as the process."""
+    for inf in (runtime.plans, runtime.nodes, runtime.secrets):
+        await inf.synced.wait()
+    gc_tuning.freeze_long_lived()
+
+
 async def serve(settings: config.Settings) -> None:
+    gc_tuning.tune()
     cluster = KubeCluster.connect(settings.kubeconfig)
     metrics = Metrics()
     idle = IdleBroker(max_wait=1.0 if settings.leader_elect else None)
@@ -97,6 +105,7 @@ async def serve(settings: config.Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.run_caches(), name="caches")]
+    tasks.append(asyncio.create_task(freeze_once_synced(runtime), name="gc-freeze"))
     acting: asyncio.Task[None] | None = None
     elector: LeaderElector | None = None
     if settings.leader_elect:

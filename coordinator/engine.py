@@ -33,7 +33,7 @@ Failures and how to retry (copy for the README):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,8 +41,8 @@ from typing import Any
 from coordinator.hashing import plan_hash
 from coordinator.leasing import MAX_ACTIVE_LEASES, TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
 from coordinator.plans import Drain, Plan, parse_plan
-from coordinator.selection import candidate_order, is_done, plan_label, selected
-from coordinator.skew import SkewPolicy, check, is_server
+from coordinator.selection import candidate_order, plan_label, selected
+from coordinator.skew import SkewPolicy, checker, is_server
 from coordinator.status import Cond, plan_status
 from coordinator.versions import same_version
 from coordinator.windows import parse_window
@@ -63,6 +63,11 @@ class NodeView:
     kubelet_version: str | None = None
     arch: str = "amd64"
     creation: datetime | None = None
+    server: bool = field(init=False, repr=False, compare=False)
+    """Whether it runs the control plane (`skew.is_server` of its labels), computed once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "server", is_server(self.labels))
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,8 @@ class World:
     drains: Mapping[str, DrainOutcome] = field(default_factory=dict)
     started_at: datetime | None = None
     settings: EngineSettings = EngineSettings()
+    node_index: Mapping[str, NodeView] | None = None
+    """`nodes` by name, when the caller keeps one (else the decision builds it); read only by `decide`."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ def _substitute(value: str, version: str, h: str) -> str:
     return value.replace("$(LATEST_VERSION)", version.replace("+", "-")).replace("$(LATEST_HASH)", h)
 
 
-def prune_finished(table: LeaseTable, agents: Mapping[str, AgentView], nodes: set[str]) -> LeaseTable:
+def prune_finished(table: LeaseTable, agents: Mapping[str, AgentView], nodes: Container[str]) -> LeaseTable:
     """Drop `finished` entries no agent can still need, so the table stays the size of the work in flight.
 
     An entry exists so that an agent that missed `finish` is told again (see `instruction_for`). It is
@@ -270,7 +277,8 @@ class _Decider:
     def __init__(self, world: World) -> None:
         self.w = world
         # Pruned in memory only: it reaches the API with the next table write this decision makes anyway.
-        self.base = prune_finished(world.table, world.agents, {n.name for n in world.nodes})
+        self.nodes = world.node_index if world.node_index is not None else {n.name: n for n in world.nodes}
+        self.base = prune_finished(world.table, world.agents, self.nodes)
         self.t = self.base
         """The table after every change of this decision (written last)."""
         self.before = self.base
@@ -279,13 +287,13 @@ class _Decider:
         """Lease ids that have an effect (Node patch, Event) in this decision: later changes go `after`."""
         self.effects: list[Write] = []
         self.afterwards: list[Write] = []
-        self.nodes = {n.name: n for n in world.nodes}
         self.plans = {p.name: p for p in world.plans}
         self.cordoned: set[str] = set()  # nodes this decision cordons/uncordons (seen by later steps)
         self.uncordoned: set[str] = set()
         self.released: set[str] = set()
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
         self._chosen: dict[str, tuple[tuple[NodeView, ...], int]] = {}
+        self._servers: list[str | None] | None = None
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -338,10 +346,11 @@ class _Decider:
         last = max(agent.at, baseline) if agent else baseline
         return (self.w.now - last).total_seconds() <= self.w.settings.agent_heartbeat
 
-    def agent_alive(self, node: str) -> bool:
-        agent = self.w.agents.get(node)
-        limit = self.w.settings.agent_heartbeat
-        return agent is not None and (self.w.now - agent.at).total_seconds() <= limit
+    def server_versions(self) -> list[str | None]:
+        """The kubelet versions of the server nodes (once per decision)."""
+        if self._servers is None:
+            self._servers = [n.kubelet_version for n in self.w.nodes if n.server]
+        return self._servers
 
     def is_unschedulable(self, node: NodeView) -> bool:
         if node.name in self.cordoned:
@@ -521,23 +530,25 @@ class _Decider:
             if room <= 0:
                 return [], f"the lease table holds {MAX_ACTIVE_LEASES} leases in flight, its limit"
         blocked: list[str] = []
-        servers = [n.kubelet_version for n in w.nodes if is_server(n.labels)]
+        skew = checker(pi.version, self.server_versions(), w.settings.skew)
         failed_nodes = {le.node for le in failures}
+        label, h = plan_label(plan.name), pi.hash
+        alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
+        agents = w.agents
         pool = []
         for n in self.chosen(pi)[0]:
-            if is_done(n, plan.name, pi.hash) or n.name in failed_nodes or n.name in self.released:
-                continue
+            if n.labels.get(label) == h or n.name in failed_nodes or n.name in self.released:
+                continue  # done (see selection.is_done), failed, or released by this very pass
             if self.t.active_for_node(n.name) is not None:
                 continue
-            problem = check(
-                n.name, n.kubelet_version, pi.version, is_server(n.labels), servers, w.settings.skew
-            )
+            problem = skew(n.name, n.kubelet_version, n.server)
             if problem is None and n.arch not in pi.artifacts:
                 problem = f"node {n.name}: no {pi.version} binary for arch {n.arch}"
             if problem:
                 blocked.append(problem)
                 continue
-            if n.ready and self.agent_alive(n.name):
+            agent = agents.get(n.name)
+            if n.ready and agent is not None and agent.at >= alive_since:  # its agent polled lately
                 pool.append(n)
         granted = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0))
         for n in granted:
@@ -571,7 +582,8 @@ class _Decider:
             raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
             nodes = tuple(selected(raw, pi.name, self.w.nodes)) if pi.plan is not None else ()
             h = pi.hash
-            done = sum(1 for n in nodes if is_done(n, pi.name, h)) if h is not None else 0
+            label = plan_label(pi.name)
+            done = sum(1 for n in nodes if n.labels.get(label) == h) if h is not None else 0  # is_done
             hit = self._chosen[pi.name] = (nodes, done)
         return hit
 

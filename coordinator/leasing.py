@@ -132,6 +132,11 @@ class Lease:
             "restartTimeoutSeconds": self.restart_timeout_seconds,
         }
 
+    @cached_property
+    def json_text(self) -> str:
+        """`to_json()` as JSON text (sorted keys), made once per Lease (they are immutable)."""
+        return json.dumps(self.to_json(), sort_keys=True)
+
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Lease:
         verified = d.get("verifiedAt")
@@ -202,13 +207,12 @@ class LeaseTable:
         return LeaseTable(leases=leases, finished=done)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "leases": [le.to_json() for le in self.leases],
-                "finished": {n: le.to_json() for n, le in sorted(self.finished.items())},
-            },
-            sort_keys=True,
-        )
+        """`json.dumps({"leases": [...], "finished": {...}}, sort_keys=True)`, put together from each
+        lease's own cached text (`Lease.json_text`): a table is written on every pass, its leases rarely
+        all change."""
+        finished = ", ".join(f"{json.dumps(n)}: {le.json_text}" for n, le in sorted(self.finished.items()))
+        leases = ", ".join(le.json_text for le in self.leases)
+        return f'{{"finished": {{{finished}}}, "leases": [{leases}]}}'
 
     def to_annotation(self) -> str:
         """The annotation's value: the JSON, compressed when it is long (see `COMPRESS_ABOVE`)."""

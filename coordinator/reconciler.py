@@ -449,6 +449,7 @@ class Runtime:
             drains={lid: DrainOutcome(r.ok, r.error or "") for lid, r in self.drainer.results.items()},
             started_at=self.started_at,
             settings=self.engine_settings,
+            node_index=self._views,  # the same views as `nodes`: no await between here and decide
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:

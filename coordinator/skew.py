@@ -9,7 +9,7 @@ when the move is safe, otherwise a message naming the node and the rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from coordinator.versions import VersionError, parse_version
@@ -64,3 +64,27 @@ def check(
                 "is newer: upgrade the servers first"
             )
     return None
+
+
+_NODE = "\x00node\x00"
+"""Stands for the node's name in a cached message (names cannot hold NUL)."""
+
+
+def checker(
+    target: str, server_versions: Iterable[str | None], policy: SkewPolicy
+) -> Callable[[str, str | None, bool], str | None]:
+    """`check` against one target and one set of servers, for many nodes: `(node, current, server)`.
+
+    A pass checks every candidate node, and a cluster runs only a few versions: each distinct
+    (current version, server or not) is checked once, and the message then names the node."""
+    servers = tuple(server_versions)
+    seen: dict[tuple[str | None, bool], str | None] = {}
+
+    def problem(node: str, current: str | None, server: bool) -> str | None:
+        key = (current, server)
+        if key not in seen:
+            seen[key] = check(_NODE, current, target, server, servers, policy)
+        found = seen[key]
+        return None if found is None else found.replace(_NODE, node)
+
+    return problem

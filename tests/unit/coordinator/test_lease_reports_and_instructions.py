@@ -9,6 +9,7 @@ it; the table survives a JSON round trip and garbage is a TableFormatError namin
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -133,6 +134,11 @@ def test_json_round_trip_and_garbage() -> None:
                            lease(P.FAILED, lease_id="L0", node="n2")))
     t = t.put(lease(P.VERIFIED, lease_id="L9", node="n3")).remove("L9", finished=True)
     assert LeaseTable.from_json(t.to_json()) == t
+    # Put together from each lease's cached text, it is exactly what json.dumps of the whole would give.
+    whole = {"leases": [le.to_json() for le in t.leases],
+             "finished": {n: le.to_json() for n, le in t.finished.items()}}
+    assert t.to_json() == json.dumps(whole, sort_keys=True)
+    assert LeaseTable().to_json() == json.dumps({"leases": [], "finished": {}}, sort_keys=True)
     assert LeaseTable.from_json(None) == LeaseTable() == LeaseTable.from_annotations({})
     with pytest.raises(TableFormatError, match=r"upgrade\.cattle\.io/lease-table"):
         LeaseTable.from_json('{"leases": [{"leaseId": 1}]}')

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from coordinator.skew import SkewPolicy, check
+from coordinator.skew import SkewPolicy, check, checker
 from coordinator.windows import WindowError, parse_window
 
 MON_0930_UTC = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)  # a Monday
@@ -73,3 +73,14 @@ def test_skew_rules(current: str | None, target: str, server: bool, policy: Skew
         assert out is None
     else:
         assert out is not None and problem in out and "n1" in out
+    # The per-pass checker answers the same for every node, from its cache after the first.
+    many = checker(target, SERVERS, policy)
+    for node in ("n1", "node-2", "n1"):
+        assert many(node, current, server) == check(node, current, target, server, SERVERS, policy)
+
+
+def test_checker_reports_a_bad_target_for_every_node() -> None:
+    many = checker("latest", SERVERS, SkewPolicy())
+    alone = check("a", "v1.30.1+k3s1", "latest", True, SERVERS, SkewPolicy())
+    assert many("a", "v1.30.1+k3s1", True) == alone
+    assert many("b", "v1.30.1+k3s1", True) is not None
