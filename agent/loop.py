@@ -2,7 +2,9 @@
 
 While a step runs, a heartbeat poll (wait=0) goes out every `--heartbeat` seconds with the progress.
 Idle it sits in one long-poll at a time (the coordinator holds the request up to `--poll-wait`), so it
-uses next to no CPU. An unreachable coordinator is retried with exponential backoff, forever.
+uses next to no CPU. An unreachable coordinator is retried with exponential backoff, forever. A report's
+answer is the coordinator's next instruction once the report is stored: when it asks for the next step
+(`staged` -> `apply`, `restarted` -> `finish`) the agent takes it at once instead of polling for it.
 
 Once a lease is over and the coordinator has no more work, `run` returns True when the upgrade left
 modules loaded that an idle agent never needs (`UPGRADE_ONLY_MODULES`: aiohttp, about 11 MiB resident).
@@ -20,7 +22,7 @@ import sys
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.config import AgentConfig
 from agent.upgrade import Upgrader
-from wire.messages import Action
+from wire.messages import Action, Instruction
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +47,42 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
         await upgrader.observe()
         await upgrader.resume()
         delay = config.retry_backoff
+        instruction: Instruction | None = None
         while not stop.is_set():
-            try:
-                if upgrader.entry is None:
-                    await upgrader.observe()
-                instruction = await client.poll(upgrader.state(), config.poll_wait)
-                delay = config.retry_backoff
-            except (CoordinatorUnavailable, Rejected) as exc:
-                log.warning("poll failed, retrying in %.1f s: %s", delay, exc)
-                await _sleep(stop, delay)
-                delay = min(config.max_backoff, delay * 2)
-                continue
+            if instruction is None:
+                try:
+                    if upgrader.entry is None:
+                        await upgrader.observe()
+                    instruction = await client.poll(upgrader.state(), config.poll_wait)
+                    delay = config.retry_backoff
+                except (CoordinatorUnavailable, Rejected) as exc:
+                    log.warning("poll failed, retrying in %.1f s: %s", delay, exc)
+                    await _sleep(stop, delay)
+                    delay = min(config.max_backoff, delay * 2)
+                    continue
             beat = asyncio.create_task(_heartbeat(client, upgrader, config.heartbeat_seconds))
             try:
                 await upgrader.handle(instruction)
             finally:
                 beat.cancel()
-            if instruction.action == Action.IDLE:
+            done, instruction = instruction, next_instruction(instruction, upgrader.take_answer())
+            if done.action == Action.IDLE:
+                instruction = None
                 if can_shed and upgrader.entry is None and upgrade_modules_loaded():
                     return True
-                await _sleep(stop, instruction.poll_after_seconds)
+                await _sleep(stop, done.poll_after_seconds)
     finally:
         await client.close()
     return False
+
+
+def next_instruction(done: Instruction, answer: Instruction | None) -> Instruction | None:
+    """What to do next without polling: the answer to the report `done` led to, when it asks for
+    something else (`staged` answered with `apply`, `restarted` with `finish`). An answer that repeats
+    `done` means "wait" (e.g. for the cordon), and the long-poll is where to wait: None."""
+    if answer is None or answer.action == done.action:
+        return None
+    return answer
 
 
 async def _heartbeat(client: CoordinatorClient, upgrader: Upgrader, every: float) -> None:

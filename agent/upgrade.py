@@ -53,6 +53,8 @@ class Upgrader:
         self.k3s_version: str | None = None
         self.k3s_binary: str | None = None
         self._version_key: tuple[int, float, int, int, int] | None = None
+        self.answer: Instruction | None = None
+        """The coordinator's answer to the last report delivered (its next instruction for this node)."""
 
     # -- state ---------------------------------------------------------------------------------------
     def _save(self, entry: JournalEntry) -> None:
@@ -97,7 +99,7 @@ class Upgrader:
         delay = self.config.retry_backoff
         while True:
             try:
-                await self.client.report(body)
+                self.answer = await self.client.report(body)
                 log.info("reported %s for lease %s", phase.value, body.lease_id,
                          extra={"phase": phase.value, "error": error})
                 return
@@ -113,7 +115,13 @@ class Upgrader:
                 delay = min(self.config.max_backoff, delay * 2)
 
     # -- instructions ---------------------------------------------------------------------------------
+    def take_answer(self) -> Instruction | None:
+        """The answer to the last report `handle` sent, once (None when it sent none)."""
+        answer, self.answer = self.answer, None
+        return answer
+
     async def handle(self, instruction: Instruction) -> None:
+        self.answer = None
         entry, lease = self.entry, instruction.lease
         action = instruction.action
         if action == Action.IDLE:

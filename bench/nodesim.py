@@ -157,13 +157,15 @@ class SimNode:
             self.timeline.errors.append(f"{self.name} {path}: {type(exc).__name__}: {exc}")
             return None
 
-    async def _report(self, session: aiohttp.ClientSession, phase: AgentPhase) -> None:
+    async def _report(self, session: aiohttp.ClientSession, phase: AgentPhase) -> Instruction:
+        """Send the report until it is accepted; the answer (the next instruction, as the agent gets it)."""
         assert self.lease_id is not None
         self.phase = phase
         body = Report(node=self.name, lease_id=self.lease_id, phase=phase, k3s_version=self.version)
         for _ in range(50):
-            if await self._post(session, "report", body.model_dump_json()) is not None:
-                return
+            answer = await self._post(session, "report", body.model_dump_json())
+            if answer is not None:
+                return answer
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name}: report {phase} never accepted")
 
@@ -178,37 +180,51 @@ class SimNode:
         ).model_dump_json()
 
     async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        """Like agent.loop: poll, obey, and take a report's answer as the next instruction when it asks
+        for something else (`staged` -> `apply`, `restarted` -> `finish`) instead of polling for it."""
+        ins: Instruction | None = None
         while not stop.is_set():
-            ins = await self._post(session, f"poll?wait={self.wait:g}", self._state())
             if ins is None:
-                await asyncio.sleep(0.5)
-                continue
-            lease = ins.lease
-            if ins.action is Action.STAGE and lease is not None:
-                self.timeline.staged.setdefault(self.name, time.monotonic())
-                self.lease_id = lease.lease_id
-                await self._report(session, AgentPhase.STAGED)
-            elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
-                self.timeline.applied.setdefault(self.name, time.monotonic())
-                await self._report(session, AgentPhase.APPLYING)
-                await asyncio.sleep(self.work)
-                self.version = lease.target_version
-                await self.api.set_node(self.name, lease.target_version)
-                self.timeline.restarted.setdefault(self.name, time.monotonic())
-                await self._report(session, AgentPhase.RESTARTED)
-            elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
-                await self._report(session, AgentPhase.RESTARTED)
-            elif ins.action is Action.FINISH:
-                self.timeline.finish(self.name)
-                self.phase, self.lease_id = AgentPhase.IDLE, None
-            elif ins.action is Action.ROLLBACK and lease is not None:
-                self.timeline.errors.append(f"{self.name}: told to roll back: {ins.reason}")
-                await self._report(session, AgentPhase.ROLLED_BACK)
-            elif ins.action is Action.IDLE and self.phase in (AgentPhase.ROLLED_BACK, AgentPhase.FAILED):
-                self.phase, self.lease_id = AgentPhase.IDLE, None
-            if ins.action is Action.IDLE and ins.poll_after_seconds:
-                try:
-                    async with asyncio.timeout(ins.poll_after_seconds):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+                ins = await self._post(session, f"poll?wait={self.wait:g}", self._state())
+                if ins is None:
+                    await asyncio.sleep(0.5)
+                    continue
+            done = ins
+            answer = await self._obey(session, done)
+            ins = answer if answer is not None and answer.action is not done.action else None
+            if done.action is Action.IDLE:
+                ins = None
+                if done.poll_after_seconds:
+                    try:
+                        async with asyncio.timeout(done.poll_after_seconds):
+                            await stop.wait()
+                    except TimeoutError:
+                        pass
+
+    async def _obey(self, session: aiohttp.ClientSession, ins: Instruction) -> Instruction | None:
+        """Carry out `ins`; the answer to the last report it sent (None if none)."""
+        lease = ins.lease
+        answer = None
+        if ins.action is Action.STAGE and lease is not None:
+            self.timeline.staged.setdefault(self.name, time.monotonic())
+            self.lease_id = lease.lease_id
+            answer = await self._report(session, AgentPhase.STAGED)
+        elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
+            self.timeline.applied.setdefault(self.name, time.monotonic())
+            await self._report(session, AgentPhase.APPLYING)
+            await asyncio.sleep(self.work)
+            self.version = lease.target_version
+            await self.api.set_node(self.name, lease.target_version)
+            self.timeline.restarted.setdefault(self.name, time.monotonic())
+            answer = await self._report(session, AgentPhase.RESTARTED)
+        elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
+            answer = await self._report(session, AgentPhase.RESTARTED)
+        elif ins.action is Action.FINISH:
+            self.timeline.finish(self.name)
+            self.phase, self.lease_id = AgentPhase.IDLE, None
+        elif ins.action is Action.ROLLBACK and lease is not None:
+            self.timeline.errors.append(f"{self.name}: told to roll back: {ins.reason}")
+            answer = await self._report(session, AgentPhase.ROLLED_BACK)
+        elif ins.action is Action.IDLE and self.phase in (AgentPhase.ROLLED_BACK, AgentPhase.FAILED):
+            self.phase, self.lease_id = AgentPhase.IDLE, None
+        return answer

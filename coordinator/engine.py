@@ -13,7 +13,9 @@ different nodes and may run concurrently; `after` holds the changes that may onl
 effects happened (a lease is released only after its node was labelled and uncordoned; `APPLYING` only
 after the cordon; `announced` only after the Events) plus every new grant (a grant may use a slot freed
 in `after`); `afterwards` are writes that describe the stored table (Plan status, grant Events) or must
-follow the cordon (`StartDrain`). A lease takes at most one round of effects per pass. `StartDrain` is
+follow the cordon (`StartDrain`). Agent reports not stored yet (`World.stored`) go with `before`, so a
+report is stored before the effects it causes, except a `restarted` report that verifies its node: that
+one is stored with the release (`after`). A lease takes at most one round of effects per pass. `StartDrain` is
 repeated on every pass until `drains[lease_id]` holds its outcome: the runtime runs at most one drain per
 lease id.
 
@@ -180,6 +182,9 @@ class World:
     started_at: datetime | None = None
     settings: EngineSettings = EngineSettings()
     node_index: Mapping[str, NodeView] | None = None
+    stored: LeaseTable | None = None
+    """The table as stored, when `table` is it with agent reports applied that are not stored yet (they
+    are stored by this decision's writes); None: `table` is as stored."""
     """`nodes` by name, when the caller keeps one (else the decision builds it); read only by `decide`."""
 
 
@@ -279,6 +284,9 @@ class _Decider:
         # Pruned in memory only: it reaches the API with the next table write this decision makes anyway.
         self.nodes = world.node_index if world.node_index is not None else {n.name: n for n in world.nodes}
         self.base = prune_finished(world.table, world.agents, self.nodes)
+        stored = world.stored
+        self.stored = self.base if stored is None else prune_finished(stored, world.agents, self.nodes)
+        """The table as stored: what the first table write must differ from to be worth making."""
         self.t = self.base
         """The table after every change of this decision (written last)."""
         self.before = self.base
@@ -298,10 +306,12 @@ class _Decider:
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
         out: list[Write] = []
-        if self.effects and self.before != self.base:
+        written = self.stored
+        if self.effects and self.before != self.stored:
             out.append(TableWrite(self.before))
+            written = self.before
         out.extend(self.effects)
-        if self.t != (self.before if self.effects else self.base):
+        if self.t != written:
             out.append(TableWrite(self.t))
         out.extend(self.afterwards)
         return tuple(out)
@@ -327,6 +337,14 @@ class _Decider:
     def store_after_effects(self, lease_id: str) -> None:
         """From now on, changes to `lease_id` are stored in `after` (once this pass's effects happened)."""
         self.acted.add(lease_id)
+
+    def store_report_after_effects(self, lease_id: str) -> None:
+        """Like `store_after_effects`, and its agent's report (not stored yet) is stored `after` too."""
+        if lease_id not in self.acted:
+            reported, stored = self.before.by_id(lease_id), self.stored.by_id(lease_id)
+            if stored is not None and reported is not None and reported != stored:
+                self.before = self.before.put(stored)
+        self.store_after_effects(lease_id)
 
     def effect(self, lease_id: str, write: Write) -> None:
         """A write that touches the node (or publishes) for `lease_id`, after `before` is stored."""
@@ -453,9 +471,11 @@ class _Decider:
             return
         if lease.phase is LeasePhase.RESTARTED:
             if node.ready and same_version(node.kubelet_version, lease.target_version):
-                # Stored with the release, not before the label: nothing depends on it having been
-                # stored (a crash in between finds the lease `restarted` and the Node verified again).
-                self.store_after_effects(lease.lease_id)
+                # Stored with the release, not before the label, and so is the agent's `restarted` report:
+                # nothing depends on them having been stored (after a crash in between, the lease is found
+                # `applying` or `restarted`, the agent sends `restarted` again until it is answered, and
+                # the Node, labelled already, is verified again and needs no patch).
+                self.store_report_after_effects(lease.lease_id)
                 lease = self.update(lease, phase=LeasePhase.VERIFIED, verified_at=now, updated_at=now)
             elif (now - lease.updated_at).total_seconds() > w.settings.verify:
                 seen = node.kubelet_version or "unknown"

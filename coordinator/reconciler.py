@@ -380,6 +380,7 @@ class Runtime:
         """One pass: reports + World -> decide -> writes in order; stop at the first failed write."""
         self.metrics.reconciles.inc()
         stored, table = await self.stored_table()
+        as_stored = table
         reports, self._reports = self._reports, []
         now = datetime.now(UTC)
         accepted = []
@@ -391,11 +392,9 @@ class Runtime:
                 pending.answer.set_exception(BrokerError(exc.status, str(exc)))
         done = False
         try:
-            world = self.world(table)
-            decision = decide(world)
+            world = self.world(table, stored=as_stored)
+            decision = decide(world)  # its table writes store the reports too (see World.stored)
             writes = decision.writes
-            if table != self.lease_table and not (writes and isinstance(writes[0], TableWrite)):
-                writes = (TableWrite(table), *writes)  # the reports alone changed the table
             last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
@@ -435,7 +434,7 @@ class Runtime:
                 retry.append(pending)
         self._reports[:0] = retry
 
-    def world(self, table: LeaseTable) -> World:
+    def world(self, table: LeaseTable, stored: LeaseTable | None = None) -> World:
         now = datetime.now(UTC)
         nodes = tuple(self._views.values())
         arches = {n.arch for n in nodes}
@@ -450,6 +449,7 @@ class Runtime:
             started_at=self.started_at,
             settings=self.engine_settings,
             node_index=self._views,  # the same views as `nodes`: no await between here and decide
+            stored=stored if stored is not None and stored is not table else None,
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:

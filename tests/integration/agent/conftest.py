@@ -80,6 +80,8 @@ class ScriptedCoordinator:
     _runner: web.AppRunner | None = None
     go_ahead_at: float | None = None
     restarted_at: float | None = None
+    requests: list[str] = field(default_factory=list)
+    """Every request in order: `poll wait=W` or `report PHASE`."""
 
     def instruct(self, action: Action, lease: LeaseAssignment | None, reason: str = "") -> None:
         self.instruction = Instruction(action=action, lease=lease, reason=reason, poll_after_seconds=0.2)
@@ -92,6 +94,7 @@ class ScriptedCoordinator:
         state = AgentState.model_validate_json(await request.text())
         self.polls.append(state)
         wait = float(request.query.get("wait", "0"))
+        self.requests.append(f"poll wait={wait:g}")
         mine = self.instruction
         busy = state.lease_id is not None and mine.lease is not None and state.lease_id == mine.lease.lease_id
         if mine.action == Action.IDLE or busy:
@@ -106,6 +109,7 @@ class ScriptedCoordinator:
         self.tokens.add(request.headers.get("Authorization", ""))
         report = Report.model_validate_json(await request.text())
         self.reports.append(report)
+        self.requests.append(f"report {report.phase.value}")
         lease = self.instruction.lease
         if self.auto and lease is not None:
             if report.phase == AgentPhase.STAGED:

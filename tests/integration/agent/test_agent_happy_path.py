@@ -3,7 +3,8 @@
 Aspects: the agent reports the running version/binary when idle; stage reports `staged` without touching
 the host; apply swaps the binary atomically (keeping owner/mode), restarts k3s under its supervisor, and
 reports `restarted` only once a NEW process runs the new version; finish drops the rollback copy and the
-journal; the Bearer token from the token file is sent, and a rotated token is picked up.
+journal; the Bearer token from the token file is sent, and a rotated token is picked up; a report's
+answer that asks for the next step is obeyed without polling for it again.
 """
 
 from __future__ import annotations
@@ -55,3 +56,20 @@ async def test_upgrade_stages_applies_restarts_and_finishes(node: Node, releases
         await asyncio.sleep(0.05)
     assert {f"Bearer {TOKEN}", "Bearer rotated-token"} <= coordinator.tokens
     assert [r.phase for r in coordinator.reports if r.phase == AgentPhase.FAILED] == []
+
+
+async def test_the_answer_to_staged_is_obeyed_without_polling_again(
+    node: Node, releases, coordinator: ScriptedCoordinator, agent_factory
+) -> None:
+    """A coordinator answers `staged` with `apply` once the node is cordoned: the agent applies at once."""
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    deadline = time.monotonic() + 15
+    while not coordinator.polls:
+        assert time.monotonic() < deadline, "the agent never polled"
+        await asyncio.sleep(0.05)
+    lease = make_lease(releases)
+    coordinator.instruct(Action.STAGE, lease)  # auto: `staged` is answered with `apply`
+    await coordinator.wait_report(AgentPhase.RESTARTED)
+    seq = [r for r in coordinator.requests if r != "poll wait=0"]  # heartbeats aside
+    assert seq[seq.index("report staged") + 1] == "report applying", seq

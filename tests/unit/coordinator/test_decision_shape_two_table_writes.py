@@ -3,15 +3,28 @@
 Aspects: at most two lease-table writes per pass (so a rollout of 50 nodes at once does not cost 50
 writes per phase); Node patches and failure Events sit between the two; Plan status, grant and upgraded
 Events and StartDrain come after the last table write; a node's slot is handed to the next node in the
-same pass that labels and releases it.
+same pass that labels and releases it. Agent reports the pass has not stored yet are stored by its table
+writes: a `restarted` report with the release (not in a write of its own before the label), a failure
+report before the uncordon it causes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from coordinator.engine import EventWrite, NodePatch, PlanStatusWrite, StartDrain, TableWrite, Write
-from coordinator.leasing import LeasePhase
+from coordinator.engine import (
+    EventWrite,
+    NodePatch,
+    PlanStatusWrite,
+    StartDrain,
+    TableWrite,
+    World,
+    Write,
+    decide,
+)
+from coordinator.leasing import Lease, LeasePhase, apply_report
+from wire.messages import AgentPhase, Report
 
 from .cluster_sim import Sim, SimNode
 
@@ -137,3 +150,57 @@ def test_grants_stop_at_the_lease_table_limit(monkeypatch: Any) -> None:
     conds = {c["type"]: c for c in sim.plans["p"]["status"]["conditions"]}
     assert conds["Complete"]["reason"] == "Waiting"
     assert "3 leases in flight, its limit" in conds["Complete"]["message"]
+
+
+# -- agent reports not stored yet (World.stored): the decision's table writes store them -----------------
+
+
+def applying() -> tuple[Sim, World, Lease]:
+    """One node whose lease is `applying` (cordoned by us), as stored; its agent has not reported since."""
+    sim = Sim(cluster(1), [plan(1)])
+    for _ in range(10):
+        sim.agent_poll("n00")  # seen alive; stages when granted
+        sim.step()
+        lease = next(iter(sim.table.leases), None)
+        if lease is not None and lease.phase is LeasePhase.APPLYING:
+            return sim, sim.world(), lease
+        sim.tick(1)
+    raise AssertionError(f"no lease reached applying: {sim.table}")
+
+
+def reported(world: World, lease: Lease, phase: AgentPhase, error: str | None = None) -> World:
+    report = Report(node=lease.node, lease_id=lease.lease_id, phase=phase, error=error)
+    return replace(world, table=apply_report(world.table, report, world.now), stored=world.table)
+
+
+def test_restarted_report_is_stored_with_the_release_not_before_the_label() -> None:
+    sim, _, lease = applying()
+    sim.nodes["n00"].version = lease.target_version  # back Ready on the target; `restarted` not stored yet
+    world = reported(sim.world(), lease, AgentPhase.RESTARTED)
+    writes = decide(world).writes
+    assert shape(writes).rstrip("A") == "ET", writes  # label (+uncordon), then one table write
+    assert isinstance(writes[0], NodePatch) and writes[0].labels
+    table = next(w.table for w in writes if isinstance(w, TableWrite))
+    assert table.by_id(lease.lease_id) is None and table.finished["n00"].phase is LeasePhase.VERIFIED
+
+
+def test_restarted_report_alone_is_stored() -> None:
+    _, world, lease = applying()  # the node still runs the old version: nothing to verify yet
+    writes = decide(reported(world, lease, AgentPhase.RESTARTED)).writes
+    tables = [w.table for w in writes if isinstance(w, TableWrite)]
+    stored = tables[0].by_id(lease.lease_id) if len(tables) == 1 else None
+    assert stored is not None and stored.phase is LeasePhase.RESTARTED
+
+
+def test_failed_report_is_stored_before_the_uncordon() -> None:
+    _, world, lease = applying()
+    assert lease.cordoned_by_us
+    writes = decide(reported(world, lease, AgentPhase.FAILED, "k3s did not start")).writes
+    assert isinstance(writes[0], TableWrite), writes
+    assert writes[0].table.by_id(lease.lease_id).phase is LeasePhase.FAILED  # type: ignore[union-attr]
+    assert any(isinstance(w, NodePatch) and w.unschedulable is False for w in writes[1:])
+
+
+def test_without_reports_nothing_is_written_for_them() -> None:
+    _, world, _ = applying()
+    assert not any(isinstance(w, TableWrite) for w in decide(replace(world, stored=world.table)).writes)
