@@ -15,7 +15,9 @@ and the table writes around it, with no download in between);
 Kubernetes API requests during the rollout per upgraded node by verb and resource; the CPU seconds of
 the API server and of the stand-ins during the rollout too, to show where a 2-core machine's time goes;
 the coordinator's RSS once its caches are synced (every Node read) and once every stand-in holds a
-long-poll, before the Plan exists, beside its peak.
+long-poll, before the Plan exists, beside its peak; the means of the hand-off and go-ahead, and of the
+time from `apply` to `restarted` beyond the node's own work (the `applying` report, the Node update).
+The stand-ins open one connection per request and close it, as `agent.client` does.
 Prints JSON.
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0]
@@ -208,6 +210,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 1)
 
 
+def mean_ms(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
 def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[float]:
     """The k-th freed slot (sorted `after` times) against the (concurrency + k)-th grant, in ms."""
     a, g = sorted(after), sorted(grants)[concurrency:]
@@ -222,7 +228,12 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
     runs: list[asyncio.Task[None]] = []
     log_path = tmp / "coordinator.log"
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # The stand-ins talk to the coordinator like agent.client: one connection per exchange, closed after.
+    agent_connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        aiohttp.ClientSession(connector=agent_connector) as agents,
+    ):
         try:
             kubeconfig = write_kubeconfig(tmp / "kubeconfig", api_proc.url)
             api = ApiClient(session, api_proc.url)
@@ -265,7 +276,7 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
             rss_synced = rss_mib(proc.pid)
             timeline = Timeline(expected=nodes)
             sims = [SimNode(n, tokens[n], OLD, url, api, timeline, work=work) for n in names]
-            runs = [asyncio.create_task(s.run(session, stop)) for s in sims]
+            runs = [asyncio.create_task(s.run(agents, stop)) for s in sims]
             api_proc.counts()  # drop the setup's requests
             # Until every stand-in's first poll was authenticated (one TokenReview each) and held.
             reviewed = 0
@@ -308,6 +319,8 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
     from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
     from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
     go_ahead = [(timeline.applied[n] - t) * 1000 for n, t in timeline.staged.items() if n in timeline.applied]
+    applied, restarted = timeline.applied, timeline.restarted
+    beyond_work = [(r - applied[n] - work) * 1000 for n, r in restarted.items() if n in applied]
     # The stand-ins' own writes (a restarting kubelet's status patch, the Plan) are not the coordinator's.
     counts.subtract({"PATCH nodes/status": len(timeline.restarted), "POST plans": 1})
     counts = +counts
@@ -330,6 +343,9 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
         "handoff_ms_max": percentile(from_restarted, 1.0),
         "handoff_from_finish_ms_p50": percentile(from_finish, 0.5),
         "handoff_from_finish_ms_p99": percentile(from_finish, 0.99),
+        "handoff_ms_mean": mean_ms(from_restarted),
+        "grant_to_apply_ms_mean": mean_ms(go_ahead),
+        "apply_to_restarted_ms_mean_beyond_work": mean_ms(beyond_work),
         "grant_to_apply_ms_p50": percentile(go_ahead, 0.5),
         "grant_to_apply_ms_p99": percentile(go_ahead, 0.99),
         "coordinator_api_writes_per_node": round(core_writes / done, 2),

@@ -38,6 +38,11 @@ from wire.messages import API_VERSION, TOKEN_AUDIENCE, Action, AgentState, Error
 log = logging.getLogger("coordinator.api")
 M = TypeVar("M", bound=BaseModel)
 
+REVIEWS_IN_FLIGHT = 16
+"""TokenReviews sent at once. When thousands of agents poll together (all of them reconnect after a
+restart of the coordinator), the others wait their turn holding nothing but their own request, instead
+of each building its API request up front: that burst cost about 1 MiB per 100 agents that stayed."""
+
 
 class TokenReviewer(Protocol):
     async def review_token(self, token: str, audience: str) -> TokenIdentity | None: ...
@@ -66,6 +71,7 @@ class NodeAuthenticator:
         self._clock = clock
         self._max = max_entries
         self._cache: dict[bytes, tuple[float, TokenIdentity]] = {}
+        self._in_flight = asyncio.Semaphore(REVIEWS_IN_FLIGHT)
         self.reviews = 0
         """TokenReview calls made (visible to tests and metrics)."""
 
@@ -82,8 +88,12 @@ class NodeAuthenticator:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            self.reviews += 1
-            ident = await self._reviewer.review_token(token, self._audience)
+            async with self._in_flight:
+                hit = self._cache.get(digest)  # reviewed meanwhile (the same agent polling again)
+                if hit is not None and hit[0] > self._clock():
+                    return hit[1]
+                self.reviews += 1
+                ident = await self._reviewer.review_token(token, self._audience)
         except KubeError as exc:
             raise AuthError(503, f"cannot review the token now: {exc}") from exc
         if ident is None:

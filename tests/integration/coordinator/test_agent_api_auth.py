@@ -6,7 +6,8 @@ Aspects covered:
 - 403 when node A's token polls or reports for node B;
 - 400 for malformed JSON, a body that fails validation, a body naming another node, a bad `wait`;
 - every error body is a `wire.messages.ErrorBody` with the matching status;
-- successful TokenReviews are cached (one review for many polls), rejections are not;
+- successful TokenReviews are cached (one review for many polls), rejections are not; a burst of new
+  agents is reviewed at most REVIEWS_IN_FLIGHT at a time;
 - the long-poll holds the request until `wait` (capped) and ends early when the broker is woken;
 - a replica that is not the leader answers polls with `idle` and refuses reports with 503.
 
@@ -24,7 +25,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
+from coordinator.api import REVIEWS_IN_FLIGHT, BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
 from coordinator.kube.protocol import TokenIdentity
 from wire.messages import TOKEN_AUDIENCE, Action, AgentState, ErrorBody, Instruction, Report
 
@@ -181,3 +182,34 @@ async def test_waking_the_broker_ends_a_long_poll_early(server: Server) -> None:
     code, _ = await pending
     assert code == 200
     assert time.monotonic() - started < 1.5
+
+
+class SlowReviewer:
+    """Every token is valid (bound to a node named like it); each review takes 10 ms; counts in flight."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.in_flight = 0
+        self.most = 0
+
+    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+        self.calls += 1
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return TokenIdentity(username="sa", node=token)
+
+
+async def test_a_burst_of_new_agents_is_reviewed_a_few_at_a_time() -> None:
+    reviewer = SlowReviewer()
+    auth = NodeAuthenticator(reviewer)
+    # 200 agents at once (all reconnect after a coordinator restart): at most REVIEWS_IN_FLIGHT reviews.
+    idents = await asyncio.gather(*(auth.authorize(f"Bearer node-{i}", f"node-{i}") for i in range(200)))
+    assert [i.node for i in idents] == [f"node-{i}" for i in range(200)]
+    assert reviewer.calls == 200 and reviewer.most == REVIEWS_IN_FLIGHT
+    # One agent polling many times at once is reviewed by the first few only; the rest find the cache.
+    again = SlowReviewer()
+    auth = NodeAuthenticator(again)
+    await asyncio.gather(*(auth.authorize("Bearer node-x", "node-x") for _ in range(100)))
+    assert again.calls <= REVIEWS_IN_FLIGHT
