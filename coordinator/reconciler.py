@@ -142,7 +142,10 @@ class AgentRegistry:
         self.seen[state.node] = AgentView(state, now)
 
     def event(self, node: str) -> asyncio.Event:
-        return self._changed.setdefault(node, asyncio.Event())
+        ev = self._changed.get(node)
+        if ev is None:  # (not setdefault: that would build an Event on every poll, to throw it away)
+            ev = self._changed[node] = asyncio.Event()
+        return ev
 
     def notify(self, nodes: set[str] | None = None) -> None:
         for node, ev in self._changed.items():
