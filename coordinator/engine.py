@@ -182,10 +182,10 @@ class World:
     started_at: datetime | None = None
     settings: EngineSettings = EngineSettings()
     node_index: Mapping[str, NodeView] | None = None
+    """`nodes` by name, when the caller keeps one (else the decision builds it); read only by `decide`."""
     stored: LeaseTable | None = None
     """The table as stored, when `table` is it with agent reports applied that are not stored yet (they
     are stored by this decision's writes); None: `table` is as stored."""
-    """`nodes` by name, when the caller keeps one (else the decision builds it); read only by `decide`."""
 
 
 @dataclass(frozen=True)
