@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.loop import next_instruction
 from wire.messages import TOKEN_AUDIENCE, Action, AgentPhase, AgentState, Instruction, Report
 
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -191,7 +192,7 @@ class SimNode:
                     continue
             done = ins
             answer = await self._obey(session, done)
-            ins = answer if answer is not None and answer.action is not done.action else None
+            ins = next_instruction(done, answer)
             if done.action is Action.IDLE:
                 ins = None
                 if done.poll_after_seconds:
