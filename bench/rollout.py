@@ -125,23 +125,10 @@ class ApiServerProcess:
 # ---- the coordinator process -------------------------------------------------------------------------
 
 
-def start_coordinator(kubeconfig: Path, releases: str, log: IO[bytes]) -> tuple[subprocess.Popen[str], str]:
+def start_coordinator(argv: list[str], banner: str, log: IO[bytes]) -> tuple[subprocess.Popen[str], str]:
+    """Start `python -m <argv>` and wait for its first line, `<banner> http://HOST:PORT`: its URL."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--namespace",
-            NS,
-            "--listen",
-            "127.0.0.1:0",
-            "--release-base-url",
-            releases,
-            "--log-level",
-            "WARNING",
-        ],
+        [sys.executable, "-m", *argv],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -149,13 +136,43 @@ def start_coordinator(kubeconfig: Path, releases: str, log: IO[bytes]) -> tuple[
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not line.startswith("coordinator listening on"):
+    if not line.startswith(banner):
         proc.kill()
         proc.wait()
         proc.stdout.close()
-        raise RuntimeError(f"the coordinator did not start: {line!r}")
+        raise RuntimeError(f"{argv[0]} did not start: {line!r}")
     address = line.split()[-1].removeprefix("http://")
     return proc, f"http://{address}"
+
+
+def coordinator_argv(kubeconfig: Path, releases: str) -> list[str]:
+    return [
+        "coordinator",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--namespace",
+        NS,
+        "--listen",
+        "127.0.0.1:0",
+        "--release-base-url",
+        releases,
+        "--log-level",
+        "WARNING",
+    ]
+
+
+def floor_argv(api_url: str, nodes: int, concurrency: int) -> list[str]:
+    return [
+        "bench.floor",
+        "--api-url",
+        api_url,
+        "--nodes",
+        str(nodes),
+        "--concurrency",
+        str(concurrency),
+        "--version",
+        NEW,
+    ]
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -220,7 +237,9 @@ def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[
     return [(gi - ai) * 1000 for ai, gi in zip(a, g, strict=False)]
 
 
-async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: float) -> dict[str, Any]:
+async def rollout(
+    nodes: int, concurrency: int, work: float, tmp: Path, limit: float, floor: bool = False
+) -> dict[str, Any]:
     api_proc = ApiServerProcess()
     releases = ReleaseServer([NEW], tmp / "releases")
     coordinator: subprocess.Popen[str] | None = None
@@ -269,9 +288,14 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
             setup_s = time.monotonic() - t_setup
             await asyncio.to_thread(releases.start_in_thread)
             with log_path.open("wb") as log:
-                proc, url = await asyncio.to_thread(start_coordinator, kubeconfig, releases.base_url, log)
+                if floor:
+                    argv, banner = floor_argv(api_proc.url, nodes, concurrency), "floor listening on"
+                else:
+                    argv, banner = coordinator_argv(kubeconfig, releases.base_url), "coordinator listening on"
+                proc, url = await asyncio.to_thread(start_coordinator, argv, banner, log)
             coordinator = proc
-            await until_ready(session, url)
+            if not floor:
+                await until_ready(session, url)
             await asyncio.sleep(0.5)
             rss_synced = rss_mib(proc.pid)
             timeline = Timeline(expected=nodes)
@@ -291,7 +315,11 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
             t0 = time.monotonic()
             others = {"apiserver": psutil.Process(api_proc.proc.pid), "nodesim": psutil.Process()}
             cpu0 = {k: sum(v.cpu_times()[:2]) for k, v in others.items()}
-            await api.call("POST", f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans", plan(concurrency))
+            if floor:
+                async with session.post(f"{url}/start") as r:
+                    r.raise_for_status()
+            else:
+                await api.call("POST", f"/apis/upgrade.cattle.io/v1/namespaces/{NS}/plans", plan(concurrency))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limit):
                     await timeline.all_finished.wait()
@@ -327,7 +355,8 @@ async def rollout(nodes: int, concurrency: int, work: float, tmp: Path, limit: f
     writes = {k: v for k, v in counts.items() if k.split()[0] in WRITES}
     core_writes = sum(v for k, v in writes.items() if "eviction" not in k and "tokenreviews" not in k)
     return {
-        "benchmark": "rollout",
+        "benchmark": "rollout-floor" if floor else "rollout",
+        "floor": floor,
         "nodes": nodes,
         "concurrency": concurrency,
         "work_s": work,
@@ -367,13 +396,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--work", type=float, default=1.0, help="each node's own upgrade time, seconds")
     p.add_argument("--limit", type=float, default=300.0, help="give up after this many seconds")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="against bench.floor (the agent API, no Kubernetes writes) instead of the coordinator",
+    )
     p.add_argument("--serve-apiserver", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_apiserver:
         asyncio.run(serve_apiserver())
         return {}
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
-        return asyncio.run(rollout(args.nodes, args.concurrency, args.work, Path(tmp), args.limit))
+        return asyncio.run(
+            rollout(args.nodes, args.concurrency, args.work, Path(tmp), args.limit, args.floor)
+        )
 
 
 if __name__ == "__main__":

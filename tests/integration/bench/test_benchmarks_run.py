@@ -40,10 +40,13 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
-    by_module: dict[str, dict[str, Any]] = {ln["module"]: ln for ln in lines}
+    by_module: dict[str, dict[str, Any]] = {
+        ln["module"] + (" --floor" if ln.get("floor") else ""): ln for ln in lines if "comparison" not in ln
+    }
     assert set(by_module) == {
         "bench.scheduling",
         "bench.rollout",
+        "bench.rollout --floor",
         "bench.longpoll_memory",
         "bench.agent_download",
     }
@@ -55,6 +58,17 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert r["coordinator_api_writes_per_node"] > 0
     assert any(k.startswith("PATCH nodes") for k in r["coordinator_api_requests_per_node"])
     assert r["coordinator_cpu_s"] > 0 and 20 < r["coordinator_peak_rss_mib"] < 2000
+
+    f = by_module["bench.rollout --floor"]
+    assert f["benchmark"] == "rollout-floor" and f["complete"] is True and f["finished_nodes"] == 20
+    assert f["total_s"] >= f["ideal_s"] == 4 * 0.3
+    assert 0 < f["handoff_ms_p50"] <= f["handoff_ms_p99"] <= f["handoff_ms_max"]
+    assert (
+        f["coordinator_api_writes_per_node"] == 0
+    )  # the floor writes nothing; the stand-ins' own are not counted
+    (c,) = [ln for ln in lines if "comparison" in ln]
+    assert c["coordinator_total_s"] == r["total_s"] and c["floor_total_s"] == f["total_s"]
+    assert c["coordinator_over_floor"] == round(r["total_s"] / f["total_s"], 3)
 
     m = by_module["bench.longpoll_memory"]
     assert m["clients"] == 100 and 20 < m["coordinator_import_mib"] < 500
@@ -68,3 +82,11 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     text = results.read_text()
     assert "cores" in text and "Python" in text and "BENCH_QUICK=1" in text
     assert "handoff_ms_p99" in text and "< 50 ms" in text and "agent_over_curl" in text
+    assert "rollout vs floor, 20 nodes" in text and "coordinator_over_floor" in text
+    floor_rows = [row for row in text.splitlines() if row.startswith("| bench.rollout") and "--floor" in row]
+    judged = [
+        r.split("|")[4].strip()
+        for r in floor_rows
+        if r.split("|")[2].strip() in ("handoff_ms_p99", "coordinator_api_writes_per_node")
+    ]
+    assert judged == ["", ""]  # those targets are the coordinator's, not the floor's
