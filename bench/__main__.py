@@ -134,6 +134,27 @@ def against_floor(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, 
     return out
 
 
+def memory_floor(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The coordinator's RSS once synced plus a bare aiohttp server's cost of one held long-poll per
+    node: what the coordinator would weigh with every agent polling, if it spent nothing of its own
+    on them (no rollout under way)."""
+    polls = [f for _, f in results if f.get("benchmark") == "longpoll_memory" and "per_longpoll_kib" in f]
+    out = []
+    for _, real in results:
+        if real.get("benchmark") == "rollout" and real.get("coordinator_rss_mib_synced") and polls:
+            held = real["nodes"] * polls[0]["per_longpoll_kib"] / 1024
+            figures = {
+                "nodes": real["nodes"],
+                "coordinator_rss_mib_synced": real["coordinator_rss_mib_synced"],
+                "bare_aiohttp_longpolls_mib": round(held, 1),
+                "floor_mib": round(real["coordinator_rss_mib_synced"] + held, 1),
+                "coordinator_rss_mib_all_polling": real["coordinator_rss_mib_all_polling"],
+                "coordinator_peak_rss_mib": real["coordinator_peak_rss_mib"],
+            }
+            out.append((f"coordinator memory floor, {real['nodes']} nodes", figures))
+    return out
+
+
 def main() -> None:
     results: list[tuple[str, dict[str, Any]]] = []
     started = time.monotonic()
@@ -142,7 +163,7 @@ def main() -> None:
         name = module + (f" {' '.join(args)}" if args else "")
         results.append((name, figures))
         print(json.dumps({"module": module, "args": list(args), **figures}), flush=True)
-    for name, figures in against_floor(results):
+    for name, figures in against_floor(results) + memory_floor(results):
         results.append((name, figures))
         print(json.dumps({"module": "bench", "comparison": name, **figures}), flush=True)
     elapsed = time.monotonic() - started

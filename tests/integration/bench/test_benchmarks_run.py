@@ -66,13 +66,16 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert (
         f["coordinator_api_writes_per_node"] == 0
     )  # the floor writes nothing; the stand-ins' own are not counted
-    (c,) = [ln for ln in lines if "comparison" in ln]
+    (c,) = [ln for ln in lines if ln.get("comparison", "").startswith("rollout vs floor")]
     assert c["coordinator_total_s"] == r["total_s"] and c["floor_total_s"] == f["total_s"]
     assert c["coordinator_over_floor"] == round(r["total_s"] / f["total_s"], 3)
 
     m = by_module["bench.longpoll_memory"]
     assert m["clients"] == 100 and 20 < m["coordinator_import_mib"] < 500
     assert m["rss_holding_mib"] >= m["rss_before_mib"] and m["per_longpoll_kib"] >= 0
+
+    (mf,) = [ln for ln in lines if ln.get("comparison", "").startswith("coordinator memory floor")]
+    assert mf["floor_mib"] == round(r["coordinator_rss_mib_synced"] + 20 * m["per_longpoll_kib"] / 1024, 1)
 
     a = by_module["bench.agent_download"]
     assert a["curl_mb_per_s"] > 0 and a["agent_download_verify_mb_per_s"] > 0 and a["agent_over_curl"] > 0
