@@ -17,10 +17,15 @@ the API server and of the stand-ins during the rollout too, to show where a 2-co
 the coordinator's RSS once its caches are synced (every Node read) and once every stand-in holds a
 long-poll, before the Plan exists, beside its peak; the means of the hand-off and go-ahead, and of the
 time from `apply` to `restarted` beyond the node's own work (the `applying` report, the Node update).
-The stand-ins open one connection per request and close it, as `agent.client` does.
-Prints JSON.
+the time from the Plan's creation to the first `stage` received, and from the last `restarted` sent to
+the last `finish` received. The stand-ins open one connection per request and close it, as
+`agent.client` does.
 
-    python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0]
+`--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
+the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
+it measures is the harness's own share of the figures on this machine. Prints JSON.
+
+    python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor]
 """
 
 from __future__ import annotations
@@ -367,6 +372,10 @@ async def rollout(
         "nodes_per_s": round(done / total, 2),
         "ideal_s": ideal,
         "total_over_ideal": round(total / ideal, 3) if done == nodes else None,
+        "first_grant_ms": round((min(timeline.staged.values()) - t0) * 1000, 1),
+        "last_finish_after_its_restarted_ms": round(
+            (max(timeline.finished.values()) - max(timeline.restarted.values())) * 1000, 1
+        ),
         "handoff_ms_p50": percentile(from_restarted, 0.5),
         "handoff_ms_p99": percentile(from_restarted, 0.99),
         "handoff_ms_max": percentile(from_restarted, 1.0),
