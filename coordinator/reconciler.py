@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -280,6 +281,8 @@ class Runtime:
         self._last_export = 0.0
         self._views: dict[str, NodeView] = {}
         """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass)."""
+        self._arches: Counter[str] = Counter()
+        """How many of `_views` have each architecture (the plans resolve a binary for each)."""
         self._observed: LeaseTable | None = None
         self.resolver = Resolver(
             settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
@@ -304,14 +307,20 @@ class Runtime:
 
     def _on_node_event(self, kind: str, obj: Obj) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
-        if kind == "DELETED":
-            self._views.pop(name, None)
-        else:
-            self._views[name] = node_view(obj)
+        old = self._views.pop(name, None) if kind == "DELETED" else self._views.get(name)
+        if old is not None:
+            self._arches[old.arch] -= 1
+        if kind != "DELETED":
+            view = self._views[name] = node_view(obj)
+            self._arches[view.arch] += 1
         self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def node_arches(self) -> set[str]:
+        """The architectures of the Nodes in the cache (kept by the watch, not counted per pass)."""
+        return {arch for arch, count in self._arches.items() if count > 0}
 
     def _drained(self, result: DrainResult) -> None:
         log.info(
@@ -440,7 +449,7 @@ class Runtime:
     def world(self, table: LeaseTable, stored: LeaseTable | None = None) -> World:
         now = datetime.now(UTC)
         nodes = tuple(self._views.values())
-        arches = {n.arch for n in nodes}
+        arches = self.node_arches()
         return World(
             now=now,
             namespace=self.settings.namespace,
