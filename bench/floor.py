@@ -102,7 +102,9 @@ class FloorBroker:
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
         ins = self.instruction(state.node)
-        busy = state.phase not in (AgentPhase.IDLE,)
+        busy = state.phase is not AgentPhase.IDLE
+        # Nothing new for this agent (idle and no lease, or already applying): hold the poll, as the
+        # coordinator does, until a grant wakes it or the wait is over.
         if (ins.action is Action.IDLE and not busy) or (ins.action is Action.APPLY and busy):
             wake = self.wakes.setdefault(state.node, asyncio.Event())
             wake.clear()
