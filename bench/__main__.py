@@ -62,6 +62,21 @@ TARGETS: dict[str, tuple[str, Applies, Check]] = {
 }
 
 
+LEGEND = """\
+The targets are issue 6's and are checked against the coordinator's figures only. Three kinds of rows
+are there to tell the coordinator's share from the rest:
+
+- `--floor`: the same rollout, stand-ins and API server emulator, against `bench.floor` (the agent API
+  in front of a scheduler that writes nothing to Kubernetes). It makes the agent protocol's exchanges
+  and nothing else: with this protocol, no coordinator does better on this machine, up to run-to-run
+  noise. `rollout vs floor` says how much the coordinator adds to it.
+- `coordinator memory floor`: the coordinator's RSS once its caches are synced, plus what a bare aiohttp
+  server gains per held long-poll (`bench.longpoll_memory`) times the number of nodes.
+- agent: `sha256_ms` and `fsync_ms` time the two things the agent does that curl does not (verify the
+  artifact, make the staged file durable); `agent_ms_best` less both is its transfer alone.\
+"""
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -171,6 +186,7 @@ def main() -> None:
         "# Benchmark results\n\n"
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()} by `make bench`"
         f"{' (BENCH_QUICK=1: small scale)' if QUICK else ''}, {elapsed:.0f} s in all.\n\n"
+        f"{LEGEND}\n\n"
         f"{table(results)}\n"
     )
     print(f"wrote {RESULTS}")
