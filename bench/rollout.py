@@ -18,8 +18,9 @@ the coordinator's RSS once its caches are synced (every Node read) and once ever
 long-poll, before the Plan exists, beside its peak; the means of the hand-off and go-ahead, and of the
 time from `apply` to `restarted` beyond the node's own work (the `applying` report, the Node update).
 the time from the Plan's creation to the first `stage` received, and from the last `restarted` sent to
-the last `finish` received. The stand-ins open one connection per request and close it, as
-`agent.client` does.
+the last `finish` received; from the coordinator's /metrics, the mean time of one API write by kind,
+and the reconcile passes per node and their mean duration, during the rollout. The stand-ins open one
+connection per request and close it, as `agent.client` does.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
@@ -46,6 +47,7 @@ from typing import IO, Any
 
 import aiohttp
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.nodesim import ApiClient, SimNode, Timeline, register
 from bench.processes import stop_process
@@ -236,6 +238,37 @@ def mean_ms(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 1) if values else None
 
 
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """From the coordinator's /metrics: reconcile passes, and API writes and their total seconds by kind."""
+    async with session.get(f"{url}/metrics") as r:
+        text = await r.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "k3s_upgrade_reconciles_total":
+                out["passes"] = sample.value
+            elif sample.name == "k3s_upgrade_reconcile_duration_seconds_sum":
+                out["pass seconds"] = sample.value
+            elif sample.name.startswith("k3s_upgrade_api_write_duration_seconds_"):
+                field = sample.name.rsplit("_", 1)[1]
+                if field in ("count", "sum"):
+                    out[f"{field} {sample.labels['kind']}"] = sample.value
+    return out
+
+
+def write_ms_mean(before: dict[str, float], during: dict[str, float]) -> dict[str, float]:
+    """Mean milliseconds of one API write during the rollout, by kind."""
+    means = {}
+    for key, count in during.items():
+        if key.startswith("count "):
+            kind = key.split(" ", 1)[1]
+            n = count - before.get(key, 0.0)
+            if n > 0:
+                took = during[f"sum {kind}"] - before.get(f"sum {kind}", 0.0)
+                means[kind] = round(took / n * 1000, 1)
+    return dict(sorted(means.items()))
+
+
 def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[float]:
     """The k-th freed slot (sorted `after` times) against the (concurrency + k)-th grant, in ms."""
     a, g = sorted(after), sorted(grants)[concurrency:]
@@ -317,6 +350,7 @@ async def rollout(
             timeline.errors.clear()
             rss_polling = rss_mib(proc.pid)
             api_proc.counts()  # drop start-up requests
+            before = {} if floor else await scrape(session, url)
             t0 = time.monotonic()
             others = {"apiserver": psutil.Process(api_proc.proc.pid), "nodesim": psutil.Process()}
             cpu0 = {k: sum(v.cpu_times()[:2]) for k, v in others.items()}
@@ -335,6 +369,7 @@ async def rollout(
                     f"coordinator log: {log_path.read_text()[-2000:]}"
                 )
             total = max(timeline.finished.values()) - t0
+            during = {} if floor else await scrape(session, url)
             counts = await asyncio.to_thread(api_proc.counts)
             cpu = psutil.Process(proc.pid).cpu_times()
             rss = peak_rss_mib(proc.pid)
@@ -349,6 +384,10 @@ async def rollout(
             await asyncio.to_thread(releases.stop_in_thread)
             await asyncio.to_thread(api_proc.close)
     ideal = math.ceil(nodes / concurrency) * work
+    passes = during.get("passes", 0.0) - before.get("passes", 0.0)
+    passes_per_node = round(passes / done, 2) if during else None
+    pass_ms = during.get("pass seconds", 0.0) - before.get("pass seconds", 0.0)
+    pass_ms_mean = round(pass_ms / passes * 1000, 1) if passes else None
     from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
     from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
     go_ahead = [(timeline.applied[n] - t) * 1000 for n, t in timeline.staged.items() if n in timeline.applied]
@@ -388,6 +427,9 @@ async def rollout(
         "grant_to_apply_ms_p99": percentile(go_ahead, 0.99),
         "coordinator_api_writes_per_node": round(core_writes / done, 2),
         "coordinator_api_requests_per_node": {k: round(v / done, 2) for k, v in sorted(counts.items())},
+        "coordinator_api_write_ms_mean": write_ms_mean(before, during),
+        "coordinator_passes_per_node": passes_per_node,
+        "coordinator_pass_ms_mean": pass_ms_mean,
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
         "coordinator_peak_rss_mib": rss,
         "coordinator_rss_mib_synced": rss_synced,

@@ -1,11 +1,15 @@
 """Prometheus metrics of the coordinator, on a registry of its own (one per process or test).
 
 SUC has none; people asked for exactly these: leases by plan and phase, how long each phase takes,
-failures, nodes done / total per plan, plus what it costs the API server (writes by kind).
+failures, nodes done / total per plan, plus what it costs the API server (writes by kind) and how long
+those writes take (a rollout's pace is bound by them: each node waits on a few of them in sequence).
 Rendered by `GET /metrics` in coordinator.web.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -42,12 +46,33 @@ class Metrics:
         self.api_writes = Counter(
             "k3s_upgrade_api_writes", "Writes to the Kubernetes API, by kind", ["kind"], registry=r
         )
+        self.api_write_seconds = Histogram(
+            "k3s_upgrade_api_write_duration_seconds",
+            "Time one write to the Kubernetes API took as the coordinator saw it, by kind (failed ones too)",
+            ["kind"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.write_conflicts = Counter(
             "k3s_upgrade_write_conflicts", "Conditional writes that lost a race (409)", ["kind"], registry=r
         )
         self.is_leader = Gauge("k3s_upgrade_leader", "1 while this replica is the leader", registry=r)
         self._lease_labels: set[tuple[str, str]] = set()
         self.reconciles = Counter("k3s_upgrade_reconciles", "Reconcile passes run", registry=r)
+        self.reconcile_seconds = Histogram(
+            "k3s_upgrade_reconcile_duration_seconds",
+            "Time one reconcile pass took, its writes included (a report that arrives during a pass waits "
+            "for the next one)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+    @contextmanager
+    def api_write(self, kind: str) -> Iterator[None]:
+        """Count one write of `kind` (node, lease_table, plan_status, event) and time it."""
+        self.api_writes.labels(kind).inc()
+        with self.api_write_seconds.labels(kind).time():
+            yield
 
     def set_leases(self, counts: dict[tuple[str, str], int]) -> None:
         """Replace the lease gauge with `counts` keyed by (plan, phase); absent pairs drop to 0."""

@@ -351,7 +351,8 @@ class Runtime:
                 await asyncio.sleep(0.001)  # coalesce a burst of events into one pass
                 self._wake.clear()
                 try:
-                    await self.reconcile_once()
+                    with self.metrics.reconcile_seconds.time():
+                        await self.reconcile_once()
                     self.last_error = None
                 except Exception as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
@@ -561,23 +562,23 @@ class Runtime:
     async def _perform_one(self, w: Write) -> None:
         ns = self.settings.namespace
         if isinstance(w, NodePatch):
-            self.metrics.api_writes.labels("node").inc()
-            await self.cluster.patch_node(
-                w.node,
-                labels=dict(w.labels) or None,
-                annotations=dict(w.annotations) or None,
-                unschedulable=w.unschedulable,
-            )
+            with self.metrics.api_write("node"):
+                await self.cluster.patch_node(
+                    w.node,
+                    labels=dict(w.labels) or None,
+                    annotations=dict(w.annotations) or None,
+                    unschedulable=w.unschedulable,
+                )
         elif isinstance(w, PlanStatusWrite):
-            self.metrics.api_writes.labels("plan_status").inc()
             old = (self.plans.cache.get(f"{ns}/{w.plan}") or {}).get("status") or {}
             patch: dict[str, Any] = {k: None for k in old if k not in w.status}
             patch.update(w.status)
-            await self.cluster.patch_status(PLANS, ns, w.plan, patch)
+            with self.metrics.api_write("plan_status"):
+                await self.cluster.patch_status(PLANS, ns, w.plan, patch)
         elif isinstance(w, EventWrite):
-            self.metrics.api_writes.labels("event").inc()
             ev_ns, ref = involved(w.kind, w.name, w.namespace, self._cached(w.kind, w.name))
-            await self.cluster.create_event(ev_ns, ref, w.type, w.reason, w.message)
+            with self.metrics.api_write("event"):
+                await self.cluster.create_event(ev_ns, ref, w.type, w.reason, w.message)
             if w.type == "Warning" and w.kind == "Plan" and w.reason == "UpgradeFailed":
                 self.metrics.failures.labels(w.name).inc()
         elif isinstance(w, StartDrain):
@@ -673,15 +674,15 @@ class Runtime:
         phase a lease passed through within one write still counts in the phase durations."""
         annotations = dict(stored.annotations) if stored else {}
         annotations[TABLE_ANNOTATION] = table.to_annotation()
-        self.metrics.api_writes.labels("lease_table").inc()
         try:
-            written = await self.cluster.write_lease(
-                self.settings.namespace,
-                LEASE_TABLE_NAME,
-                annotations,
-                dict(stored.spec) if stored else {},
-                stored.resource_version if stored else None,
-            )
+            with self.metrics.api_write("lease_table"):
+                written = await self.cluster.write_lease(
+                    self.settings.namespace,
+                    LEASE_TABLE_NAME,
+                    annotations,
+                    dict(stored.spec) if stored else {},
+                    stored.resource_version if stored else None,
+                )
         except LeaseTableConflict:
             self.metrics.write_conflicts.labels("lease_table").inc()
             self.lease_table = None

@@ -58,9 +58,14 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert r["coordinator_api_writes_per_node"] > 0
     assert any(k.startswith("PATCH nodes") for k in r["coordinator_api_requests_per_node"])
     assert r["coordinator_cpu_s"] > 0 and 20 < r["coordinator_peak_rss_mib"] < 2000
+    assert {"lease_table", "node"} <= set(r["coordinator_api_write_ms_mean"])
+    assert all(ms > 0 for ms in r["coordinator_api_write_ms_mean"].values())
+    assert r["coordinator_passes_per_node"] > 0 and r["coordinator_pass_ms_mean"] > 0
 
     f = by_module["bench.rollout --floor"]
     assert f["benchmark"] == "rollout-floor" and f["complete"] is True and f["finished_nodes"] == 20
+    assert f["coordinator_api_write_ms_mean"] == {} and f["coordinator_passes_per_node"] is None
+    assert f["coordinator_pass_ms_mean"] is None
     assert f["total_s"] >= f["ideal_s"] == 4 * 0.3
     assert 0 < f["handoff_ms_p50"] <= f["handoff_ms_p99"] <= f["handoff_ms_max"]
     assert (

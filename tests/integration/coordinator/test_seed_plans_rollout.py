@@ -9,7 +9,8 @@ Aspects covered:
 - no agent node got a lease before every server was verified, labelled and released;
 - at no point did a plan hold more active leases than its concurrency (1), over every lease-table write;
 - every node the coordinator cordoned is uncordoned again; the lease table ends empty of active leases;
-- /metrics counts nodes done/total and a phase duration per node and phase; /status names the plans;
+- /metrics counts nodes done/total and a phase duration per node and phase, and times every API write
+  it counts (one duration per write, by kind) and every reconcile pass; /status names the plans;
 - API cost: lease-table + node writes per upgraded node stay under a regression guard (10).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.kube.resources import PLANS
 from coordinator.leasing import LeasePhase
@@ -58,6 +60,19 @@ async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Pa
         assert f'k3s_upgrade_phase_duration_seconds_count{{phase="{phase}",plan="agent-plan"}} 5.0' in text, (
             phase
         )
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    writes = {s.labels["kind"]: s.value for s in families["k3s_upgrade_api_writes"].samples
+              if s.name.endswith("_total")}
+    timed = {s.labels["kind"]: s.value for s in families["k3s_upgrade_api_write_duration_seconds"].samples
+             if s.name.endswith("_count")}
+    took = {s.labels["kind"]: s.value for s in families["k3s_upgrade_api_write_duration_seconds"].samples
+            if s.name.endswith("_sum")}
+    assert {"node", "lease_table", "event", "plan_status"} <= set(writes)
+    assert timed == writes and all(took[k] > 0 for k in writes)
+    (passes,) = [s.value for s in families["k3s_upgrade_reconciles"].samples if s.name.endswith("_total")]
+    (timed_passes,) = [s.value for s in families["k3s_upgrade_reconcile_duration_seconds"].samples
+                       if s.name.endswith("_count")]
+    assert passes > 0 and timed_passes in (passes, passes - 1)  # the count lags while a pass runs
     status = rig.runtime.status()["plans"]
     assert status["agent-plan"]["version"] == NEW and status["agent-plan"]["conditions"]
 
