@@ -1,19 +1,22 @@
 """The rollout benchmark's floor: what this harness costs on this machine when the scheduler costs nothing.
 
 `python -m bench.floor` serves the real agent API (`coordinator.api`: the aiohttp routes, the pydantic
-bodies, the bearer-token check with its TokenReview cache) in front of a scheduler that makes no
-Kubernetes writes at all: it hands `concurrency` leases out in node-name order, answers `staged` with
-`apply` at once (no cordon, no lease table), and `restarted` with `finish` while it grants the next
-lease (no verification, no label, no Event, no Plan status). `bench.rollout --floor` runs the same
-stand-ins, API server emulator and measurements against it. Whatever total and hand-off it shows is
-the part of the real coordinator's figures that no coordinator could remove on this machine: the
-stand-ins' event loop, their Node status updates, HTTP on loopback, three processes on the cores.
+bodies, the bearer-token check with its TokenReview cache, reviews through `KubeCluster`) in front of a
+scheduler that makes no Kubernetes writes at all: it hands `concurrency` leases out in node-name order,
+answers `staged` with `apply` at once and `restarted` with `finish` while it grants the next lease.
+`bench.rollout --floor` runs the same stand-ins, API server emulator and measurements against it.
 
-Started with `--kubeconfig-url` (the API server emulator, for TokenReviews) and `--nodes`, it prints
-`floor listening on http://HOST:PORT`; `POST /start` (the Plan's creation, as far as the floor knows)
-starts the rollout.
+It is a lower bound, and a loose one: it makes the agent protocol's exchanges and skips everything the
+Plan asks of any coordinator (the cordon, seeing the Node Ready on the target, the label, the uncordon,
+a record that survives a crash, Events, status) and the Plan's trip through a watch (`POST /start`
+stands in for the Plan's creation). What it shows is the harness's own share of the figures: the
+stand-ins' event loop, their Node status updates, HTTP on loopback, three processes on the cores. The
+difference to it is the coordinator's work, required or not.
+
+    python -m bench.floor --kubeconfig FILE --nodes N --concurrency C --version V
+
+prints `floor listening on http://HOST:PORT`.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -22,40 +25,13 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from coordinator.api import BrokerError, BrokerSlot, NodeAuthenticator, add_agent_routes
-from coordinator.kube.protocol import TokenIdentity
+from coordinator.kube.client import KubeCluster
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
 
-NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 ARTIFACT = Artifact(url="http://127.0.0.1:9/k3s", sha256="0" * 64, name="k3s")
-
-
-class ApiTokenReviewer:
-    """TokenReview against the API server emulator, as the coordinator does (the result is cached)."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.session, self.url = session, url
-
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
-        body = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenReview",
-            "spec": {"token": token, "audiences": [audience]},
-        }
-        async with self.session.post(
-            f"{self.url}/apis/authentication.k8s.io/v1/tokenreviews",
-            json=body,
-            headers={"Authorization": "Bearer admin-token"},
-        ) as r:
-            status = (await r.json()).get("status") or {}
-        if not status.get("authenticated"):
-            return None
-        user = status.get("user") or {}
-        nodes = (user.get("extra") or {}).get(NODE_NAME_EXTRA) or [None]
-        return TokenIdentity(username=str(user.get("username", "")), node=nodes[0])
 
 
 @dataclass
@@ -72,8 +48,9 @@ class FloorBroker:
         self.concurrency = concurrency
         self.version = version
         self.leases: dict[str, FloorLease] = {}
+        self.finished: dict[str, LeaseAssignment] = {}
+        """node -> its released lease: a `restarted` report sent again gets `finish` again."""
         self.wakes: dict[str, asyncio.Event] = {}
-        self.held = 0
 
     def start(self) -> None:
         self.grant()
@@ -108,22 +85,22 @@ class FloorBroker:
         if (ins.action is Action.IDLE and not busy) or (ins.action is Action.APPLY and busy):
             wake = self.wakes.setdefault(state.node, asyncio.Event())
             wake.clear()
-            self.held += 1
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await wake.wait()
-            finally:
-                self.held -= 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await wake.wait()
             ins = self.instruction(state.node)
         return ins
 
     async def report(self, report: Report) -> Instruction:
+        done = self.finished.get(report.node)
+        if done is not None and done.lease_id == report.lease_id and report.phase is AgentPhase.RESTARTED:
+            return Instruction(action=Action.FINISH, lease=done)  # the answer was lost: the same again
         lease = self.leases.get(report.node)
         if lease is None or lease.assignment.lease_id != report.lease_id:
             raise BrokerError(404, f"node {report.node} holds no lease {report.lease_id}")
         if report.phase is AgentPhase.RESTARTED:
             del self.leases[report.node]
+            self.finished[report.node] = lease.assignment
             self.grant()
             return Instruction(action=Action.FINISH, lease=lease.assignment)
         if report.phase in (AgentPhase.STAGED, AgentPhase.APPLYING):
@@ -132,36 +109,33 @@ class FloorBroker:
         raise BrokerError(409, f"the floor does not handle a {report.phase} report")
 
 
-async def serve(api_url: str, nodes: list[str], concurrency: int, version: str) -> None:
+async def serve(kubeconfig: str, nodes: list[str], concurrency: int, version: str) -> None:
     broker = FloorBroker(nodes, concurrency, version)
-    async with aiohttp.ClientSession() as session:
-        app = web.Application()
-        add_agent_routes(app, NodeAuthenticator(ApiTokenReviewer(session, api_url)), BrokerSlot(broker), 30.0)
+    cluster = KubeCluster.connect(kubeconfig)
+    app = web.Application()
+    add_agent_routes(app, NodeAuthenticator(cluster), BrokerSlot(broker), 30.0)
 
-        async def start(_: web.Request) -> web.Response:
-            broker.start()
-            return web.json_response({"granted": len(broker.leases)})
+    async def start(_: web.Request) -> web.Response:
+        broker.start()
+        return web.json_response({"granted": len(broker.leases)})
 
-        async def held(_: web.Request) -> web.Response:
-            return web.json_response({"held": broker.held})
-
-        app.router.add_post("/start", start)
-        app.router.add_get("/held", held)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        print(f"floor listening on http://{host}:{port}", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
+    app.router.add_post("/start", start)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(f"floor listening on http://{host}:{port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await cluster.aclose()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
-    p.add_argument("--api-url", required=True, help="the API server emulator (TokenReviews)")
+    p.add_argument("--kubeconfig", required=True, help="of the API server emulator (for TokenReviews)")
     p.add_argument(
         "--nodes", type=int, required=True, help="node-00000 .. node-(N-1), as bench.rollout names them"
     )
@@ -170,7 +144,7 @@ def main() -> None:
     args = p.parse_args()
     names = [f"node-{i:05d}" for i in range(args.nodes)]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.api_url, names, args.concurrency, args.version))
+        asyncio.run(serve(args.kubeconfig, names, args.concurrency, args.version))
 
 
 if __name__ == "__main__":

@@ -168,11 +168,11 @@ def coordinator_argv(kubeconfig: Path, releases: str) -> list[str]:
     ]
 
 
-def floor_argv(api_url: str, nodes: int, concurrency: int) -> list[str]:
+def floor_argv(kubeconfig: Path, nodes: int, concurrency: int) -> list[str]:
     return [
         "bench.floor",
-        "--api-url",
-        api_url,
+        "--kubeconfig",
+        str(kubeconfig),
         "--nodes",
         str(nodes),
         "--concurrency",
@@ -249,6 +249,8 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
                 out["passes"] = sample.value
             elif sample.name == "k3s_upgrade_reconcile_duration_seconds_sum":
                 out["pass seconds"] = sample.value
+            elif sample.name == "k3s_upgrade_reconcile_duration_seconds_count":
+                out["passes timed"] = sample.value
             elif sample.name.startswith("k3s_upgrade_api_write_duration_seconds_"):
                 field = sample.name.rsplit("_", 1)[1]
                 if field in ("count", "sum"):
@@ -327,7 +329,7 @@ async def rollout(
             await asyncio.to_thread(releases.start_in_thread)
             with log_path.open("wb") as log:
                 if floor:
-                    argv, banner = floor_argv(api_proc.url, nodes, concurrency), "floor listening on"
+                    argv, banner = floor_argv(kubeconfig, nodes, concurrency), "floor listening on"
                 else:
                     argv, banner = coordinator_argv(kubeconfig, releases.base_url), "coordinator listening on"
                 proc, url = await asyncio.to_thread(start_coordinator, argv, banner, log)
@@ -386,8 +388,9 @@ async def rollout(
     ideal = math.ceil(nodes / concurrency) * work
     passes = during.get("passes", 0.0) - before.get("passes", 0.0)
     passes_per_node = round(passes / done, 2) if during else None
-    pass_ms = during.get("pass seconds", 0.0) - before.get("pass seconds", 0.0)
-    pass_ms_mean = round(pass_ms / passes * 1000, 1) if passes else None
+    timed = during.get("passes timed", 0.0) - before.get("passes timed", 0.0)  # the passes that ended
+    took = during.get("pass seconds", 0.0) - before.get("pass seconds", 0.0)
+    pass_ms_mean = round(took / timed * 1000, 1) if timed else None
     from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
     from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
     go_ahead = [(timeline.applied[n] - t) * 1000 for n, t in timeline.staged.items() if n in timeline.applied]
@@ -412,7 +415,7 @@ async def rollout(
         "ideal_s": ideal,
         "total_over_ideal": round(total / ideal, 3) if done == nodes else None,
         "first_grant_ms": round((min(timeline.staged.values()) - t0) * 1000, 1),
-        "last_finish_after_its_restarted_ms": round(
+        "last_finish_after_last_restarted_ms": round(
             (max(timeline.finished.values()) - max(timeline.restarted.values())) * 1000, 1
         ),
         "handoff_ms_p50": percentile(from_restarted, 0.5),

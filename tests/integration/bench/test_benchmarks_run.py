@@ -74,6 +74,8 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     (c,) = [ln for ln in lines if ln.get("comparison", "").startswith("rollout vs floor")]
     assert c["coordinator_total_s"] == r["total_s"] and c["floor_total_s"] == f["total_s"]
     assert c["coordinator_over_floor"] == round(r["total_s"] / f["total_s"], 3)
+    waves = 20 // 5  # one node through each of the 5 slots, 4 times
+    assert c["coordinator_adds_ms_per_wave"] == round((r["total_s"] - f["total_s"]) / waves * 1000, 1)
 
     m = by_module["bench.longpoll_memory"]
     assert m["clients"] == 100 and 20 < m["coordinator_import_mib"] < 500
