@@ -239,18 +239,16 @@ def mean_ms(values: list[float]) -> float | None:
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """From the coordinator's /metrics: reconcile passes, and API writes and their total seconds by kind."""
+    """From the coordinator's /metrics: reconcile passes and API writes, counts and total seconds."""
     async with session.get(f"{url}/metrics") as r:
         text = await r.text()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "k3s_upgrade_reconciles_total":
-                out["passes"] = sample.value
-            elif sample.name == "k3s_upgrade_reconcile_duration_seconds_sum":
+            if sample.name == "k3s_upgrade_reconcile_duration_seconds_sum":
                 out["pass seconds"] = sample.value
             elif sample.name == "k3s_upgrade_reconcile_duration_seconds_count":
-                out["passes timed"] = sample.value
+                out["passes"] = sample.value  # the passes that ended
             elif sample.name.startswith("k3s_upgrade_api_write_duration_seconds_"):
                 field = sample.name.rsplit("_", 1)[1]
                 if field in ("count", "sum"):
@@ -388,9 +386,8 @@ async def rollout(
     ideal = math.ceil(nodes / concurrency) * work
     passes = during.get("passes", 0.0) - before.get("passes", 0.0)
     passes_per_node = round(passes / done, 2) if during else None
-    timed = during.get("passes timed", 0.0) - before.get("passes timed", 0.0)  # the passes that ended
     took = during.get("pass seconds", 0.0) - before.get("pass seconds", 0.0)
-    pass_ms_mean = round(took / timed * 1000, 1) if timed else None
+    pass_ms_mean = round(took / passes * 1000, 1) if passes else None
     from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
     from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
     go_ahead = [(timeline.applied[n] - t) * 1000 for n, t in timeline.staged.items() if n in timeline.applied]

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds, for the API write and reconcile pass histograms: from a loopback write to a stalled server."""
 
 
 class Metrics:
@@ -50,7 +52,7 @@ class Metrics:
             "k3s_upgrade_api_write_duration_seconds",
             "Time one write to the Kubernetes API took as the coordinator saw it, by kind (failed ones too)",
             ["kind"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.write_conflicts = Counter(
@@ -63,7 +65,7 @@ class Metrics:
             "k3s_upgrade_reconcile_duration_seconds",
             "Time one reconcile pass took, its writes included (a report that arrives during a pass waits "
             "for the next one)",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
 
