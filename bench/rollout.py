@@ -51,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.nodesim import ApiClient, SimNode, Timeline, register
 from bench.processes import stop_process
+from coordinator.config import DEFAULT_MAX_HELD_POLLS
 from sandbox.apiserver import ApiServer, LoggedRequest, write_kubeconfig
 from sandbox.releases import ReleaseServer
 
@@ -152,7 +153,9 @@ def start_coordinator(argv: list[str], banner: str, log: IO[bytes]) -> tuple[sub
     return proc, f"http://{address}"
 
 
-def coordinator_argv(kubeconfig: Path, releases: str) -> list[str]:
+def coordinator_argv(
+    kubeconfig: Path, releases: str, max_held_polls: int = DEFAULT_MAX_HELD_POLLS
+) -> list[str]:
     return [
         "coordinator",
         "--kubeconfig",
@@ -165,6 +168,8 @@ def coordinator_argv(kubeconfig: Path, releases: str) -> list[str]:
         releases,
         "--log-level",
         "WARNING",
+        "--max-held-polls",
+        str(max_held_polls),
     ]
 
 
@@ -249,6 +254,8 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
                 out["pass seconds"] = sample.value
             elif sample.name == "k3s_upgrade_reconcile_duration_seconds_count":
                 out["passes"] = sample.value  # the passes that ended
+            elif sample.name == "k3s_upgrade_agent_polls_paced_total":
+                out["paced"] = sample.value
             elif sample.name.startswith("k3s_upgrade_api_write_duration_seconds_"):
                 field = sample.name.rsplit("_", 1)[1]
                 if field in ("count", "sum"):
@@ -276,7 +283,13 @@ def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[
 
 
 async def rollout(
-    nodes: int, concurrency: int, work: float, tmp: Path, limit: float, floor: bool = False
+    nodes: int,
+    concurrency: int,
+    work: float,
+    tmp: Path,
+    limit: float,
+    floor: bool = False,
+    max_held_polls: int = DEFAULT_MAX_HELD_POLLS,
 ) -> dict[str, Any]:
     api_proc = ApiServerProcess()
     releases = ReleaseServer([NEW], tmp / "releases")
@@ -329,7 +342,8 @@ async def rollout(
                 if floor:
                     argv, banner = floor_argv(kubeconfig, nodes, concurrency), "floor listening on"
                 else:
-                    argv, banner = coordinator_argv(kubeconfig, releases.base_url), "coordinator listening on"
+                    argv = coordinator_argv(kubeconfig, releases.base_url, max_held_polls)
+                    banner = "coordinator listening on"
                 proc, url = await asyncio.to_thread(start_coordinator, argv, banner, log)
             coordinator = proc
             if not floor:
@@ -388,6 +402,8 @@ async def rollout(
     passes_per_node = round(passes / done, 2) if during else None
     took = during.get("pass seconds", 0.0) - before.get("pass seconds", 0.0)
     pass_ms_mean = round(took / passes * 1000, 1) if passes else None
+    paced = during.get("paced", 0.0) - before.get("paced", 0.0)
+    paced_per_node = round(paced / done, 2) if during else None
     from_restarted = handoffs(list(timeline.restarted.values()), list(timeline.staged.values()), concurrency)
     from_finish = handoffs(list(timeline.finished.values()), list(timeline.staged.values()), concurrency)
     go_ahead = [(timeline.applied[n] - t) * 1000 for n, t in timeline.staged.items() if n in timeline.applied]
@@ -404,6 +420,7 @@ async def rollout(
         "nodes": nodes,
         "concurrency": concurrency,
         "work_s": work,
+        "coordinator_max_held_polls": None if floor else max_held_polls,
         "setup_s": round(setup_s, 1),
         "finished_nodes": done,
         "complete": done == nodes,
@@ -430,6 +447,7 @@ async def rollout(
         "coordinator_api_write_ms_mean": write_ms_mean(before, during),
         "coordinator_passes_per_node": passes_per_node,
         "coordinator_pass_ms_mean": pass_ms_mean,
+        "coordinator_paced_polls_per_node": paced_per_node,
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
         "coordinator_peak_rss_mib": rss,
         "coordinator_rss_mib_synced": rss_synced,
@@ -452,6 +470,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="against bench.floor (the agent API, no Kubernetes writes) instead of the coordinator",
     )
+    p.add_argument(
+        "--max-held-polls",
+        type=int,
+        default=DEFAULT_MAX_HELD_POLLS,
+        help=f"the coordinator's --max-held-polls (default {DEFAULT_MAX_HELD_POLLS}, its own default)",
+    )
     p.add_argument("--serve-apiserver", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_apiserver:
@@ -459,7 +483,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         return asyncio.run(
-            rollout(args.nodes, args.concurrency, args.work, Path(tmp), args.limit, args.floor)
+            rollout(
+                args.nodes,
+                args.concurrency,
+                args.work,
+                Path(tmp),
+                args.limit,
+                args.floor,
+                args.max_held_polls,
+            )
         )
 
 

@@ -10,7 +10,8 @@ Status codes (every error body is a `wire.messages.ErrorBody`):
     400  malformed JSON, a body that does not validate, a body naming another node, a bad `wait`
     401  no/invalid token;  403  a token of another node
     404  a report for a lease this node does not hold;  409  a report that does not fit the lease's phase
-    503  not ready (TokenReview or the API server unreachable): retry with backoff
+    503  not ready (TokenReview or the API server unreachable, or too many agents waiting for a
+         TokenReview at once): retry with backoff
 
 Authentication (invariant 7: only the agent of node N may obtain or report N's lease): agents present
 a projected ServiceAccount token (audience `wire.messages.TOKEN_AUDIENCE`) bound to their Pod;
@@ -64,6 +65,7 @@ class NodeAuthenticator:
         audience: str = TOKEN_AUDIENCE,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 20000,
+        max_waiting: int = 1000,
     ) -> None:
         self._reviewer = reviewer
         self._ttl = ttl
@@ -72,6 +74,10 @@ class NodeAuthenticator:
         self._max = max_entries
         self._cache: dict[bytes, tuple[float, TokenIdentity]] = {}
         self._in_flight = asyncio.Semaphore(REVIEWS_IN_FLIGHT)
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        """Requests waiting for a TokenReview slot; beyond `max_waiting` they get 503 (a thundering herd
+        after a restart of the coordinator would otherwise hold every agent's request in memory at once)."""
         self.reviews = 0
         """TokenReview calls made (visible to tests and metrics)."""
 
@@ -87,8 +93,14 @@ class NodeAuthenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        if self._waiting >= self._max_waiting:
+            raise AuthError(503, f"{self._waiting} agent requests wait for a TokenReview already; retry")
+        self._waiting += 1
+        waiting = True
         try:
             async with self._in_flight:
+                self._waiting -= 1
+                waiting = False
                 hit = self._cache.get(digest)  # reviewed meanwhile (the same agent polling again)
                 if hit is not None and hit[0] > self._clock():
                     return hit[1]
@@ -96,6 +108,9 @@ class NodeAuthenticator:
                 ident = await self._reviewer.review_token(token, self._audience)
         except KubeError as exc:
             raise AuthError(503, f"cannot review the token now: {exc}") from exc
+        finally:
+            if waiting:
+                self._waiting -= 1
         if ident is None:
             self._cache.pop(digest, None)
             raise AuthError(401, f"token rejected by TokenReview (audience {self._audience})")
@@ -208,6 +223,8 @@ async def _authorize(request: web.Request, node: str) -> web.Response | None:
         resp = error(exc.status, str(exc))
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="k3s-upgrade-coordinator"'
+        elif exc.status == 503:
+            resp.headers["Retry-After"] = "1"
         return resp
     return None
 

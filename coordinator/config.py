@@ -22,6 +22,7 @@ DEFAULT_NAMESPACE = "system-upgrade"
 DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_RELEASE_BASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 DEFAULT_POLLING_INTERVAL = 15 * 60.0
+DEFAULT_MAX_HELD_POLLS = 1000
 LEADER_LEASE_NAME = "k3s-upgrade-coordinator"
 LEASE_TABLE_NAME = "k3s-upgrade-leases"
 
@@ -115,6 +116,8 @@ class Settings:
     timeouts: Timeouts = Timeouts()
     safety: Safety = Safety()
     log_level: str = "INFO"
+    max_held_polls: int = DEFAULT_MAX_HELD_POLLS
+    """Idle agent long-polls held at once (each costs about 15 KiB); beyond, agents are paced."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,6 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--poll-wait-max", default=None, help=f"longest agent long-poll (default {t.poll_wait_max:g}s)"
+    )
+    p.add_argument(
+        "--max-held-polls",
+        default=None,
+        help=f"idle agent long-polls held at once; beyond, agents far from their turn are told when to "
+        f"poll again (env COORDINATOR_MAX_HELD_POLLS; default {DEFAULT_MAX_HELD_POLLS})",
     )
     p.add_argument(
         "--resync-interval", default=None, help=f"reconcile at least this often (default {t.resync:g}s)"
@@ -285,6 +294,9 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     ).rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"--release-base-url: {base!r} is not an http(s) URL")
+    raw_held = pick(a.max_held_polls, "COORDINATOR_MAX_HELD_POLLS", str(DEFAULT_MAX_HELD_POLLS)) or ""
+    if not raw_held.strip().isdigit() or int(raw_held) < 1:
+        raise ConfigError(f"--max-held-polls: {raw_held!r} is not a whole number >= 1")
     level = (pick(a.log_level, "LOG_LEVEL", "INFO") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
@@ -307,4 +319,5 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         timeouts=timeouts,
         safety=safety,
         log_level=level,
+        max_held_polls=int(raw_held),
     )

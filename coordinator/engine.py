@@ -186,6 +186,10 @@ class World:
     stored: LeaseTable | None = None
     """The table as stored, when `table` is it with agent reports applied that are not stored yet (they
     are stored by this decision's writes); None: `table` is as stored."""
+    listening: frozenset[str] | None = None
+    """None: any agent that polled lately may be granted. A set: only these, the nodes whose agents the
+    coordinator holds a long-poll of now. Given when more agents poll than the coordinator holds
+    (`coordinator.pacing`): a lease granted to an agent that is away keeps its slot idle until it polls."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,9 @@ class Decision:
     writes: tuple[Write, ...]
     progress: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """plan -> (nodes it selects, nodes done at its current hash), for the metrics."""
+    wants_listeners: bool = False
+    """A plan left a slot free only because the nodes it could take were not in `World.listening`: the
+    next agent to be held should wake the coordinator."""
 
 
 def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
@@ -302,6 +309,7 @@ class _Decider:
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
         self._chosen: dict[str, tuple[tuple[NodeView, ...], int]] = {}
         self._servers: list[str | None] | None = None
+        self.wants_listeners = False
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -554,8 +562,9 @@ class _Decider:
         failed_nodes = {le.node for le in failures}
         label, h = plan_label(plan.name), pi.hash
         alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
-        agents = w.agents
+        agents, listening = w.agents, w.listening
         pool = []
+        away = False
         for n in self.chosen(pi)[0]:
             if n.labels.get(label) == h or n.name in failed_nodes or n.name in self.released:
                 continue  # done (see selection.is_done), failed, or released by this very pass
@@ -569,8 +578,13 @@ class _Decider:
                 continue
             agent = agents.get(n.name)
             if n.ready and agent is not None and agent.at >= alive_since:  # its agent polled lately
-                pool.append(n)
+                if listening is not None and n.name not in listening:
+                    away = True  # its agent is paced (`coordinator.pacing`): grant it once it is held
+                else:
+                    pool.append(n)
         granted = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0))
+        if away and len(granted) < slots:
+            self.wants_listeners = True
         for n in granted:
             lease = Lease(
                 lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),
@@ -666,4 +680,4 @@ def decide(world: World) -> Decision:
         if pi.plan is not None:
             nodes, done = d.chosen(pi)
             progress[pi.name] = (len(nodes), done)
-    return Decision(writes=d.writes(), progress=progress)
+    return Decision(writes=d.writes(), progress=progress, wants_listeners=d.wants_listeners)

@@ -69,6 +69,17 @@ class Metrics:
             registry=r,
         )
 
+        self.polls_held = Gauge(
+            "k3s_upgrade_agent_polls_held",
+            "Idle agent long-polls held now (at most --max-held-polls, unless ranked within it)",
+            registry=r,
+        )
+        self.polls_paced = Counter(
+            "k3s_upgrade_agent_polls_paced",
+            "Idle agent polls answered at once with a time to come back, beyond --max-held-polls",
+            registry=r,
+        )
+
     @contextmanager
     def api_write(self, kind: str) -> Iterator[None]:
         """Count one write of `kind` (node, lease_table, plan_status, event) and time it."""

@@ -10,8 +10,9 @@ patches and Events between them performed concurrently. Agent heartbeats stay in
 
 This module also answers agents (`RuntimeBroker`): a poll records the agent's state and returns the
 instruction for its lease; when nothing new is due it waits (long-poll) until the instruction for that
-node changes or `wait` runs out. A report that changes the table is answered once the pass that stored
-it is over (a group commit: every report of that moment shares one table write).
+node changes or `wait` runs out (beyond `--max-held-polls` agents, those furthest from their turn are
+told when to come back instead: `coordinator.pacing`). A report that changes the table is answered once
+the pass that stored it is over (a group commit: every report of that moment shares one table write).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ from coordinator.kube.protocol import Cluster, Obj, StoredLease
 from coordinator.kube.resources import NODES, PLANS, SECRETS
 from coordinator.leasing import TABLE_ANNOTATION, LeaseTable, ReportError, apply_report, instruction_for
 from coordinator.metrics import Metrics
+from coordinator.pacing import Pacing, pace, plan_queues, turns
 from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
 from coordinator.skew import SkewPolicy
@@ -201,22 +204,50 @@ class RuntimeBroker:
             rt.wake()  # the agent (re)appeared: its node may now get a lease
         ev = rt.agents.event(state.node)
         deadline = loop.time() + wait
-        while True:
-            ev.clear()  # before reading: a table stored from here on sets it again
-            table = await rt.current_table()
-            ins = instruction_for(state.node, table, state, datetime.now(UTC))
-            remaining = deadline - loop.time()
-            if not _already_doing(state, ins):
-                return ins
-            if remaining <= 0:
-                # Held for the whole long-poll: that paced the agent already, so it may poll again at once
-                # (a lease granted while it slept would wait for it).
-                return ins.model_copy(update={"poll_after_seconds": 0.0}) if wait > 0 else ins
-            try:
-                async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancel (3.11)
-                    await ev.wait()
-            except TimeoutError:
-                pass
+        held = False  # this poll counts among the idle polls held
+        try:
+            while True:
+                ev.clear()  # before reading: a table stored from here on sets it again
+                table = await rt.current_table()
+                ins = instruction_for(state.node, table, state, datetime.now(UTC))
+                remaining = deadline - loop.time()
+                if not _already_doing(state, ins):
+                    return ins
+                if wait > 0 and ins.action is Action.IDLE:
+                    after = rt.pacing.poll_after(
+                        state.node,
+                        len(rt.holding) - held,
+                        rt.settings.max_held_polls,
+                        loop.time(),
+                        rt.settings.timeouts.poll_wait_max,
+                    )
+                    if after is not None:  # beyond the polls held: come back nearer its turn
+                        rt.metrics.polls_paced.inc()
+                        return ins.model_copy(update={"poll_after_seconds": round(after, 3)})
+                    if not held:
+                        held = True
+                        rt.holding[state.node] = rt.holding.get(state.node, 0) + 1
+                        rt.metrics.polls_held.inc()
+                        if len(rt.holding) > rt.settings.max_held_polls:  # ranked within: make room
+                            rt.agents.notify(set(rt.pacing.evictions(rt.holding, rt.settings.max_held_polls)))
+                        if rt.wants_listeners:  # a plan has a slot it could only give to a held agent
+                            rt.wants_listeners = False
+                            rt.wake()
+                if remaining <= 0:
+                    # Held for the whole long-poll: that paced the agent already, so it may poll again at
+                    # once (a lease granted while it slept would wait for it).
+                    return ins.model_copy(update={"poll_after_seconds": 0.0}) if wait > 0 else ins
+                try:
+                    async with asyncio.timeout(remaining):  # not wait_for: it can swallow a cancel (3.11)
+                        await ev.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            if held:
+                rt.metrics.polls_held.dec()
+                left = rt.holding.pop(state.node) - 1
+                if left:
+                    rt.holding[state.node] = left
 
     async def report(self, report: Report) -> Instruction:
         rt = self._rt
@@ -252,6 +283,9 @@ class PendingReport:
     passes: int = 0
 
 
+PACING_EVERY = 1.0
+"""Seconds between two decisions of whose long-polls are held (beyond `--max-held-polls` agents)."""
+
 REPORT_PASSES = 8
 """A report not stored after this many passes (each failed on a conflict or an API error) gets a 503."""
 
@@ -284,6 +318,13 @@ class Runtime:
         self._arches: Counter[str] = Counter()
         """How many of `_views` have each architecture (the plans resolve a binary for each)."""
         self._observed: LeaseTable | None = None
+        self.pacing = Pacing()
+        """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
+        self.wants_listeners = False
+        """The last pass left a slot free for want of a held agent (`Decision.wants_listeners`)."""
+        self.holding: dict[str, int] = {}
+        """node -> idle long-polls of its agent held now (one, unless an old connection lingers)."""
+        self._paced_at = float("-inf")
         self.resolver = Resolver(
             settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
         )
@@ -407,12 +448,14 @@ class Runtime:
         try:
             world = self.world(table, stored=as_stored)
             decision = decide(world)  # its table writes store the reports too (see World.stored)
+            self.wants_listeners = decision.wants_listeners
             writes = decision.writes
             last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
             self._export(world, decision.progress)
+            self._pace(world)
         finally:
             self._answer(accepted, stored)
         # No pass of its own after a success: a lease takes one round of effects per pass and then waits for
@@ -420,6 +463,35 @@ class Runtime:
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
+
+    def _pace(self, world: World) -> None:
+        """Rank the agents again, at most once a second, while more poll than the coordinator holds."""
+        limit = self.settings.max_held_polls
+        if len(self.agents.seen) <= limit:
+            self.pacing = Pacing()
+            return
+        now = time.monotonic()
+        if now - self._paced_at < PACING_EVERY:
+            return
+        self._paced_at = now
+        queues = plan_queues(world)
+        table = self.lease_table or world.table
+        pending = {q.name for q in queues if q.pending}
+        concurrency = sum(
+            max(pi.plan.spec.concurrency, 1)
+            for pi in world.plans
+            if pi.plan is not None and pi.name in pending
+        )
+        self.pacing = pace(
+            self.agents.seen,
+            {le.node for le in table.leases if le.active},
+            turns(queues),
+            listening=self.holding,
+            max_held=limit,
+            rate=max(concurrency, 1),
+            max_after=self.settings.timeouts.poll_wait_max,
+        )
+        self.agents.notify(set(self.pacing.evictions(self.holding, limit)))
 
     def _answer(self, accepted: list[PendingReport], stored_before: StoredLease | None) -> None:
         """Answer the reports the pass stored; queue the others again (503 after REPORT_PASSES).
@@ -463,6 +535,9 @@ class Runtime:
             settings=self.engine_settings,
             node_index=self._views,  # the same views as `nodes`: no await between here and decide
             stored=stored if stored is not None and stored is not table else None,
+            listening=(
+                frozenset(self.holding) if len(self.agents.seen) > self.settings.max_held_polls else None
+            ),
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:

@@ -7,7 +7,8 @@ Aspects covered:
 - 400 for malformed JSON, a body that fails validation, a body naming another node, a bad `wait`;
 - every error body is a `wire.messages.ErrorBody` with the matching status;
 - successful TokenReviews are cached (one review for many polls), rejections are not; a burst of new
-  agents is reviewed at most REVIEWS_IN_FLIGHT at a time;
+  agents is reviewed at most REVIEWS_IN_FLIGHT at a time, and beyond `max_waiting` waiting requests
+  the others are refused with 503 and Retry-After (the count of waiting requests returns to zero);
 - the long-poll holds the request until `wait` (capped) and ends early when the broker is woken;
 - a replica that is not the leader answers polls with `idle` and refuses reports with 503.
 
@@ -25,7 +26,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from coordinator.api import REVIEWS_IN_FLIGHT, BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
+from coordinator.api import (
+    REVIEWS_IN_FLIGHT,
+    AuthError,
+    BrokerSlot,
+    IdleBroker,
+    NodeAuthenticator,
+    add_agent_routes,
+)
 from coordinator.kube.protocol import TokenIdentity
 from wire.messages import TOKEN_AUDIENCE, Action, AgentState, ErrorBody, Instruction, Report
 
@@ -213,3 +221,36 @@ async def test_a_burst_of_new_agents_is_reviewed_a_few_at_a_time() -> None:
     auth = NodeAuthenticator(again)
     await asyncio.gather(*(auth.authorize("Bearer node-x", "node-x") for _ in range(100)))
     assert again.calls <= REVIEWS_IN_FLIGHT
+
+
+async def test_beyond_max_waiting_reviews_a_herd_is_told_to_retry() -> None:
+    reviewer = SlowReviewer()
+    auth = NodeAuthenticator(reviewer, max_waiting=20)
+    # 100 new agents at once: REVIEWS_IN_FLIGHT are reviewed, 20 wait, the others get 503 at once.
+    results = await asyncio.gather(
+        *(auth.authorize(f"Bearer node-{i}", f"node-{i}") for i in range(100)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, AuthError)]
+    assert len(refused) == 100 - REVIEWS_IN_FLIGHT - 20
+    assert all(r.status == 503 and "wait for a TokenReview" in str(r) for r in refused)
+    assert reviewer.calls == REVIEWS_IN_FLIGHT + 20
+    # The waiting count is back to zero: the same herd, again, is reviewed or found in the cache.
+    again = await asyncio.gather(*(auth.authorize(f"Bearer node-{i}", f"node-{i}") for i in range(36)))
+    assert len(again) == 36
+
+
+async def test_a_refused_herd_answer_says_when_to_retry() -> None:
+    app = web.Application()
+    add_agent_routes(app, NodeAuthenticator(SlowReviewer(), max_waiting=0), BrokerSlot(IdleBroker()), 2.0)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/agents/node-a/poll?wait=0"
+            async with s.post(url, data=state("node-a"), headers={"Authorization": "Bearer node-a"}) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "1"
+                assert ErrorBody.model_validate_json(await r.read()).status == 503
+    finally:
+        await runner.cleanup()

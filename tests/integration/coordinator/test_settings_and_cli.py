@@ -28,6 +28,10 @@ def test_defaults() -> None:
     assert s.release_base_url == config.DEFAULT_RELEASE_BASE_URL
     assert s.kubeconfig is None and not s.leader_elect
     assert not (s.safety.allow_downgrade or s.safety.allow_minor_skip or s.safety.allow_agent_skew)
+    assert s.max_held_polls == 1000
+    assert config.load([], env={"COORDINATOR_MAX_HELD_POLLS": "50"}).max_held_polls == 50
+    flag_wins = config.load(["--max-held-polls", "7"], env={"COORDINATOR_MAX_HELD_POLLS": "50"})
+    assert flag_wins.max_held_polls == 7
 
 
 def test_suc_environment_names_and_flag_precedence() -> None:
@@ -65,6 +69,8 @@ def test_durations(text: str, seconds: float) -> None:
         (["--listen", "8080"], "--listen"),
         (["--release-base-url", "ftp://x"], "--release-base-url"),
         (["--log-level", "LOUD"], "--log-level"),
+        (["--max-held-polls", "0"], "--max-held-polls"),
+        (["--max-held-polls", "many"], "--max-held-polls"),
     ],
 )
 def test_bad_values_name_the_setting(argv: list[str], fragment: str) -> None:

@@ -1,0 +1,88 @@
+"""More agents than `--max-held-polls`: the seed's two Plans still roll out, pacing the idle polls.
+
+The coordinator runtime runs in-process against the in-memory Cluster (as in test_seed_plans_rollout),
+with `--max-held-polls 3` and eight scripted agents (they honour `poll_after_seconds`, capped at 0.2 s
+to keep the test short).
+
+Aspects covered:
+- both Plans reach Complete=True and every node carries its plan's hash label;
+- at no moment (sampled every 50 ms) were more than 3 idle polls held, and every plan kept within its
+  concurrency over every lease-table write;
+- polls were answered at once with a time to come back (`k3s_upgrade_agent_polls_paced` > 0), and the
+  held-polls gauge ends at the number held then;
+- every lease went to an agent whose poll the coordinator held at that moment (the engine grants only
+  listening agents beyond the limit): no lease waited in `granted` for an agent to come back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+import coordinator.reconciler as reconciler
+from coordinator import engine
+from coordinator.engine import Decision, TableWrite, World
+from coordinator.kube.resources import PLANS
+from coordinator.leasing import LeasePhase
+from tests.integration.coordinator.harness import condition, coordinator, drive
+
+ROOT = Path(__file__).resolve().parents[3]
+OLD, NEW = "v1.24.5+k3s1", "v1.24.6+k3s1"
+SERVERS = ["server-1", "server-2", "server-3"]
+AGENTS = [f"agent-{i}" for i in range(1, 6)]
+
+
+async def test_seed_plans_complete_with_three_polls_held_for_eight_agents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = [(n, True, OLD) for n in SERVERS] + [(n, False, OLD) for n in AGENTS]
+    most_held = 0
+    grants: list[tuple[str, bool]] = []  # (node, its agent was listening) for every lease granted
+    decide = engine.decide  # the function the runtime calls, watched below
+
+    def watched(world: World) -> Decision:
+        decision = decide(world)
+        before = {le.lease_id for le in world.table.leases}
+        for w in decision.writes:
+            if isinstance(w, TableWrite):
+                for le in w.table.leases:
+                    if le.phase is LeasePhase.GRANTED and le.lease_id not in before:
+                        before.add(le.lease_id)
+                        grants.append((le.node, world.listening is not None and le.node in world.listening))
+        return decision
+
+    monkeypatch.setattr(reconciler, "decide", watched)
+    async with coordinator(tmp_path, [NEW], nodes, "--max-held-polls", "3") as rig:
+        for doc in yaml.safe_load_all((ROOT / "sandbox" / "seed_plans.yaml").read_text()):
+            rig.cluster.put(PLANS, doc)
+        plans = rig.cluster.objects["plans"]
+
+        def complete() -> bool:
+            nonlocal most_held
+            most_held = max(most_held, sum(rig.runtime.holding.values()))
+            return all(condition(p, "Complete").get("status") == "True" for p in plans.values())
+
+        await drive(rig, rig.agents(SERVERS + AGENTS, OLD), complete, 90, "the seed Plans did not complete")
+        text = rig.runtime.metrics.render().decode()
+        held_now = sum(rig.runtime.holding.values())
+
+    for plan, names in (("server-plan", SERVERS), ("agent-plan", AGENTS)):
+        h = plans[f"system-upgrade/{plan}"]["status"]["latestHash"]
+        for n in names:
+            labels = rig.cluster.objects["nodes"][n]["metadata"]["labels"]
+            assert labels[f"plan.upgrade.cattle.io/{plan}"] == h
+    assert 0 < most_held <= 3, most_held
+    for table in rig.cluster.table_history:
+        for plan in ("server-plan", "agent-plan"):
+            assert len(table.active_for_plan(plan)) <= 1, f"{plan} exceeded concurrency 1"
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    paced_samples = families["k3s_upgrade_agent_polls_paced"].samples
+    (paced,) = [s.value for s in paced_samples if s.name.endswith("_total")]
+    (gauge,) = [s.value for s in families["k3s_upgrade_agent_polls_held"].samples]
+    assert paced > 0
+    assert gauge == held_now
+    assert sorted(node for node, _ in grants) == sorted(SERVERS + AGENTS)
+    assert all(listening for _, listening in grants), grants
