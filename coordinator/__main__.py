@@ -77,7 +77,7 @@ async def serve(settings: config.Settings) -> None:
     app = web.Application()
     add_agent_routes(
         app,
-        NodeAuthenticator(cluster, ttl=settings.timeouts.token_cache, max_waiting=settings.max_held_polls),
+        NodeAuthenticator(cluster, ttl=settings.timeouts.token_cache),
         slot,
         settings.timeouts.poll_wait_max,
     )

@@ -236,9 +236,13 @@ class Decision:
     writes: tuple[Write, ...]
     progress: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """plan -> (nodes it selects, nodes done at its current hash), for the metrics."""
-    wants_listeners: bool = False
-    """A plan left a slot free only because the nodes it could take were not in `World.listening`: the
-    next agent to be held should wake the coordinator."""
+    grantable: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """plan -> the nodes it may grant now, held or not (given only with `World.listening`): the queues
+    `coordinator.pacing` ranks agents by. A plan that cannot grant now (waiting for its prepare plan,
+    outside its window, over its failure budget) has none."""
+    waiting_for: frozenset[str] = frozenset()
+    """Nodes a plan would have granted a free slot to, had their agents been in `World.listening`: the
+    coordinator decides again when one of them is held."""
 
 
 def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
@@ -309,7 +313,8 @@ class _Decider:
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
         self._chosen: dict[str, tuple[tuple[NodeView, ...], int]] = {}
         self._servers: list[str | None] | None = None
-        self.wants_listeners = False
+        self.grantable: dict[str, frozenset[str]] = {}
+        self.waiting_for: set[str] = set()
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -564,7 +569,7 @@ class _Decider:
         alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
         agents, listening = w.agents, w.listening
         pool = []
-        away = False
+        away: list[NodeView] = []
         for n in self.chosen(pi)[0]:
             if n.labels.get(label) == h or n.name in failed_nodes or n.name in self.released:
                 continue  # done (see selection.is_done), failed, or released by this very pass
@@ -579,12 +584,14 @@ class _Decider:
             agent = agents.get(n.name)
             if n.ready and agent is not None and agent.at >= alive_since:  # its agent polled lately
                 if listening is not None and n.name not in listening:
-                    away = True  # its agent is paced (`coordinator.pacing`): grant it once it is held
+                    away.append(n)  # its agent is paced (`coordinator.pacing`): grant it once it is held
                 else:
                     pool.append(n)
         granted = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0))
-        if away and len(granted) < slots:
-            self.wants_listeners = True
+        if listening is not None:
+            self.grantable[plan.name] = frozenset(n.name for n in (*pool, *away))
+            if len(granted) < slots:
+                self.waiting_for.update(n.name for n in away)
         for n in granted:
             lease = Lease(
                 lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),
@@ -680,4 +687,6 @@ def decide(world: World) -> Decision:
         if pi.plan is not None:
             nodes, done = d.chosen(pi)
             progress[pi.name] = (len(nodes), done)
-    return Decision(writes=d.writes(), progress=progress, wants_listeners=d.wants_listeners)
+    return Decision(
+        writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for)
+    )

@@ -7,18 +7,20 @@ the polls of agents with a lease are always held and do not count.
 
 - While fewer are held, an idle poll is held.
 - Once `max_held` are, a poll is held only if its agent ranks among the first `max_held` (see `pace`):
-  nearest its turn first, in the order the plans grant (`turns`), then the agents no plan wants. A held
-  poll ranked beyond is answered then (`Pacing.evictions`), so the count stays at `max_held`.
-- Any other poll is answered `idle` at once, with `poll_after_seconds`: for a node a plan wants, the time
-  until its turn is `max_held / 2` nodes away, as if each slot of its plans freed a node every second
-  (faster than any upgrade, so the agent comes back early, not late); for a node no plan wants, its own
-  moment of a `--poll-wait-max` cycle (`cycle_wait`), so it polls as often as a held poll ends, and a
-  herd of agents (all reconnecting after a restart of the coordinator) spreads evenly over the cycle.
+  the nodes the plans may grant now, nearest their turn first (`plan_queues`, `turns`), then the other
+  agents, those held now first. Held polls beyond `max_held` are answered then (`Pacing.evictions`),
+  so the count stays at `max_held`.
+- Any other poll is answered `idle` at once, with `poll_after_seconds`: for a node a plan may grant, the
+  time until its turn is `max_held / 2` nodes away, as if every slot of the plans freed a node each
+  second (faster than any upgrade, so the agent comes back early, not late); for any other node, its
+  own moment of a `--poll-wait-max` cycle (`cycle_wait`), so it polls as often as a held poll ends, and
+  a herd of agents (all reconnecting after a restart of the coordinator) spreads evenly over the cycle.
   Both are between 1 s and `--poll-wait-max`.
 
-With more agents than `max_held`, the engine grants only agents whose polls it holds
-(`World.listening`): a lease granted to an agent that is away would keep its slot idle until it came
-back. Up to `max_held` agents, every poll is held and any agent may be granted, as before.
+While more agents poll than `max_held` (agents seen within the heartbeat timeout), the engine grants only
+agents whose polls it holds (`World.listening`): a lease granted to an agent that is away would keep its
+slot idle until it came back. Up to `max_held` agents, every poll is held and any agent may be granted,
+as before.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.engine import World
-from coordinator.selection import candidate_order, plan_label, selected
+from coordinator.selection import candidate_order
 
 MIN_POLL_AFTER = 1.0
 """Seconds: the soonest a paced agent is asked to come back."""
@@ -36,54 +38,38 @@ MIN_POLL_AFTER = 1.0
 
 @dataclass(frozen=True)
 class PlanQueue:
-    """One plan's nodes still to upgrade, in the order the plan will grant them."""
+    """The nodes a plan may grant now, in the order it grants them."""
 
     name: str
     pending: Sequence[str]
-    prepare: str | None = None
-    """The plan that must complete first (the `prepare` of SUC's Plan)."""
 
 
-def plan_queues(world: World) -> list[PlanQueue]:
-    """Each resolved plan's nodes still to upgrade (done and failed ones left out), in SUC's candidate
-    order (the engine's, among the agents it may grant)."""
+def plan_queues(world: World, grantable: Mapping[str, Collection[str]]) -> list[PlanQueue]:
+    """Each plan's queue: the nodes the engine found it may grant now (`Decision.grantable`: not done,
+    not failed, Ready, within the skew rules, a binary for their arch), in SUC's candidate order.
+
+    A node the plan cannot grant (NotReady, say) is left out, so it ranks with the agents no plan wants
+    instead of taking a held poll from one the plan can grant. So is a plan that cannot grant now
+    (waiting for its prepare plan, outside its window): its nodes are reached when it can, among the
+    agents held then or as they come back."""
     queues = []
     for pi in world.plans:
         plan, h = pi.plan, pi.hash
-        if plan is None or h is None:
+        names = grantable.get(pi.name)
+        if plan is None or h is None or not names:
             continue
-        sel = plan.spec.node_selector
-        raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
-        label = plan_label(pi.name)
-        failed = {le.node for le in world.table.failures_for_plan(pi.name) if le.plan_hash == h}
-        chosen = selected(raw, pi.name, world.nodes)
-        todo = [n for n in chosen if n.labels.get(label) != h and n.name not in failed]
-        order = [n.name for n in candidate_order(todo, plan.uid, h)]
-        queues.append(PlanQueue(pi.name, order, plan.prepare_plan))
+        nodes = [n for n in world.nodes if n.name in names]
+        queues.append(PlanQueue(pi.name, [n.name for n in candidate_order(nodes, plan.uid, h)]))
     return queues
 
 
 def turns(queues: Sequence[PlanQueue]) -> dict[str, int]:
-    """node -> how many nodes are to be granted before it (the least over the plans that want it)."""
-    by_name = {q.name: q for q in queues}
-    offsets: dict[str, int] = {}
-
-    def offset(q: PlanQueue, seen: frozenset[str]) -> int:
-        if q.name not in offsets:
-            first = by_name.get(q.prepare) if q.prepare else None
-            if first is None or first.name in seen or not first.pending:
-                offsets[q.name] = 0  # no prepare plan, a missing or complete one, or a cycle
-            else:
-                offsets[q.name] = offset(first, seen | {q.name}) + len(first.pending)
-        return offsets[q.name]
-
+    """node -> how many nodes are ahead of it (the least over the plans whose queues it is in)."""
     ahead: dict[str, int] = {}
     for q in queues:
-        base = offset(q, frozenset())
         for i, node in enumerate(q.pending):
-            n = base + i
-            if n < ahead.get(node, n + 1):
-                ahead[node] = n
+            if i < ahead.get(node, i + 1):
+                ahead[node] = i
     return ahead
 
 
@@ -100,9 +86,9 @@ class Pacing:
 
     held: frozenset[str] = frozenset()
     after: Mapping[str, float] = field(default_factory=dict)
-    """node -> seconds: wanted by a plan, but not near enough its turn to be held."""
+    """node -> seconds: a plan may grant it, but it is not near enough its turn to be held."""
     unwanted: frozenset[str] = frozenset()
-    """Nodes no plan wants now: they come back at their moment of the cycle (`cycle_wait`)."""
+    """Nodes no plan may grant now: they come back at their moment of the cycle (`cycle_wait`)."""
 
     def poll_after(
         self, node: str, holding: int, max_held: int, now: float, max_after: float
@@ -116,8 +102,8 @@ class Pacing:
         return after if after is not None else cycle_wait(node, now, max_after)
 
     def evictions(self, holding: Collection[str], max_held: int) -> list[str]:
-        """The held polls to answer so that at most `max_held` stay: those ranked beyond `held`, the
-        agents no plan wants (or not ranked yet) first, then the furthest from their turn."""
+        """The held polls to answer so that at most `max_held` stay, among those ranked beyond `held`:
+        agents not ranked yet or that no plan may grant first, then the furthest from their turn."""
         over = len(holding) - max_held
         if over <= 0:
             return []
@@ -139,7 +125,8 @@ def pace(
     """Rank the agents (see the module's docstring) and hold the first `max_held` idle ones.
 
     `agents`: the nodes whose agents poll; `leased`: the nodes holding a lease; `ahead`: see `turns`;
-    `listening`: the nodes whose idle polls are held now (among those no plan wants, they rank first);
+    `listening`: the nodes whose idle polls are held now (among the nodes no plan may grant now, they
+    rank first);
     `rate`: nodes granted per second (how fast the turns advance)."""
     idle = [n for n in agents if n not in leased]
     if len(idle) <= max_held:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from coordinator.api import BrokerError
@@ -34,6 +33,7 @@ from coordinator.drainer import Drainer, DrainOptions, DrainResult, PodPicker
 from coordinator.draining import pods_to_evict
 from coordinator.engine import (
     AgentView,
+    Decision,
     DrainOutcome,
     EngineSettings,
     EventWrite,
@@ -214,9 +214,10 @@ class RuntimeBroker:
                 if not _already_doing(state, ins):
                     return ins
                 if wait > 0 and ins.action is Action.IDLE:
+                    # (A held poll is asked again when woken: it may have to make room for one ranked within.)
                     after = rt.pacing.poll_after(
                         state.node,
-                        len(rt.holding) - held,
+                        len(rt.holding) - (state.node in rt.holding),  # other agents held
                         rt.settings.max_held_polls,
                         loop.time(),
                         rt.settings.timeouts.poll_wait_max,
@@ -226,13 +227,7 @@ class RuntimeBroker:
                         return ins.model_copy(update={"poll_after_seconds": round(after, 3)})
                     if not held:
                         held = True
-                        rt.holding[state.node] = rt.holding.get(state.node, 0) + 1
-                        rt.metrics.polls_held.inc()
-                        if len(rt.holding) > rt.settings.max_held_polls:  # ranked within: make room
-                            rt.agents.notify(set(rt.pacing.evictions(rt.holding, rt.settings.max_held_polls)))
-                        if rt.wants_listeners:  # a plan has a slot it could only give to a held agent
-                            rt.wants_listeners = False
-                            rt.wake()
+                        rt.hold(state.node)
                 if remaining <= 0:
                     # Held for the whole long-poll: that paced the agent already, so it may poll again at
                     # once (a lease granted while it slept would wait for it).
@@ -244,10 +239,7 @@ class RuntimeBroker:
                     pass
         finally:
             if held:
-                rt.metrics.polls_held.dec()
-                left = rt.holding.pop(state.node) - 1
-                if left:
-                    rt.holding[state.node] = left
+                rt.release(state.node)
 
     async def report(self, report: Report) -> Instruction:
         rt = self._rt
@@ -285,6 +277,9 @@ class PendingReport:
 
 PACING_EVERY = 1.0
 """Seconds between two decisions of whose long-polls are held (beyond `--max-held-polls` agents)."""
+LISTENER_WAKE_DELAY = 0.05
+"""Seconds from an agent a plan waits for being held to the pass that grants it (and the others held
+meanwhile)."""
 
 REPORT_PASSES = 8
 """A report not stored after this many passes (each failed on a conflict or an API error) gets a 503."""
@@ -320,11 +315,15 @@ class Runtime:
         self._observed: LeaseTable | None = None
         self.pacing = Pacing()
         """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
-        self.wants_listeners = False
-        """The last pass left a slot free for want of a held agent (`Decision.wants_listeners`)."""
+        self.paced = False
+        """More agents poll than `--max-held-polls`: `pacing` applies, and only held agents are granted."""
+        self.waiting_for: frozenset[str] = frozenset()
+        """Nodes the last pass would have granted, had their agents been held (`Decision.waiting_for`)."""
         self.holding: dict[str, int] = {}
         """node -> idle long-polls of its agent held now (one, unless an old connection lingers)."""
         self._paced_at = float("-inf")
+        self._pace_again: asyncio.TimerHandle | None = None
+        self._listener_wake: asyncio.TimerHandle | None = None
         self.resolver = Resolver(
             settings.release_base_url, settings.polling_interval, settings.timeouts.channel_request, self.wake
         )
@@ -448,14 +447,14 @@ class Runtime:
         try:
             world = self.world(table, stored=as_stored)
             decision = decide(world)  # its table writes store the reports too (see World.stored)
-            self.wants_listeners = decision.wants_listeners
+            self.waiting_for = decision.waiting_for
             writes = decision.writes
             last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
             self._export(world, decision.progress)
-            self._pace(world)
+            self._pace(world, decision)
         finally:
             self._answer(accepted, stored)
         # No pass of its own after a success: a lease takes one round of effects per pass and then waits for
@@ -464,34 +463,61 @@ class Runtime:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
 
-    def _pace(self, world: World) -> None:
-        """Rank the agents again, at most once a second, while more poll than the coordinator holds."""
+    def hold(self, node: str) -> None:
+        """An idle poll of `node` is held from now on (see `release`)."""
+        self.holding[node] = self.holding.get(node, 0) + 1
+        self.metrics.polls_held.set(len(self.holding))
+        if self.paced and len(self.holding) > self.settings.max_held_polls:  # ranked within: make room
+            self.agents.notify(set(self.pacing.evictions(self.holding, self.settings.max_held_polls)))
+        if node in self.waiting_for and self._listener_wake is None:  # a plan has a slot for it
+            # Decide again soon, once for all the agents held meanwhile: a pass per agent coming back
+            # would keep the loop busy with passes while thousands of agents come back.
+            loop = asyncio.get_running_loop()
+            self._listener_wake = loop.call_later(LISTENER_WAKE_DELAY, self._listener_due)
+
+    def release(self, node: str) -> None:
+        left = self.holding.pop(node) - 1
+        if left:
+            self.holding[node] = left
+        self.metrics.polls_held.set(len(self.holding))
+
+    def _pace(self, world: World, decision: Decision) -> None:
+        """Rank the agents again (at most once a second) while more poll than the coordinator holds."""
+        loop = asyncio.get_running_loop()
+        since = loop.time() - self._paced_at
+        if since < PACING_EVERY:
+            if self._pace_again is None:  # what this pass changed is ranked by a pass a little later
+                self._pace_again = loop.call_later(PACING_EVERY - since, self._pace_due)
+            return
+        self._paced_at = loop.time()
         limit = self.settings.max_held_polls
-        if len(self.agents.seen) <= limit:
+        live_since = world.now - timedelta(seconds=self.settings.timeouts.agent_heartbeat)
+        agents = [n for n, a in self.agents.seen.items() if a.at >= live_since]
+        self.paced = len(agents) > limit
+        if not self.paced:
             self.pacing = Pacing()
             return
-        now = time.monotonic()
-        if now - self._paced_at < PACING_EVERY:
-            return
-        self._paced_at = now
-        queues = plan_queues(world)
+        queues = plan_queues(world, decision.grantable)
         table = self.lease_table or world.table
-        pending = {q.name for q in queues if q.pending}
-        concurrency = sum(
-            max(pi.plan.spec.concurrency, 1)
-            for pi in world.plans
-            if pi.plan is not None and pi.name in pending
-        )
+        slots = sum(max(pi.plan.spec.concurrency, 1) for pi in world.plans if pi.plan is not None)
         self.pacing = pace(
-            self.agents.seen,
+            agents,
             {le.node for le in table.leases if le.active},
             turns(queues),
             listening=self.holding,
             max_held=limit,
-            rate=max(concurrency, 1),
+            rate=max(slots, 1),
             max_after=self.settings.timeouts.poll_wait_max,
         )
         self.agents.notify(set(self.pacing.evictions(self.holding, limit)))
+
+    def _listener_due(self) -> None:
+        self._listener_wake = None
+        self.wake()
+
+    def _pace_due(self) -> None:
+        self._pace_again = None
+        self.wake()
 
     def _answer(self, accepted: list[PendingReport], stored_before: StoredLease | None) -> None:
         """Answer the reports the pass stored; queue the others again (503 after REPORT_PASSES).
@@ -535,9 +561,7 @@ class Runtime:
             settings=self.engine_settings,
             node_index=self._views,  # the same views as `nodes`: no await between here and decide
             stored=stored if stored is not None and stored is not table else None,
-            listening=(
-                frozenset(self.holding) if len(self.agents.seen) > self.settings.max_held_polls else None
-            ),
+            listening=frozenset(self.holding) if self.paced else None,
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:

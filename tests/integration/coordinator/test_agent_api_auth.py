@@ -8,7 +8,8 @@ Aspects covered:
 - every error body is a `wire.messages.ErrorBody` with the matching status;
 - successful TokenReviews are cached (one review for many polls), rejections are not; a burst of new
   agents is reviewed at most REVIEWS_IN_FLIGHT at a time, and beyond `max_waiting` waiting requests
-  the others are refused with 503 and Retry-After (the count of waiting requests returns to zero);
+  the others are refused with 503 and Retry-After (the count of waiting requests returns to zero, after
+  cancelled requests too);
 - the long-poll holds the request until `wait` (capped) and ends early when the broker is woken;
 - a replica that is not the leader answers polls with `idle` and refuses reports with 503.
 
@@ -234,9 +235,24 @@ async def test_beyond_max_waiting_reviews_a_herd_is_told_to_retry() -> None:
     assert len(refused) == 100 - REVIEWS_IN_FLIGHT - 20
     assert all(r.status == 503 and "wait for a TokenReview" in str(r) for r in refused)
     assert reviewer.calls == REVIEWS_IN_FLIGHT + 20
-    # The waiting count is back to zero: the same herd, again, is reviewed or found in the cache.
-    again = await asyncio.gather(*(auth.authorize(f"Bearer node-{i}", f"node-{i}") for i in range(36)))
-    assert len(again) == 36
+    assert auth._waiting == 0
+    # A herd of new tokens is reviewed again: nothing is left counted as waiting.
+    again = await asyncio.gather(*(auth.authorize(f"Bearer new-{i}", f"new-{i}") for i in range(36)))
+    assert len(again) == 36 and reviewer.calls == 2 * (REVIEWS_IN_FLIGHT + 20)
+
+
+async def test_a_request_cancelled_while_waiting_for_a_review_is_not_counted_any_more() -> None:
+    reviewer = SlowReviewer()
+    auth = NodeAuthenticator(reviewer, max_waiting=5)
+    tasks = [asyncio.create_task(auth.authorize(f"Bearer node-{i}", f"node-{i}")) for i in range(21)]
+    await asyncio.sleep(0)  # 16 reviewing, 5 waiting
+    assert auth._waiting == 5
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert auth._waiting == 0
+    ident = await auth.authorize("Bearer node-x", "node-x")
+    assert ident.node == "node-x"
 
 
 async def test_a_refused_herd_answer_says_when_to_retry() -> None:

@@ -2,14 +2,15 @@
 
 The coordinator runtime runs in-process against the in-memory Cluster (as in test_seed_plans_rollout),
 with `--max-held-polls 3` and eight scripted agents (they honour `poll_after_seconds`, capped at 0.2 s
-to keep the test short).
+to keep the test short). The agents poll before the Plans exist, as in a cluster where a Plan is
+created later.
 
 Aspects covered:
 - both Plans reach Complete=True and every node carries its plan's hash label;
 - at no moment (sampled every 50 ms) were more than 3 idle polls held, and every plan kept within its
   concurrency over every lease-table write;
 - polls were answered at once with a time to come back (`k3s_upgrade_agent_polls_paced` > 0), and the
-  held-polls gauge ends at the number held then;
+  held-polls gauge ends at the number of agents held then;
 - every lease went to an agent whose poll the coordinator held at that moment (the engine grants only
   listening agents beyond the limit): no lease waited in `granted` for an agent to come back.
 """
@@ -56,18 +57,20 @@ async def test_seed_plans_complete_with_three_polls_held_for_eight_agents(
 
     monkeypatch.setattr(reconciler, "decide", watched)
     async with coordinator(tmp_path, [NEW], nodes, "--max-held-polls", "3") as rig:
+        # Every agent polls first (the cluster idle, as when a Plan is created), then the Plans come.
+        await drive(rig, rig.agents(SERVERS + AGENTS, OLD), lambda: rig.runtime.paced, 10, "no pacing")
         for doc in yaml.safe_load_all((ROOT / "sandbox" / "seed_plans.yaml").read_text()):
             rig.cluster.put(PLANS, doc)
         plans = rig.cluster.objects["plans"]
 
         def complete() -> bool:
             nonlocal most_held
-            most_held = max(most_held, sum(rig.runtime.holding.values()))
+            most_held = max(most_held, len(rig.runtime.holding))
             return all(condition(p, "Complete").get("status") == "True" for p in plans.values())
 
         await drive(rig, rig.agents(SERVERS + AGENTS, OLD), complete, 90, "the seed Plans did not complete")
         text = rig.runtime.metrics.render().decode()
-        held_now = sum(rig.runtime.holding.values())
+        held_now = len(rig.runtime.holding)
 
     for plan, names in (("server-plan", SERVERS), ("agent-plan", AGENTS)):
         h = plans[f"system-upgrade/{plan}"]["status"]["latestHash"]

@@ -2,18 +2,17 @@
 agents it holds first.
 
 Aspects covered:
-- `turns`: a node's place is the least over the plans that want it; a plan waiting for its `prepare`
-  plan comes after all of that plan's pending nodes (chains add up); a complete or missing prepare plan
-  and a prepare cycle add nothing;
+- `turns`: a node's place is the least over the plans whose queues it is in;
 - `pace`: up to the limit every idle agent is held; leased agents never count; beyond it the nearest
   turns rank first, then the unwanted agents, those held now first; the others come back when their
   turn is half the held polls away, between 1 s and the longest poll;
 - `Pacing.poll_after`: any poll is held while there is room, a ranked one always; beyond, its time, or
   (unwanted, not ranked yet) its moment of the cycle: `cycle_wait` spreads 3,000 agents evenly;
 - `Pacing.evictions`: the held polls to answer down to the limit, unwanted and unranked first;
-- `plan_queues` follows the engine's order (listening agents first) and drops done and failed nodes;
+- `plan_queues` holds what the engine says each plan may grant now (not done, failed or NotReady), in
+  the plan's order;
 - the engine grants only the listening agents when it is given them, in the plan's order among them,
-  and says when a slot stayed free for want of one;
+  names the nodes each plan may grant, and those it would have given a free slot to;
 - a simulated rollout of 3,000 agents behind a limit of 500 finishes, never holds more than 500 idle
   polls, stays within 10% of the same rollout holding every poll, and costs under 3 polls per node.
 """
@@ -56,30 +55,8 @@ PLAN: dict[str, Any] = {
 
 
 def test_turns_least_place_over_plans() -> None:
-    ahead = turns([PlanQueue("a", ["n1", "n2", "n3"]), PlanQueue("b", ["n3", "n4"])])
+    ahead = turns([PlanQueue("a", ["n1", "n2", "n3"]), PlanQueue("b", ["n3", "n4"]), PlanQueue("c", [])])
     assert ahead == {"n1": 0, "n2": 1, "n3": 0, "n4": 1}
-
-
-def test_turns_prepare_plan_goes_first_and_chains_add_up() -> None:
-    queues = [
-        PlanQueue("servers", ["s1", "s2"]),
-        PlanQueue("agents", ["a1", "a2"], prepare="servers"),
-        PlanQueue("late", ["l1"], prepare="agents"),
-    ]
-    assert turns(queues) == {"s1": 0, "s2": 1, "a1": 2, "a2": 3, "l1": 4}
-
-
-@pytest.mark.parametrize(
-    "queues",
-    [
-        [PlanQueue("servers", []), PlanQueue("agents", ["a1"], prepare="servers")],  # complete
-        [PlanQueue("agents", ["a1"], prepare="missing")],
-        [PlanQueue("x", ["a1"], prepare="y"), PlanQueue("y", ["b1", "b2"], prepare="x")],  # a cycle
-    ],
-)
-def test_turns_complete_missing_or_cyclic_prepare_adds_nothing_forever(queues: list[PlanQueue]) -> None:
-    ahead = turns(queues)
-    assert ahead["a1"] in (0, 2) and all(0 <= v <= 4 for v in ahead.values())
 
 
 # ---- pace / Pacing ---------------------------------------------------------------------------------------
@@ -159,28 +136,37 @@ def test_engine_grants_only_listening_agents_when_given_them() -> None:
     world = s.world()
     order = [n.name for n in candidate_order(world.nodes, "pu", world.plans[0].hash or "")]
     plain = decide(world)
-    assert granted(world) == sorted(order[:2]) and not plain.wants_listeners  # as SUC
+    assert granted(world) == sorted(order[:2])  # nobody paced: the plan's order, as SUC
+    assert not plain.grantable and not plain.waiting_for
     listening = frozenset(order[-3:])
+    two = decide(replace(world, listening=listening))
     assert granted(replace(world, listening=listening)) == sorted(order[-3:-1])
+    assert two.grantable == {"p": frozenset(order)} and not two.waiting_for  # both slots given
     one = replace(world, listening=frozenset(order[-1:]))
-    assert granted(one) == [order[-1]] and decide(one).wants_listeners  # a slot left free
+    assert granted(one) == [order[-1]]
+    assert decide(one).waiting_for == frozenset(order[:-1])  # a slot left free: any of them would do
     nobody = replace(world, listening=frozenset())
-    assert granted(nobody) == [] and decide(nobody).wants_listeners
+    assert granted(nobody) == [] and decide(nobody).waiting_for == frozenset(order)
 
 
-def test_plan_queues_follow_the_plan_order_without_done_and_failed_nodes() -> None:
-    s = sim(6)
+def test_plan_queues_hold_what_the_plan_may_grant_now_in_its_order() -> None:
+    s = sim(7)
     h = s.world().plans[0].hash or ""
-    done, failed = "n0", "n1"
+    done, failed, not_ready = "n0", "n1", "n2"
     s.nodes[done].labels[plan_label("p")] = h
+    s.nodes[not_ready].ready = False
     s.table = LeaseTable(leases=(
         Lease(lease_id="x", plan="p", node=failed, plan_hash=h, target_version="v1.30.2+k3s1",
               artifact=ARTIFACTS["amd64"], phase=LeasePhase.FAILED, granted_at=T0, updated_at=T0),
     ))
-    world = s.world()
-    (queue,) = plan_queues(world)
-    order = [n.name for n in candidate_order(world.nodes, "pu", h) if n.name not in (done, failed)]
-    assert queue == PlanQueue("p", order, None) and len(order) == 4
+    s.plans["p"]["metadata"]["annotations"] = {"upgrade.k3s.io/failure-budget": "1"}
+    world = replace(s.world(), listening=frozenset())
+    decision = decide(world)
+    (queue,) = plan_queues(world, decision.grantable)
+    order = [n.name for n in candidate_order(world.nodes, "pu", h) if n.name not in (done, failed, not_ready)]
+    assert queue == PlanQueue("p", order) and len(order) == 4
+    # Not given the listening agents (not paced), the engine names no queue: nothing is ranked.
+    assert plan_queues(s.world(), decide(s.world()).grantable) == []
 
 
 # ---- a simulated rollout -------------------------------------------------------------------------------
