@@ -483,6 +483,10 @@ class Runtime:
 
     def _pace(self, world: World, decision: Decision) -> None:
         """Rank the agents again (at most once a second) while more poll than the coordinator holds."""
+        limit = self.settings.max_held_polls
+        if len(self.agents.seen) <= limit:  # (fewer live ones still: counted below, once a second)
+            self.paced, self.pacing = False, Pacing()
+            return
         loop = asyncio.get_running_loop()
         since = loop.time() - self._paced_at
         if since < PACING_EVERY:
@@ -490,7 +494,6 @@ class Runtime:
                 self._pace_again = loop.call_later(PACING_EVERY - since, self._pace_due)
             return
         self._paced_at = loop.time()
-        limit = self.settings.max_held_polls
         live_since = world.now - timedelta(seconds=self.settings.timeouts.agent_heartbeat)
         agents = [n for n, a in self.agents.seen.items() if a.at >= live_since]
         self.paced = len(agents) > limit
