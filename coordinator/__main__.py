@@ -77,7 +77,9 @@ async def serve(settings: config.Settings) -> None:
     app = web.Application()
     add_agent_routes(
         app,
-        NodeAuthenticator(cluster, ttl=settings.timeouts.token_cache),
+        NodeAuthenticator(
+            cluster, ttl=settings.timeouts.token_cache, max_waiting=settings.max_held_polls
+        ),
         slot,
         settings.timeouts.poll_wait_max,
     )

@@ -10,7 +10,7 @@ Status codes (every error body is a `wire.messages.ErrorBody`):
     400  malformed JSON, a body that does not validate, a body naming another node, a bad `wait`
     401  no/invalid token;  403  a token of another node
     404  a report for a lease this node does not hold;  409  a report that does not fit the lease's phase
-    503  not ready (TokenReview or the API server unreachable, or more than REVIEWS_WAITING agents
+    503  not ready (TokenReview or the API server unreachable, or more than `max_waiting` agents
          waiting for a TokenReview, with Retry-After): retry with backoff
 
 Authentication (invariant 7: only the agent of node N may obtain or report N's lease): agents present
@@ -39,11 +39,6 @@ from wire.messages import API_VERSION, TOKEN_AUDIENCE, Action, AgentState, Error
 log = logging.getLogger("coordinator.api")
 M = TypeVar("M", bound=BaseModel)
 
-REVIEWS_WAITING = 256
-"""Requests that may wait for a TokenReview slot; beyond, they are answered 503 with `Retry-After: 1`
-(about 0.1 s of reviews: a herd of agents reconnecting after a restart of the coordinator gets through in
-a few retries, instead of all of its requests held in memory at once)."""
-
 REVIEWS_IN_FLIGHT = 16
 """TokenReviews sent at once. When thousands of agents poll together (all of them reconnect after a
 restart of the coordinator), the others wait their turn holding nothing but their own request, instead
@@ -70,7 +65,7 @@ class NodeAuthenticator:
         audience: str = TOKEN_AUDIENCE,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 20000,
-        max_waiting: int = REVIEWS_WAITING,
+        max_waiting: int = 1000,
     ) -> None:
         self._reviewer = reviewer
         self._ttl = ttl
@@ -81,8 +76,10 @@ class NodeAuthenticator:
         self._in_flight = asyncio.Semaphore(REVIEWS_IN_FLIGHT)
         self._max_waiting = max_waiting
         self._waiting = 0
-        """Requests waiting for a TokenReview slot; beyond `max_waiting` they get 503 (a thundering herd
-        after a restart of the coordinator would otherwise hold every agent's request in memory at once)."""
+        """Requests waiting for a TokenReview slot; beyond `max_waiting` (the coordinator passes
+        `--max-held-polls`) they get 503 with `Retry-After: 1` and the agent retries with its backoff: a
+        herd of agents reconnecting after a restart of the coordinator would otherwise hold every request
+        in memory at once."""
         self.reviews = 0
         """TokenReview calls made (visible to tests and metrics)."""
 

@@ -237,9 +237,10 @@ class Decision:
     progress: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """plan -> (nodes it selects, nodes done at its current hash), for the metrics."""
     grantable: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    """plan -> the nodes it may grant now, held or not (given only with `World.listening`): the queues
-    `coordinator.pacing` ranks agents by. A plan that cannot grant now (waiting for its prepare plan,
-    outside its window, over its failure budget) has none."""
+    """plan -> the nodes it may grant now, held or not, whether or not it has a free slot (given only
+    with `World.listening`): the queues `coordinator.pacing` ranks agents by. A plan that grants nothing
+    now for another reason (waiting for its prepare plan, outside its window, over its failure budget,
+    no binary resolved, an exclusive plan running, the lease table full) has none."""
     waiting_for: frozenset[str] = frozenset()
     """Nodes a plan would have granted a free slot to, had their agents been in `World.listening`: the
     coordinator decides again when one of them is held."""

@@ -71,7 +71,7 @@ class Metrics:
 
         self.polls_held = Gauge(
             "k3s_upgrade_agent_polls_held",
-            "Agents whose idle long-poll is held now (at most --max-held-polls once the limit is reached)",
+            "Agents whose idle long-poll is held now (see --max-held-polls)",
             registry=r,
         )
         self.polls_paced = Counter(

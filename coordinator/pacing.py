@@ -95,7 +95,7 @@ class Pacing:
     ) -> float | None:
         """None: hold this agent's idle poll; else the seconds after which it should poll again.
 
-        `holding`: idle polls held now (this one not counted); `now`: a clock in seconds."""
+        `holding`: other agents whose idle polls are held now; `now`: a clock in seconds."""
         if node in self.held or holding < max_held:
             return None
         after = self.after.get(node)

@@ -490,7 +490,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         since = loop.time() - self._paced_at
         if since < PACING_EVERY:
-            if self._pace_again is None:  # what this pass changed is ranked by a pass a little later
+            if self.paced and self._pace_again is None:  # what this pass changed: ranked a little later
                 self._pace_again = loop.call_later(PACING_EVERY - since, self._pace_due)
             return
         self._paced_at = loop.time()

@@ -63,11 +63,16 @@ class Rig:
         ]
         self.restarts += 1
 
-    def agents(self, names: Sequence[str], version: str, wait: float = 1.0) -> list[ScriptedAgent]:
+    def agents(
+        self, names: Sequence[str], version: str, wait: float = 1.0, max_poll_after: float | None = 0.2
+    ) -> list[ScriptedAgent]:
         async def restart(name: str, target: str) -> None:
             self.cluster.set_node_version(name, target)
 
-        return [ScriptedAgent(self.url, n, f"tok-{n}", version, restart, wait=wait) for n in names]
+        return [
+            ScriptedAgent(self.url, n, f"tok-{n}", version, restart, wait=wait, max_poll_after=max_poll_after)
+            for n in names
+        ]
 
 
 @asynccontextmanager

@@ -45,6 +45,8 @@ class ScriptedAgent:
     phase: AgentPhase = AgentPhase.IDLE
     lease_id: str | None = None
     statuses: list[int] = field(default_factory=list)
+    max_poll_after: float | None = 0.2
+    """The longest it sleeps when told `poll_after_seconds` (None: as long as told)."""
 
     def state(self) -> AgentState:
         return AgentState(
@@ -130,7 +132,7 @@ class ScriptedAgent:
                 if ins.poll_after_seconds and ins.action is Action.IDLE:
                     try:
                         async with asyncio.timeout(
-                            min(ins.poll_after_seconds, 0.2)
+                            min(ins.poll_after_seconds, self.max_poll_after or ins.poll_after_seconds)
                         ):  # not wait_for: it can swallow a cancel (3.11)
                             await stop.wait()
                     except TimeoutError:

@@ -1,9 +1,11 @@
 """More agents than `--max-held-polls`: the seed's two Plans still roll out, pacing the idle polls.
 
 The coordinator runtime runs in-process against the in-memory Cluster (as in test_seed_plans_rollout),
-with `--max-held-polls 3` and eight scripted agents (they honour `poll_after_seconds`, capped at 0.2 s
-to keep the test short). The agents poll before the Plans exist, as in a cluster where a Plan is
-created later.
+with `--max-held-polls 3` and eight scripted agents that sleep as long as `poll_after_seconds` says
+(`--poll-wait-max 2` keeps that short), and `--resync-interval 30`: no periodic pass hides a missing
+wake-up, progress comes from the agents' reports and from a held agent a plan has a slot for (without
+that wake-up the Plans took more than 60 s; with it about 5 s). The
+agents poll before the Plans exist, as in a cluster where a Plan is created later.
 
 Aspects covered:
 - both Plans reach Complete=True and every node carries its plan's hash label;
@@ -56,9 +58,12 @@ async def test_seed_plans_complete_with_three_polls_held_for_eight_agents(
         return decision
 
     monkeypatch.setattr(reconciler, "decide", watched)
-    async with coordinator(tmp_path, [NEW], nodes, "--max-held-polls", "3") as rig:
+    args = ("--max-held-polls", "3", "--poll-wait-max", "2", "--resync-interval", "30")
+    async with coordinator(tmp_path, [NEW], nodes, *args) as rig:
+        names = SERVERS + AGENTS
         # Every agent polls first (the cluster idle, as when a Plan is created), then the Plans come.
-        await drive(rig, rig.agents(SERVERS + AGENTS, OLD), lambda: rig.runtime.paced, 10, "no pacing")
+        agents = rig.agents(names, OLD, max_poll_after=None)
+        await drive(rig, agents, lambda: rig.runtime.paced, 10, "the coordinator did not pace")
         for doc in yaml.safe_load_all((ROOT / "sandbox" / "seed_plans.yaml").read_text()):
             rig.cluster.put(PLANS, doc)
         plans = rig.cluster.objects["plans"]
@@ -68,7 +73,8 @@ async def test_seed_plans_complete_with_three_polls_held_for_eight_agents(
             most_held = max(most_held, len(rig.runtime.holding))
             return all(condition(p, "Complete").get("status") == "True" for p in plans.values())
 
-        await drive(rig, rig.agents(SERVERS + AGENTS, OLD), complete, 90, "the seed Plans did not complete")
+        agents = rig.agents(names, OLD, max_poll_after=None)
+        await drive(rig, agents, complete, 60, "the seed Plans did not complete")
         text = rig.runtime.metrics.render().decode()
         held_now = len(rig.runtime.holding)
 

@@ -13,7 +13,7 @@ Aspects covered:
   the plan's order;
 - the engine grants only the listening agents when it is given them, in the plan's order among them,
   names the nodes each plan may grant, and those it would have given a free slot to;
-- a simulated rollout of 3,000 agents behind a limit of 500 finishes, never holds more than 500 idle
+- a model of a rollout of 3,000 agents behind a limit of 500 finishes, never holds more than 500 idle
   polls, stays within 10% of the same rollout holding every poll, and costs under 3 polls per node.
 """
 
@@ -173,9 +173,11 @@ def test_plan_queues_hold_what_the_plan_may_grant_now_in_its_order() -> None:
 
 
 def simulate(nodes: int, concurrency: int, max_held: int, seed: int = 7) -> dict[str, float]:
-    """Agents that poll as agent.loop does, a plan created 2 s in, each node's work 1 s; pacing and grants
-    as the coordinator does them (ranked once a second, listening agents granted first). Time in 50 ms
-    steps. Returns the rollout's length, the most idle polls held at once, and the polls per node."""
+    """A model of the policy, not the runtime (test_polls_paced_beyond_the_limit runs that): agents that
+    poll as agent.loop does, a plan created 2 s in, each node's work 1 s; `pace`, `Pacing.poll_after`
+    and `Pacing.evictions` as the runtime calls them (ranked once a second; while paced, only held agents
+    granted). Time in 50 ms steps. Returns the rollout's length, the most idle polls held at once, and the
+    polls per node."""
     rng = random.Random(seed)
     names = [f"node-{i:05d}" for i in range(nodes)]
     key = {n: hashlib.sha256(n.encode()).hexdigest() for n in names}
