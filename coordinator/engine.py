@@ -260,14 +260,18 @@ def prune_finished(table: LeaseTable, agents: Mapping[str, AgentView], nodes: Co
     """Drop `finished` entries no agent can still need, so the table stays the size of the work in flight.
 
     An entry exists so that an agent that missed `finish` is told again (see `instruction_for`). It is
-    kept while its node exists and its agent is unknown (e.g. after a coordinator restart) or still says
-    it is on that lease; once the agent is idle or on another lease, the entry is dropped.
+    kept while its node exists and its agent is unknown (e.g. after a coordinator restart), last polled
+    before the lease was granted (it was idle then, but has taken the lease since: reports do not update
+    `agents`, and a lease can go from grant to release without another poll), or still says it is on
+    that lease; once the agent is idle or on another lease, the entry is dropped.
     """
     keep = {}
     for node, done in table.finished.items():
         view = agents.get(node)
         if node in nodes and (
-            view is None or (view.state.lease_id == done.lease_id and view.state.phase is not AgentPhase.IDLE)
+            view is None
+            or view.at < done.granted_at
+            or (view.state.lease_id == done.lease_id and view.state.phase is not AgentPhase.IDLE)
         ):
             keep[node] = done
     return table if len(keep) == len(table.finished) else replace(table, finished=keep)

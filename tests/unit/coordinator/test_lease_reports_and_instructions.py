@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -164,6 +164,23 @@ def test_finished_entries_are_kept_only_while_an_agent_may_still_need_them() -> 
     assert sorted(pruned.finished) == ["n2", "n4"]
     assert instruction_for("n2", pruned, state("L-n2", A.RESTARTED), NOW).action is Action.FINISH
     assert prune_finished(pruned, agents, {"n1", "n2", "n4", "n5"}) is pruned  # nothing more to drop
+
+
+def test_a_finished_entry_outlives_an_idle_poll_older_than_its_lease() -> None:
+    """The agent's last poll was the one that got it `stage` (idle then); it staged, applied and reported
+    `restarted` (reports do not update the agent's view), and the lease was released before it polled
+    again: that old idle poll must not drop the entry, or its next poll (restarted) would get `idle`
+    instead of `finish` and the agent would wait for `finish` for ever (seen once in a 5,000-node bench)."""
+    from coordinator.engine import AgentView, prune_finished
+
+    done = LeaseTable().put(lease(P.VERIFIED, lease_id="L-n1", node="n1")).remove("L-n1", finished=True)
+    granted = done.finished["n1"].granted_at
+    before = {"n1": AgentView(state(None, A.IDLE), granted - timedelta(seconds=1))}
+    kept = prune_finished(done, before, {"n1"})
+    assert "n1" in kept.finished
+    assert instruction_for("n1", kept, state("L-n1", A.RESTARTED), NOW).action is Action.FINISH
+    after = {"n1": AgentView(state(None, A.IDLE), granted + timedelta(seconds=5))}  # it polled idle since
+    assert "n1" not in prune_finished(done, after, {"n1"}).finished
 
 
 def test_a_large_table_is_stored_compressed_and_fits_the_annotation_limit() -> None:
