@@ -278,6 +278,16 @@ class NodeWatch:
             if not self._stop.wait(0.2):
                 continue
 
+    def wait_listed(self, nodes: int, timeout: float = 30.0) -> None:
+        """Until the watch has listed `nodes` Nodes (kubectl's first events). A change made before that
+        may be missed: kubectl starts its watch from the state it lists, which may already be later."""
+        deadline = time.monotonic() + timeout
+        while len({e.node.name for e in self.snapshot()}) < nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kubectl watch listed fewer than {nodes} Nodes within {timeout:g}s "
+                                   f"(errors: {self.errors[-1:]})")
+            time.sleep(0.05)
+
     def snapshot(self) -> list[WatchEvent]:
         with self._lock:
             return list(self.events)

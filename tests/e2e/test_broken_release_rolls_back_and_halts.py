@@ -25,6 +25,7 @@ def test_crashing_release_is_rolled_back(make_sandbox: MakeSandbox) -> None:
     sandbox.releases.set_behaviour(NEW, "crash")
     watch = NodeWatch(sandbox.kubeconfig)
     watch.start()
+    watch.wait_listed(2)  # before the Plan: no change of a Node is missed
     try:
         sandbox.kubectl.apply(plan_manifest("server-plan", servers=True, version=NEW))
 

@@ -20,6 +20,7 @@ def test_corrupt_download_changes_nothing(make_sandbox: MakeSandbox) -> None:
     sandbox.releases.corrupt(NEW, "k3s")
     watch = NodeWatch(sandbox.kubeconfig)
     watch.start()
+    watch.wait_listed(2)  # before the Plan: no change of a Node is missed
     try:
         sandbox.kubectl.apply(plan_manifest("server-plan", servers=True, version=NEW))
 

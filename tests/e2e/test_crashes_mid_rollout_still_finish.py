@@ -26,6 +26,7 @@ def test_coordinator_and_agent_crashes(make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox(servers=2, agents=2, from_version=OLD, versions=(OLD, NEW))
     watch = NodeWatch(sandbox.kubeconfig)
     watch.start()
+    watch.wait_listed(4)  # before the Plan: no change of a Node is missed
     try:
         sandbox.kubectl.run("apply", "-f", str(SEED))
         seen: list[str] = []

@@ -37,6 +37,7 @@ def test_cut_off_agent(make_sandbox: MakeSandbox) -> None:
     assert sandbox.fabric is not None
     watch = NodeWatch(sandbox.kubeconfig)
     watch.start()
+    watch.wait_listed(3)  # before the Plan: no change of a Node is missed
     try:
         sandbox.kubectl.apply(plan_manifest("agent-plan", servers=False, version=NEW))
 
