@@ -1,5 +1,7 @@
 """Fetching a release binary: streamed, hashed in the same pass, resumed with Range, retried with backoff.
 
+The bytes received are written and hashed in a thread beside the event loop that receives them.
+
 Errors: `DownloadError` (temporary: network trouble after every retry), `ChecksumMismatch` and
 `NoSpace` (permanent: retrying cannot help; the partial file is removed).
 
@@ -15,16 +17,22 @@ import hashlib
 import logging
 import os
 import shutil
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import aiohttp
 
 log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
+_PENDING = 32
+"""Chunks received and not yet written (8 MiB at most)."""
+_WRITEBACK_EVERY = 16 * 1024 * 1024
+"""Bytes written between two requests to the kernel to start writing the staged file back to disk."""
 
 
 class DownloadError(Exception):
@@ -99,6 +107,51 @@ def _hash_prefix(part: Path, hasher: hashlib._Hash) -> int:
     return size
 
 
+class _Sink:
+    """Writes and hashes the chunks received, in order, in a thread of its own, while the event loop
+    receives the next ones (hashlib and file writes release the GIL, so the SHA-256 and the copy to the page
+    cache overlap the transfer). Every `_WRITEBACK_EVERY` bytes the kernel is asked to start writing them
+    back (`POSIX_FADV_DONTNEED` starts the writeback of dirty pages and does not wait for it), so the
+    fsync at the end has little left to wait for.
+
+    At most `_PENDING` chunks wait for the thread (the download's memory stays bounded); the first error
+    of a write is raised by the next `put` or by `close`."""
+
+    def __init__(self, handle: IO[Any], got: _Received) -> None:
+        self._handle = handle
+        self._got = got
+        self._written_back = got.offset  # the file's bytes before this offset: writeback started or done
+        self._loop = asyncio.get_running_loop()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-sink")
+        self._pending: deque[asyncio.Future[None]] = deque()
+
+    async def put(self, chunk: bytes) -> None:
+        self._pending.append(self._loop.run_in_executor(self._thread, self._write, chunk))
+        while len(self._pending) > _PENDING or (self._pending and self._pending[0].done()):
+            await self._pending.popleft()
+
+    async def close(self) -> None:
+        """Wait for every chunk put so far and fsync the file; raise the first write error, if any."""
+        try:
+            while self._pending:
+                await self._pending.popleft()
+            await self._loop.run_in_executor(self._thread, os.fsync, self._handle.fileno())
+        finally:
+            for left in self._pending:  # after an error: the thread finishes the rest, then the file closes
+                await asyncio.gather(left, return_exceptions=True)
+            self._pending.clear()
+            self._thread.shutdown(wait=True)
+
+    def _write(self, chunk: bytes) -> None:
+        self._handle.write(chunk)
+        self._got.hasher.update(chunk)
+        self._got.offset += len(chunk)
+        start = self._written_back
+        if self._got.offset - start >= _WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._handle.fileno(), start, self._got.offset - start, os.POSIX_FADV_DONTNEED)
+            self._written_back = self._got.offset
+
+
 @dataclass
 class _Received:
     """Bytes on disk so far and their running hash (kept across attempts)."""
@@ -130,16 +183,17 @@ async def _fetch(session: aiohttp.ClientSession, url: str, part: Path, got: _Rec
             check_free_space(part.parent, response.content_length, margin)
         mode = "ab" if offset else "wb"
         try:
-            # Local-disk writes of 256 KiB chunks: blocking briefly is cheaper than a thread hop per chunk.
-            with open(part, mode, buffering=0) as handle:  # noqa: ASYNC230
-                async for chunk in response.content.iter_chunked(_CHUNK):
-                    handle.write(chunk)
-                    got.hasher.update(chunk)
-                    got.offset = offset = offset + len(chunk)
-                    if progress and total:
-                        progress(min(1.0, offset / total))
-                handle.flush()
-                os.fsync(handle.fileno())
+            with open(part, mode, buffering=0) as handle:  # noqa: ASYNC230 - only the sink's thread uses it
+                sink = _Sink(handle, got)
+                try:
+                    async for chunk in response.content.iter_chunked(_CHUNK):
+                        await sink.put(chunk)
+                        offset += len(chunk)
+                        if progress and total:
+                            progress(min(1.0, offset / total))
+                finally:
+                    await sink.close()  # every chunk received is on disk (or failed) before the file closes
+                offset = got.offset
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 part.unlink(missing_ok=True)  # noqa: ASYNC240

@@ -8,7 +8,10 @@ from its best round; the same from the median rounds is reported beside it, beca
 are bimodal (near 640 or near 1,130 MB/s, from one run to the next). Two costs that curl does not have
 and the agent cannot skip are timed apart: `sha256_ms`, hashlib's SHA-256 of the artifact in memory
 (the verification), and `fsync_ms`, the fsync of the artifact freshly written to a file in the same
-directory (the staged binary must survive a power cut before it replaces the live one).
+directory (the staged binary must survive a power cut before it replaces the live one). The agent
+writes and hashes in a thread beside the loop that receives, and starts the file's writeback as it grows,
+so on an idle core both costs overlap the transfer; the CPU time of curl, of the agent (all its threads)
+and of the server in each one's best round show how busy the two cores were.
 The agent imports aiohttp only when a download starts; that one-time import is timed on its own
 (`agent_download_import_s`) and left out of the throughput, as interpreter start-up is (curl's run
 includes its own start-up). The child first imports what the running agent has imported
@@ -29,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 
 def serve_files(directory: Path) -> tuple[subprocess.Popen[str], str]:
@@ -77,12 +83,18 @@ def child(url: str, sha256: str, part: Path) -> None:
     import aiohttp  # noqa: F401 - what the agent's first download imports
 
     imported = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     asyncio.run(download(url, sha256, part))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(resource.RUSAGE_SELF) - cpu0
     hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
     peak = int(hwm.split()[1]) / 1024
-    print(json.dumps({"seconds": elapsed, "import_seconds": imported, "peak_rss_mib": peak}))
+    figures = {"seconds": elapsed, "cpu_seconds": cpu, "import_seconds": imported, "peak_rss_mib": peak}
+    print(json.dumps(figures))
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def agent_round(url: str, sha256: str, part: Path) -> dict[str, float]:
@@ -99,11 +111,18 @@ def agent_round(url: str, sha256: str, part: Path) -> dict[str, float]:
     return figures
 
 
-def curl_round(url: str, dest: Path) -> float:
+def curl_round(url: str, dest: Path) -> tuple[float, float]:
+    """(seconds, CPU seconds of curl)."""
     dest.unlink(missing_ok=True)
+    cpu0 = _cpu_seconds(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True, timeout=300)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+
+
+def _server_cpu(server: subprocess.Popen[str]) -> float:
+    times = psutil.Process(server.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
@@ -120,10 +139,18 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
     try:
         url = f"{base}/k3s"
         curl_s, agent_s, import_s, rss = [], [], [], []
+        curl_cpu, agent_cpu, server_cpu_curl, server_cpu_agent = [], [], [], []
         for _ in range(rounds):  # interleaved, so both see the same machine state
-            curl_s.append(curl_round(url, tmp / "curl.out"))
+            before = _server_cpu(server)
+            seconds, cpu = curl_round(url, tmp / "curl.out")
+            curl_s.append(seconds)
+            curl_cpu.append(cpu)
+            server_cpu_curl.append(_server_cpu(server) - before)
+            before = _server_cpu(server)
             got = agent_round(url, sha, tmp / "agent.part")
+            server_cpu_agent.append(_server_cpu(server) - before)
             agent_s.append(got["seconds"])
+            agent_cpu.append(got["cpu_seconds"])
             import_s.append(got["import_seconds"])
             rss.append(got["peak_rss_mib"])
     finally:
@@ -147,6 +174,7 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
             fsync_s.append(time.perf_counter() - t0)
         durable.unlink()
     del data
+    best_curl, best_agent = curl_s.index(min(curl_s)), agent_s.index(min(agent_s))
     curl_mbps, agent_mbps = size_mb / min(curl_s), size_mb / min(agent_s)
     curl_median, agent_median = size_mb / statistics.median(curl_s), size_mb / statistics.median(agent_s)
     return {
@@ -160,6 +188,10 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
         "agent_over_curl_median": round(agent_median / curl_median, 2),
         "curl_ms_best": round(min(curl_s) * 1000, 1),
         "agent_ms_best": round(min(agent_s) * 1000, 1),
+        "curl_cpu_ms_best_round": round(curl_cpu[best_curl] * 1000, 1),
+        "agent_cpu_ms_best_round": round(agent_cpu[best_agent] * 1000, 1),
+        "server_cpu_ms_best_curl_round": round(server_cpu_curl[best_curl] * 1000, 1),
+        "server_cpu_ms_best_agent_round": round(server_cpu_agent[best_agent] * 1000, 1),
         "sha256_ms": round(min(hash_s) * 1000, 1),
         "fsync_ms": round(min(fsync_s) * 1000, 1),
         "agent_download_import_s": round(min(import_s), 3),
