@@ -26,6 +26,7 @@ as before.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -107,9 +108,9 @@ class Pacing:
         over = len(holding) - max_held
         if over <= 0:
             return []
-        beyond = [n for n in holding if n not in self.held]
-        beyond.sort(key=lambda n: (n in self.after, -self.after.get(n, 0.0), n))
-        return beyond[:over]
+        beyond = set(holding).difference(self.held)
+        after = self.after
+        return heapq.nsmallest(over, beyond, key=lambda n: (n in after, -after.get(n, 0.0), n))
 
 
 def pace(

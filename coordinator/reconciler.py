@@ -21,7 +21,7 @@ import asyncio
 import base64
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -151,10 +151,16 @@ class AgentRegistry:
             ev = self._changed[node] = asyncio.Event()
         return ev
 
-    def notify(self, nodes: set[str] | None = None) -> None:
-        for node, ev in self._changed.items():
-            if nodes is None or node in nodes:
+    def notify(self, nodes: Collection[str] | None = None) -> None:
+        """Wake the long-polls of `nodes` (of every node: None)."""
+        if nodes is None:
+            for ev in self._changed.values():
                 ev.set()
+            return
+        for node in nodes:  # (a few nodes, usually, out of thousands)
+            waiting = self._changed.get(node)
+            if waiting is not None:
+                waiting.set()
 
 
 def changed_nodes(old: LeaseTable | None, new: LeaseTable) -> set[str] | None:
@@ -468,7 +474,7 @@ class Runtime:
         self.holding[node] = self.holding.get(node, 0) + 1
         self.metrics.polls_held.set(len(self.holding))
         if self.paced and len(self.holding) > self.settings.max_held_polls:  # ranked within: make room
-            self.agents.notify(set(self.pacing.evictions(self.holding, self.settings.max_held_polls)))
+            self.agents.notify(self.pacing.evictions(self.holding, self.settings.max_held_polls))
         if node in self.waiting_for and self._listener_wake is None:  # a plan has a slot for it
             # Decide again soon, once for all the agents held meanwhile: a pass per agent coming back
             # would keep the loop busy with passes while thousands of agents come back.
@@ -512,7 +518,7 @@ class Runtime:
             rate=max(slots, 1),
             max_after=self.settings.timeouts.poll_wait_max,
         )
-        self.agents.notify(set(self.pacing.evictions(self.holding, limit)))
+        self.agents.notify(self.pacing.evictions(self.holding, limit))
 
     def _listener_due(self) -> None:
         self._listener_wake = None
