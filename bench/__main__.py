@@ -87,7 +87,9 @@ are there to tell the coordinator's share from the rest:
   server gains per held long-poll (`bench.longpoll_memory`) times the polls it may hold (the nodes, at
   most `--max-held-polls`).
 - agent: `sha256_ms` and `fsync_ms` time the two things the agent does that curl does not (verify the
-  artifact, make the staged file durable); `agent_ms_best` less both is about its transfer alone.\
+  artifact, make the staged file durable), each on its own; the agent overlaps both with the transfer
+  (a writer thread, writeback started as the file grows), so `agent_cpu_ms_best_round` above
+  `agent_ms_best` says it kept more than one core busy.\
 """
 
 
