@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from coordinator import gc_tuning
 from coordinator.api import BrokerError, BrokerSlot, NodeAuthenticator, add_agent_routes
 from coordinator.kube.client import KubeCluster
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
@@ -116,6 +117,7 @@ async def serve(kubeconfig: str, nodes: list[str], concurrency: int, version: st
     add_agent_routes(app, NodeAuthenticator(cluster), BrokerSlot(broker), 30.0)
 
     async def start(_: web.Request) -> web.Response:
+        gc_tuning.freeze_long_lived()  # as the coordinator does once synced: no full collection scans them
         broker.start()
         return web.json_response({"granted": len(broker.leases)})
 
@@ -143,6 +145,7 @@ def main() -> None:
     p.add_argument("--version", required=True, help="the target version handed out")
     args = p.parse_args()
     names = [f"node-{i:05d}" for i in range(args.nodes)]
+    gc_tuning.tune()  # the coordinator's GC settings: the floor must not pause where the coordinator does not
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.kubeconfig, names, args.concurrency, args.version))
 

@@ -26,6 +26,12 @@ connection per request and close it, as `agent.client` does.
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
 it measures is the harness's own share of the figures on this machine. Prints JSON.
 
+Garbage collection: every process of the harness (the emulator, this one, and `bench.floor`) uses the
+coordinator's settings (`coordinator.gc_tuning`): fewer young collections, and what is alive just before
+the rollout (the stand-ins, the Nodes, the sessions) frozen out of full collections. Without them, a
+full collection in the emulator or among the 1,000 stand-ins paused every request meanwhile, and those
+pauses were most of the floor's hand-off p99 (115-142 ms against 47-50 ms, 2 runs each).
+
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor]
 """
 
@@ -51,6 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.nodesim import ApiClient, SimNode, Timeline, register
 from bench.processes import stop_process
+from coordinator import gc_tuning
 from coordinator.config import DEFAULT_MAX_HELD_POLLS
 from sandbox.apiserver import ApiServer, LoggedRequest, write_kubeconfig
 from sandbox.releases import ReleaseServer
@@ -84,13 +91,16 @@ def classify(req: LoggedRequest) -> str:
 
 async def serve_apiserver() -> None:
     """Serve the emulator; print its URL; on each stdin line print the request counts seen since the last
-    line as JSON; stop at EOF."""
+    line as JSON (a `freeze` line freezes what is alive first: see the module docstring); stop at EOF."""
+    gc_tuning.tune()
     server = ApiServer(bookmark_interval=5.0)
     await server.start("127.0.0.1", 0)
     print(server.url, flush=True)
     loop = asyncio.get_running_loop()
     seen = 0
-    while await loop.run_in_executor(None, sys.stdin.readline):
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "freeze":
+            gc_tuning.freeze_long_lived()
         log = server.request_log
         counts = Counter(classify(r) for r in log[seen:])
         seen = len(log)
@@ -114,9 +124,9 @@ class ApiServerProcess:
             self.close()
             raise RuntimeError(f"the API server emulator did not start (said {self.url!r})")
 
-    def counts(self) -> Counter[str]:
-        """Requests since the previous call, by `VERB resource`."""
-        self.stdin.write("\n")
+    def counts(self, freeze: bool = False) -> Counter[str]:
+        """Requests since the previous call, by `VERB resource`; `freeze`: see the module docstring."""
+        self.stdin.write("freeze\n" if freeze else "\n")
         self.stdin.flush()
         return Counter(json.loads(self.stdout.readline()))
 
@@ -291,6 +301,7 @@ async def rollout(
     floor: bool = False,
     max_held_polls: int = DEFAULT_MAX_HELD_POLLS,
 ) -> dict[str, Any]:
+    gc_tuning.tune()  # see the module docstring
     api_proc = ApiServerProcess()
     releases = ReleaseServer([NEW], tmp / "releases")
     coordinator: subprocess.Popen[str] | None = None
@@ -363,7 +374,8 @@ async def rollout(
             await asyncio.sleep(1.0)
             timeline.errors.clear()
             rss_polling = rss_mib(proc.pid)
-            api_proc.counts()  # drop start-up requests
+            api_proc.counts(freeze=True)  # drop start-up requests
+            gc_tuning.freeze_long_lived()  # the stand-ins, sessions and timeline (see the module docstring)
             before = {} if floor else await scrape(session, url)
             t0 = time.monotonic()
             others = {"apiserver": psutil.Process(api_proc.proc.pid), "nodesim": psutil.Process()}
