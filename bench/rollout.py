@@ -30,7 +30,7 @@ Garbage collection: every process of the harness (the emulator, this one, and `b
 coordinator's settings (`coordinator.gc_tuning`): fewer young collections, and what is alive just before
 the rollout (the stand-ins, the Nodes, the sessions) frozen out of full collections. Without them, a
 full collection in the emulator or among the 1,000 stand-ins paused every request meanwhile, and those
-pauses were most of the floor's hand-off p99 (115-142 ms against 47-50 ms, 2 runs each).
+pauses were most of the floor's hand-off p99 (111.9-166.6 ms before, 44.6-49.3 ms after, 4 runs each).
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor]
 """
