@@ -138,9 +138,8 @@ class _Sink:
             while self._pending:
                 await self._pending.popleft()
             await self._loop.run_in_executor(self._thread, os.fsync, self._handle.fileno())
-        finally:
-            for left in self._pending:  # after an error: the thread finishes the rest, then the file closes
-                await asyncio.gather(left, return_exceptions=True)
+        finally:  # after an error: the thread finishes the rest, then the file closes
+            await asyncio.gather(*self._pending, return_exceptions=True)
             self._pending.clear()
             self._thread.shutdown(wait=True)
 
