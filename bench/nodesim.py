@@ -1,11 +1,12 @@
 """Light stand-ins for nodes and their agents: hundreds of asyncio tasks in ONE process.
 
 Each `SimNode` speaks the real agent HTTP API (`wire.messages`, long-poll + reports, bearer token from a
-TokenRequest bound to a Pod on its node) to a real coordinator process, and plays its node on the API
-server emulator the way a restarting k3s would: on `apply` it spends a fixed `work` time (the node's own
-upgrade work), then patches its Node's status (`kubeletVersion` = target, `Ready`) and reports
-`restarted`. Nothing else of an agent is simulated (no download, no binary): the benchmark measures the
-orchestration around the node's work.
+TokenRequest bound to a Pod on its node) to a real coordinator process through the agent's own client
+(`agent.client.CoordinatorClient`: one connection per exchange, the token read from its file each time),
+and plays its node on the API server emulator the way a restarting k3s would: on `apply` it spends a
+fixed `work` time (the node's own upgrade work), then patches its Node's status (`kubeletVersion` =
+target, `Ready`) and reports `restarted`. Nothing else of an agent is simulated (no download, no
+binary): the benchmark measures the orchestration around the node's work.
 
 Every instruction it receives and every report it sends is timestamped (`time.monotonic`) in a shared
 `Timeline` so the rollout benchmark can compute hand-off latencies.
@@ -16,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.loop import next_instruction
 from wire.messages import TOKEN_AUDIENCE, Action, AgentPhase, AgentState, Instruction, Report
 
@@ -132,9 +134,8 @@ class SimNode:
     """One node + agent. `run` polls until `stop` is set; it never raises for a refused request."""
 
     name: str
-    token: str
+    client: CoordinatorClient
     version: str
-    coordinator: str
     api: ApiClient
     timeline: Timeline
     work: float = 1.0
@@ -142,35 +143,26 @@ class SimNode:
     phase: AgentPhase = AgentPhase.IDLE
     lease_id: str | None = None
 
-    async def _post(self, session: aiohttp.ClientSession, path: str, body: str) -> Instruction | None:
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        url = f"{self.coordinator}/v1/agents/{self.name}/{path}"
+    async def _exchange(self, what: str, call: Awaitable[Instruction]) -> Instruction | None:
         try:
-            async with session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.wait + 30)
-            ) as r:
-                data = await r.read()
-                if r.status != 200:
-                    self.timeline.errors.append(f"{self.name} {path}: HTTP {r.status}: {data[:200]!r}")
-                    return None
-                return Instruction.model_validate_json(data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.timeline.errors.append(f"{self.name} {path}: {type(exc).__name__}: {exc}")
+            return await call
+        except (CoordinatorUnavailable, Rejected) as exc:
+            self.timeline.errors.append(f"{self.name} {what}: {exc}")
             return None
 
-    async def _report(self, session: aiohttp.ClientSession, phase: AgentPhase) -> Instruction:
+    async def _report(self, phase: AgentPhase) -> Instruction:
         """Send the report until it is accepted; the answer (the next instruction, as the agent gets it)."""
         assert self.lease_id is not None
         self.phase = phase
         body = Report(node=self.name, lease_id=self.lease_id, phase=phase, k3s_version=self.version)
         for _ in range(50):
-            answer = await self._post(session, "report", body.model_dump_json())
+            answer = await self._exchange("report", self.client.report(body))
             if answer is not None:
                 return answer
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name}: report {phase} never accepted")
 
-    def _state(self) -> str:
+    def _state(self) -> AgentState:
         return AgentState(
             node=self.name,
             agent_version="bench-nodesim",
@@ -178,20 +170,20 @@ class SimNode:
             k3s_version=self.version,
             lease_id=self.lease_id,
             phase=self.phase,
-        ).model_dump_json()
+        )
 
-    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Like agent.loop: poll, obey, and take a report's answer as the next instruction when it asks
         for something else (`staged` -> `apply`, `restarted` -> `finish`) instead of polling for it."""
         ins: Instruction | None = None
         while not stop.is_set():
             if ins is None:
-                ins = await self._post(session, f"poll?wait={self.wait:g}", self._state())
+                ins = await self._exchange("poll", self.client.poll(self._state(), self.wait))
                 if ins is None:
                     await asyncio.sleep(0.5)
                     continue
             done = ins
-            answer = await self._obey(session, done)
+            answer = await self._obey(done)
             ins = next_instruction(done, answer)
             if done.action is Action.IDLE:
                 ins = None
@@ -202,30 +194,30 @@ class SimNode:
                     except TimeoutError:
                         pass
 
-    async def _obey(self, session: aiohttp.ClientSession, ins: Instruction) -> Instruction | None:
+    async def _obey(self, ins: Instruction) -> Instruction | None:
         """Carry out `ins`; the answer to the last report it sent (None if none)."""
         lease = ins.lease
         answer = None
         if ins.action is Action.STAGE and lease is not None:
             self.timeline.staged.setdefault(self.name, time.monotonic())
             self.lease_id = lease.lease_id
-            answer = await self._report(session, AgentPhase.STAGED)
+            answer = await self._report(AgentPhase.STAGED)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
             self.timeline.applied.setdefault(self.name, time.monotonic())
-            await self._report(session, AgentPhase.APPLYING)
+            await self._report(AgentPhase.APPLYING)
             await asyncio.sleep(self.work)
             self.version = lease.target_version
             await self.api.set_node(self.name, lease.target_version)
             self.timeline.restarted.setdefault(self.name, time.monotonic())
-            answer = await self._report(session, AgentPhase.RESTARTED)
+            answer = await self._report(AgentPhase.RESTARTED)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
-            answer = await self._report(session, AgentPhase.RESTARTED)
+            answer = await self._report(AgentPhase.RESTARTED)
         elif ins.action is Action.FINISH:
             self.timeline.finish(self.name)
             self.phase, self.lease_id = AgentPhase.IDLE, None
         elif ins.action is Action.ROLLBACK and lease is not None:
             self.timeline.errors.append(f"{self.name}: told to roll back: {ins.reason}")
-            answer = await self._report(session, AgentPhase.ROLLED_BACK)
+            answer = await self._report(AgentPhase.ROLLED_BACK)
         elif ins.action is Action.IDLE and self.phase in (AgentPhase.ROLLED_BACK, AgentPhase.FAILED):
             self.phase, self.lease_id = AgentPhase.IDLE, None
         return answer

@@ -20,7 +20,7 @@ time from `apply` to `restarted` beyond the node's own work (the `applying` repo
 the time from the Plan's creation to the first `stage` received, and from the last `restarted` sent to
 the last `finish` received; from the coordinator's /metrics, the mean time of one API write by kind,
 and the reconcile passes per node and their mean duration, during the rollout. The stand-ins open one
-connection per request and close it, as `agent.client` does.
+connection per request and close it: they use `agent.client` itself.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
@@ -55,6 +55,7 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.client import CoordinatorClient
 from bench.nodesim import ApiClient, SimNode, Timeline, register
 from bench.processes import stop_process
 from coordinator import gc_tuning
@@ -309,12 +310,7 @@ async def rollout(
     runs: list[asyncio.Task[None]] = []
     log_path = tmp / "coordinator.log"
     connector = aiohttp.TCPConnector(limit=0)
-    # The stand-ins talk to the coordinator like agent.client: one connection per exchange, closed after.
-    agent_connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        aiohttp.ClientSession(connector=agent_connector) as agents,
-    ):
+    async with aiohttp.ClientSession(connector=connector) as session:
         try:
             kubeconfig = write_kubeconfig(tmp / "kubeconfig", api_proc.url)
             api = ApiClient(session, api_proc.url)
@@ -362,8 +358,14 @@ async def rollout(
             await asyncio.sleep(0.5)
             rss_synced = rss_mib(proc.pid)
             timeline = Timeline(expected=nodes)
-            sims = [SimNode(n, tokens[n], OLD, url, api, timeline, work=work) for n in names]
-            runs = [asyncio.create_task(s.run(agents, stop)) for s in sims]
+            token_dir = tmp / "tokens"
+            token_dir.mkdir(exist_ok=True)
+            sims = []
+            for n in names:
+                (token_dir / n).write_text(tokens[n])
+                client = CoordinatorClient(url, n, token_dir / n, timeout=30.0)
+                sims.append(SimNode(n, client, OLD, api, timeline, work=work))
+            runs = [asyncio.create_task(s.run(stop)) for s in sims]
             api_proc.counts()  # drop the setup's requests
             # Until every stand-in's first poll was authenticated (one TokenReview each) and held.
             reviewed = 0
