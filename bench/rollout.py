@@ -19,7 +19,9 @@ long-poll, before the Plan exists, beside its peak; the means of the hand-off an
 time from `apply` to `restarted` beyond the node's own work (the `applying` report, the Node update).
 the time from the Plan's creation to the first `stage` received, and from the last `restarted` sent to
 the last `finish` received; from the coordinator's /metrics, the mean time of one API write by kind,
-and the reconcile passes per node and their mean duration, during the rollout. The stand-ins open one
+the reconcile passes per node and their mean duration, the mean time a pass took to decide (before its
+first write), and the mean time a report waited for the pass that took it up, during the rollout. The
+stand-ins open one
 connection per request and close it: they use `agent.client` itself.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
@@ -255,7 +257,8 @@ def mean_ms(values: list[float]) -> float | None:
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """From the coordinator's /metrics: reconcile passes and API writes, counts and total seconds."""
+    """From the coordinator's /metrics: reconcile passes, their decisions, the reports' waits for them,
+    and API writes: counts and total seconds."""
     async with session.get(f"{url}/metrics") as r:
         text = await r.text()
     out: dict[str, float] = {}
@@ -267,11 +270,30 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
                 out["passes"] = sample.value  # the passes that ended
             elif sample.name == "k3s_upgrade_agent_polls_paced_total":
                 out["paced"] = sample.value
+            elif sample.name in TIMED:
+                out[TIMED[sample.name]] = sample.value
             elif sample.name.startswith("k3s_upgrade_api_write_duration_seconds_"):
                 field = sample.name.rsplit("_", 1)[1]
                 if field in ("count", "sum"):
                     out[f"{field} {sample.labels['kind']}"] = sample.value
     return out
+
+
+TIMED = {
+    "k3s_upgrade_decide_duration_seconds_sum": "decide seconds",
+    "k3s_upgrade_decide_duration_seconds_count": "decides",
+    "k3s_upgrade_report_wait_seconds_sum": "report wait seconds",
+    "k3s_upgrade_report_wait_seconds_count": "reports",
+}
+"""Histograms of /metrics that `scrape` reads: the sample's name -> its key in what it returns."""
+
+
+def timed_ms_mean(
+    before: dict[str, float], during: dict[str, float], seconds: str, count: str
+) -> float | None:
+    """Mean milliseconds of what a histogram timed during the rollout (None against the floor)."""
+    n = during.get(count, 0.0) - before.get(count, 0.0)
+    return round((during[seconds] - before.get(seconds, 0.0)) / n * 1000, 1) if n > 0 else None
 
 
 def write_ms_mean(before: dict[str, float], during: dict[str, float]) -> dict[str, float]:
@@ -461,6 +483,8 @@ async def rollout(
         "coordinator_api_write_ms_mean": write_ms_mean(before, during),
         "coordinator_passes_per_node": passes_per_node,
         "coordinator_pass_ms_mean": pass_ms_mean,
+        "coordinator_decide_ms_mean": timed_ms_mean(before, during, "decide seconds", "decides"),
+        "coordinator_report_wait_ms_mean": timed_ms_mean(before, during, "report wait seconds", "reports"),
         "coordinator_paced_polls_per_node": paced_per_node,
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
         "coordinator_peak_rss_mib": rss,

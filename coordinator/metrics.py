@@ -68,6 +68,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.decide_seconds = Histogram(
+            "k3s_upgrade_decide_duration_seconds",
+            "Time a reconcile pass took before its first write: the table read, the reports applied, the "
+            "decision made",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.report_wait_seconds = Histogram(
+            "k3s_upgrade_report_wait_seconds",
+            "Time an agent's report waited for a reconcile pass to take it up (from its arrival to the "
+            "start of that pass)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
         self.polls_held = Gauge(
             "k3s_upgrade_agent_polls_held",

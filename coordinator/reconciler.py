@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -279,6 +280,8 @@ class PendingReport:
     state: AgentState
     answer: asyncio.Future[Instruction]
     passes: int = 0
+    received: float = field(default_factory=time.monotonic)
+    """When it arrived (`time.monotonic`), for `k3s_upgrade_report_wait_seconds`."""
 
 
 PACING_EVERY = 1.0
@@ -438,12 +441,15 @@ class Runtime:
     async def reconcile_once(self) -> None:
         """One pass: reports + World -> decide -> writes in order; stop at the first failed write."""
         self.metrics.reconciles.inc()
+        started = time.monotonic()
         stored, table = await self.stored_table()
         as_stored = table
         reports, self._reports = self._reports, []
         now = datetime.now(UTC)
         accepted = []
         for pending in reports:
+            if pending.passes == 0:
+                self.metrics.report_wait_seconds.observe(started - pending.received)
             try:
                 table = apply_report(table, pending.report, now)
                 accepted.append(pending)
@@ -453,6 +459,7 @@ class Runtime:
         try:
             world = self.world(table, stored=as_stored)
             decision = decide(world)  # its table writes store the reports too (see World.stored)
+            self.metrics.decide_seconds.observe(time.monotonic() - started)
             self.waiting_for = decision.waiting_for
             writes = decision.writes
             last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)

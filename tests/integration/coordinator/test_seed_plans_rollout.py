@@ -73,6 +73,11 @@ async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Pa
     (timed_passes,) = [s.value for s in families["k3s_upgrade_reconcile_duration_seconds"].samples
                        if s.name.endswith("_count")]
     assert passes > 0 and timed_passes in (passes, passes - 1)  # the count lags while a pass runs
+    decided = {s.name.rsplit("_", 1)[1]: s.value
+               for s in families["k3s_upgrade_decide_duration_seconds"].samples}
+    assert 0 < decided["count"] <= passes and decided["sum"] > 0
+    waits = {s.name.rsplit("_", 1)[1]: s.value for s in families["k3s_upgrade_report_wait_seconds"].samples}
+    assert waits["count"] >= len(SERVERS + AGENTS) and waits["sum"] > 0  # reports of each upgrade waited
     status = rig.runtime.status()["plans"]
     assert status["agent-plan"]["version"] == NEW and status["agent-plan"]["conditions"]
 
