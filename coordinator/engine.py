@@ -43,7 +43,7 @@ from typing import Any
 from coordinator.hashing import plan_hash
 from coordinator.leasing import MAX_ACTIVE_LEASES, TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
 from coordinator.plans import Drain, Plan, parse_plan
-from coordinator.selection import candidate_order, plan_label, selected
+from coordinator.selection import candidate_order, plan_label, selected_remembered
 from coordinator.skew import SkewPolicy, checker, is_server
 from coordinator.status import Cond, plan_status
 from coordinator.versions import same_version
@@ -67,6 +67,9 @@ class NodeView:
     creation: datetime | None = None
     server: bool = field(init=False, repr=False, compare=False)
     """Whether it runs the control plane (`skew.is_server` of its labels), computed once."""
+    selections: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Whether plans select it (`selection.selected_remembered`): kept for the view's life, which ends
+    when its Node changes (the runtime makes a new view then)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server", is_server(self.labels))
@@ -626,7 +629,7 @@ class _Decider:
         if hit is None:
             sel = pi.plan.spec.node_selector if pi.plan is not None else None
             raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
-            nodes = tuple(selected(raw, pi.name, self.w.nodes)) if pi.plan is not None else ()
+            nodes = tuple(selected_remembered(raw, pi.name, self.w.nodes)) if pi.plan is not None else ()
             h = pi.hash
             label = plan_label(pi.name)
             done = sum(1 for n in nodes if n.labels.get(label) == h) if h is not None else 0  # is_done

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Protocol, TypeVar
@@ -96,6 +97,37 @@ def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N
     label = plan_label(plan)
     match = compile_selector(selector)
     return [n for n in nodes if match(n.labels) and n.labels.get(label) != DISABLED]
+
+
+class _Remembering(_Node, Protocol):
+    @property
+    def selections(self) -> dict[str, bool]:
+        """Answers of `selected_remembered` for this node, by plan and selector."""
+        ...
+
+
+R = TypeVar("R", bound=_Remembering)
+
+
+def selected_remembered(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[R]) -> list[R]:
+    """`selected`, keeping each node's answer on the node for the next call.
+
+    For nodes that are replaced, never changed, when their labels change (`engine.NodeView`, one per
+    version of a Node): a pass then evaluates the selector only over the Nodes that changed since the
+    last one, instead of over every Node."""
+    key = f"{plan}\0{json.dumps(selector, sort_keys=True)}"
+    label = plan_label(plan)
+    match: LabelPredicate | None = None
+    out = []
+    for n in nodes:
+        hit = n.selections.get(key)
+        if hit is None:
+            if match is None:
+                match = compile_selector(selector)
+            hit = n.selections[key] = match(n.labels) and n.labels.get(label) != DISABLED
+        if hit:
+            out.append(n)
+    return out
 
 
 def is_done(node: _Node, plan: str, plan_hash: str) -> bool:

@@ -3,17 +3,26 @@
 Aspects: matchLabels and every matchExpressions operator (In, NotIn, Exists, DoesNotExist), ANDed;
 empty selector selects all; unknown operator is a SelectorError naming the expression; the plan label
 value `disabled` opts a node out; done = label equals hash; candidate order is SUC's sha256(node UID +
-plan UID + hash), stable for one hash and different for another.
+plan UID + hash), stable for one hash and different for another; the remembered selection gives the
+same answers, per plan and selector, and a node's new view (its Node changed) is asked again.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
 from coordinator.engine import NodeView
-from coordinator.selection import SelectorError, candidate_order, is_done, matches, selected
+from coordinator.selection import (
+    SelectorError,
+    candidate_order,
+    is_done,
+    matches,
+    selected,
+    selected_remembered,
+)
 
 LABELS = {"role": "worker", "zone": "a", "gpu": "yes"}
 
@@ -59,6 +68,30 @@ def test_disabled_opts_out_and_done_is_the_hash() -> None:
     assert is_done(nodes[2], "p", "h1")
     assert not is_done(nodes[2], "p", "h2")
     assert not is_done(nodes[0], "p", "h1")
+
+
+def test_remembered_selection_answers_like_selection_per_plan_and_selector() -> None:
+    workers = {"matchLabels": {"role": "worker"}}
+    zone_b = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
+    nodes = [
+        node("a", {"role": "worker", "zone": "a"}),
+        node("b", {"role": "worker", "zone": "b", "plan.upgrade.cattle.io/q": "disabled"}),
+        node("c", {"role": "server", "zone": "b"}),
+    ]
+    for _ in range(2):  # the second round answers from what the first remembered
+        for plan in ("p", "q"):
+            for selector in (None, workers, zone_b):
+                assert selected_remembered(selector, plan, nodes) == selected(selector, plan, nodes)
+    assert [n.name for n in selected_remembered(workers, "q", nodes)] == ["a"]
+    assert len(nodes[0].selections) == 6  # 2 plans x 3 selectors
+    # Its Node changed: a new view, asked again; the old view keeps its own answers.
+    moved = replace(nodes[0], labels={"role": "server", "zone": "b"})
+    assert moved.selections == {}
+    assert [n.name for n in selected_remembered(workers, "p", [moved, *nodes[1:]])] == ["b"]
+    assert [n.name for n in selected_remembered(zone_b, "p", [moved, *nodes[1:]])] == ["a", "b", "c"]
+    # A view is asked once per plan and selector: a changed answer on it would be kept (views are frozen).
+    nodes[2].selections[f"p\0{'null'}"] = False
+    assert [n.name for n in selected_remembered(None, "p", nodes)] == ["a", "b"]
 
 
 def test_candidate_order_is_sucs_sha256_and_depends_on_the_hash() -> None:
