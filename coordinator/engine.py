@@ -319,7 +319,8 @@ class _Decider:
         self.uncordoned: set[str] = set()
         self.released: set[str] = set()
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
-        self._chosen: dict[str, tuple[tuple[NodeView, ...], int]] = {}
+        self._chosen: dict[str, tuple[tuple[NodeView, ...], tuple[NodeView, ...]]] = {}
+        """plan -> (the nodes it selects, those of them not done at its hash), once per decision."""
         self._servers: list[str | None] | None = None
         self.grantable: dict[str, frozenset[str]] = {}
         self.waiting_for: set[str] = set()
@@ -423,9 +424,7 @@ class _Decider:
 
     # -- steps -------------------------------------------------------------------------------------
     def retries(self) -> None:
-        for node in self.w.nodes:
-            if RETRY_ANNOTATION not in node.annotations:
-                continue
+        for node in [n for n in self.w.nodes if RETRY_ANNOTATION in n.annotations]:
             records = [le for le in self.t.leases if le.node == node.name and le.phase in TERMINAL]
             for le in records:
                 if le.cordoned_by_us:
@@ -573,14 +572,13 @@ class _Decider:
         blocked: list[str] = []
         skew = checker(pi.version, self.server_versions(), w.settings.skew)
         failed_nodes = {le.node for le in failures}
-        label, h = plan_label(plan.name), pi.hash
         alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
         agents, listening = w.agents, w.listening
         pool = []
         away: list[NodeView] = []
-        for n in self.chosen(pi)[0]:
-            if n.labels.get(label) == h or n.name in failed_nodes or n.name in self.released:
-                continue  # done (see selection.is_done), failed, or released by this very pass
+        for n in self.pending(pi):
+            if n.name in failed_nodes or n.name in self.released:
+                continue  # failed, or released by this very pass
             if self.t.active_for_node(n.name) is not None:
                 continue
             problem = skew(n.name, n.kubelet_version, n.server)
@@ -625,15 +623,22 @@ class _Decider:
 
     def chosen(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], int]:
         """The nodes the plan selects and how many of them are done at its hash (once per decision)."""
+        nodes, pending = self._selection(pi)
+        return nodes, len(nodes) - len(pending)
+
+    def pending(self, pi: PlanInput) -> tuple[NodeView, ...]:
+        """The nodes the plan selects that are not done at its hash (all of them without a hash)."""
+        return self._selection(pi)[1]
+
+    def _selection(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], tuple[NodeView, ...]]:
         hit = self._chosen.get(pi.name)
         if hit is None:
             sel = pi.plan.spec.node_selector if pi.plan is not None else None
             raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
             nodes = tuple(selected_remembered(raw, pi.name, self.w.nodes)) if pi.plan is not None else ()
-            h = pi.hash
-            label = plan_label(pi.name)
-            done = sum(1 for n in nodes if n.labels.get(label) == h) if h is not None else 0  # is_done
-            hit = self._chosen[pi.name] = (nodes, done)
+            h, label = pi.hash, plan_label(pi.name)
+            pending = nodes if h is None else tuple(n for n in nodes if n.labels.get(label) != h)  # is_done
+            hit = self._chosen[pi.name] = (nodes, pending)
         return hit
 
     def complete(self, pi: PlanInput) -> bool:

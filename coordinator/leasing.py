@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import gzip
 import json
 import zlib
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
@@ -62,6 +64,8 @@ class LeasePhase(StrEnum):
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
 
+
+_LEASE_ID = attrgetter("lease_id")
 
 TERMINAL = frozenset({LeasePhase.FAILED, LeasePhase.ROLLED_BACK})
 """Phases that no longer hold a slot: the lease is only the failure record."""
@@ -173,7 +177,12 @@ class LeaseTable:
     """node -> its last released lease, so an agent that missed `finish` still gets it."""
 
     def by_id(self, lease_id: str) -> Lease | None:
-        return next((le for le in self.leases if le.lease_id == lease_id), None)
+        return self._by_id.get(lease_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, Lease]:
+        """lease id -> lease, built once per table (a pass looks up every lease, often more than once)."""
+        return {le.lease_id: le for le in self.leases}
 
     def active_for_node(self, node: str) -> Lease | None:
         return self._active_by_node.get(node)
@@ -194,9 +203,11 @@ class LeaseTable:
         return tuple(le for le in self.leases if le.plan == plan and not le.active)
 
     def put(self, lease: Lease) -> LeaseTable:
-        """The table with `lease` added or replacing the lease of the same id."""
-        rest = tuple(le for le in self.leases if le.lease_id != lease.lease_id)
-        return replace(self, leases=tuple(sorted((*rest, lease), key=lambda le: le.lease_id)))
+        """The table with `lease` added or replacing the lease of the same id, in the order of the ids
+        (the order every table written by `put` and `remove` has; not re-sorted here)."""
+        leases = [le for le in self.leases if le.lease_id != lease.lease_id]
+        bisect.insort(leases, lease, key=_LEASE_ID)
+        return LeaseTable(leases=tuple(leases), finished=self.finished)
 
     def remove(self, lease_id: str, *, finished: bool = False) -> LeaseTable:
         gone = self.by_id(lease_id)
