@@ -1,10 +1,11 @@
 """The benchmarks run end to end and report sane figures (at small scale, so the suite stays fast).
 
 Aspects: the scheduling benchmark grants `concurrency` leases per Plan on its first decision and times
-positive durations; `python -m bench` with BENCH_QUICK=1 runs the scheduling, rollout (20 nodes, real
-coordinator and API server emulator processes) and agent (download vs curl, idle footprint) benchmarks
-and writes a results table naming the machine and the targets; the rollout upgrades every node, never
-faster than the physical ideal, with positive hand-off latencies, API writes and coordinator RSS.
+positive durations, cold and warm; `python -m bench` with BENCH_QUICK=1 runs the scheduling, rollout
+(20 nodes, real coordinator and API server emulator processes) and agent (download vs curl, idle
+footprint) benchmarks and writes a results table naming the machine and the targets; the rollout
+upgrades every node, never faster than the physical ideal, with positive hand-off latencies, API writes
+and coordinator RSS.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def test_scheduling_benchmark_grants_and_times_a_decision() -> None:
     assert figures["leases_granted_by_first_decision"] == 4 * scheduling.CONCURRENCY
     assert 0 < figures["decide_ms_empty_table_median"] <= figures["decide_ms_empty_table_max"]
     assert 0 < figures["decide_ms_leases_held_median"] <= figures["decide_ms_leases_held_max"]
+    for case in ("empty_table", "leases_held"):  # again on the same Node views: they remember selections
+        assert 0 < figures[f"decide_ms_{case}_warm_median"] <= figures[f"decide_ms_{case}_warm_max"]
 
 
 def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -> None:
