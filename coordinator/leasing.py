@@ -181,8 +181,9 @@ class LeaseTable:
 
     @cached_property
     def _by_id(self) -> dict[str, Lease]:
-        """lease id -> lease, built once per table (a pass looks up every lease, often more than once)."""
-        return {le.lease_id: le for le in self.leases}
+        """lease id -> lease (the first of that id), built once per table (a pass looks up every lease,
+        often more than once)."""
+        return {le.lease_id: le for le in reversed(self.leases)}
 
     def active_for_node(self, node: str) -> Lease | None:
         return self._active_by_node.get(node)
