@@ -21,8 +21,7 @@ the time from the Plan's creation to the first `stage` received, and from the la
 the last `finish` received; from the coordinator's /metrics, the mean time of one API write by kind,
 the reconcile passes per node and their mean duration, the mean time a pass took to decide (before its
 first write), and the mean time a report waited for the pass that took it up, during the rollout. The
-stand-ins open one
-connection per request and close it: they use `agent.client` itself.
+stand-ins open one connection per request and close it: they use `agent.client` itself.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What

@@ -84,8 +84,8 @@ def main(nodes: int = NODES, plans: int = PLANS, repeat: int = 7) -> dict[str, A
     first = decide(world(now, LeaseTable(), nodes, plans))
     tables = [w.table for w in first.writes if isinstance(w, TableWrite)]
     granted = tables[-1] if tables else LeaseTable()
-    timings: dict[str, list[float]] = {k: [] for k in ("empty_table", "leases_held")}
-    timings.update({f"{k}_warm": [] for k in ("empty_table", "leases_held")})
+    cases = ("empty_table", "leases_held", "empty_table_warm", "leases_held_warm")
+    timings: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeat):
         for label, table in (("empty_table", LeaseTable()), ("leases_held", granted)):
             w = world(now, table, nodes, plans)
