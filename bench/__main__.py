@@ -212,7 +212,8 @@ def groups(benchmarks: tuple[Benchmark, ...]) -> list[list[Benchmark]]:
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median total (the lower of the two middle ones); a finished run before any other."""
+    """The run with the median total (the lower of the two middle ones); a finished run before any other;
+    the only run of a benchmark that runs once."""
     finished = sorted((f for f in runs if f.get("total_s") is not None), key=lambda f: f["total_s"])
     return finished[(len(finished) - 1) // 2] if finished else runs[0]
 
@@ -237,7 +238,7 @@ def main() -> None:
                     line = {"module": module, "args": list(args), "run": k + 1, **done[-1]}
                     print(json.dumps(line), flush=True)
         for done, (module, args, _) in zip(runs, group, strict=True):
-            figures = median_run(done) if repeat > 1 else done[0]
+            figures = median_run(done)
             name = module + (f" {' '.join(args)}" if args else "")
             results.append((name, figures))
             print(json.dumps({"module": module, "args": list(args), **figures}), flush=True)

@@ -92,11 +92,18 @@ class _Node(Protocol):
 N = TypeVar("N", bound=_Node)
 
 
-def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N]) -> list[N]:
-    """Nodes matched by the selector, minus those that opted out with the label value `disabled`."""
+def chooser(selector: Mapping[str, object] | None, plan: str) -> LabelPredicate:
+    """Whether the plan selects a node by its labels: the selector matches and the node did not opt out
+    with the plan label's value `disabled`."""
     label = plan_label(plan)
     match = compile_selector(selector)
-    return [n for n in nodes if match(n.labels) and n.labels.get(label) != DISABLED]
+    return lambda labels: match(labels) and labels.get(label) != DISABLED
+
+
+def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N]) -> list[N]:
+    """Nodes matched by the selector, minus those that opted out with the label value `disabled`."""
+    choose = chooser(selector, plan)
+    return [n for n in nodes if choose(n.labels)]
 
 
 class _Remembering(_Node, Protocol):
@@ -116,15 +123,14 @@ def selected_remembered(selector: Mapping[str, object] | None, plan: str, nodes:
     version of a Node): a pass then evaluates the selector only over the Nodes that changed since the
     last one, instead of over every Node."""
     key = f"{plan}\0{json.dumps(selector, sort_keys=True)}"
-    label = plan_label(plan)
-    match: LabelPredicate | None = None
+    choose: LabelPredicate | None = None
     out = []
     for n in nodes:
         hit = n.selections.get(key)
         if hit is None:
-            if match is None:
-                match = compile_selector(selector)
-            hit = n.selections[key] = match(n.labels) and n.labels.get(label) != DISABLED
+            if choose is None:
+                choose = chooser(selector, plan)
+            hit = n.selections[key] = choose(n.labels)
         if hit:
             out.append(n)
     return out
