@@ -72,6 +72,8 @@ AT_5000: Applies = lambda f: f.get("nodes") == 5000 and COORDINATOR(f)  # noqa: 
 TARGETS: dict[str, tuple[str, Applies, Check]] = {
     "total_over_ideal": ("<= 1.05 at 1,000 nodes", AT_1000, lambda v: v <= 1.05),
     "handoff_ms_p99": ("< 50 ms", COORDINATOR, lambda v: v < 50),
+    "coordinator_handoff_ms_p99_at_most": ("< 50 ms (verified -> granted, in the coordinator)", COORDINATOR,
+                                           lambda v: v <= 50),
     "coordinator_api_writes_per_node": ("<= 6 (besides evictions)", COORDINATOR, lambda v: v <= 6),
     "coordinator_peak_rss_mib": ("< 150 MiB at 5,000 nodes", AT_5000, lambda v: v < 150),
     "complete": ("every node upgraded", ANY, lambda v: v is True),
@@ -93,6 +95,11 @@ are there to tell the coordinator's share from the rest:
 - `runs`: the 1,000-node rollouts (the coordinator's and the floor's, alternated) run more than once;
   each one's rows are from its run with the median total, and its `runs` row lists every run's total
   and hand-off p50 and p99.
+- two hand-offs: `handoff_ms_*` from the stand-in's `restarted` sent to the next stand-in's `stage`
+  received (the trips to and from the agents included), and `coordinator_handoff_*` as the coordinator
+  times it, the issue's words "a node verified -> the next lease granted": from the arrival of the last
+  evidence of a node's upgrade to the storing of the lease granted in its slot
+  (`k3s_upgrade_handoff_seconds`; its p50 and p99 are bounded by the histogram's buckets, `_at_most`).
 - `--max-held-polls 5000`: the 5,000-node rollout with every agent's long-poll held, as the coordinator
   did before it paced the polls beyond 1,000 (its default; docs/protocol.md): what pacing costs and saves.
 - `coordinator memory floor`: the coordinator's RSS once its caches are synced, plus what a bare aiohttp
@@ -220,7 +227,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Every run's total and hand-off latencies, in the order they ran."""
-    keys = ("total_s", "handoff_ms_p50", "handoff_ms_p99")
+    keys = ("total_s", "handoff_ms_p50", "handoff_ms_p99", "coordinator_handoff_ms_p99_at_most")
     return {"runs": len(runs), **{f"{key}_runs": [f.get(key) for f in runs] for key in keys}}
 
 

@@ -20,8 +20,12 @@ time from `apply` to `restarted` beyond the node's own work (the `applying` repo
 the time from the Plan's creation to the first `stage` received, and from the last `restarted` sent to
 the last `finish` received; from the coordinator's /metrics, the mean time of one API write by kind,
 the reconcile passes per node and their mean duration, the mean time a pass took to decide (before its
-first write), and the mean time a report waited for the pass that took it up, during the rollout. The
-stand-ins open one connection per request and close it: they use `agent.client` itself.
+first write), and the mean time a report waited for the pass that took it up, during the rollout; and
+the coordinator's own count of hand-offs (`k3s_upgrade_handoff_seconds`: from the arrival of the last
+evidence that a node was upgraded to the storing of the next grant, the issue's "a node verified -> the
+next lease granted" as the coordinator sees it, without the trips to and from the stand-ins), their mean
+and the histogram buckets that hold their p50 and p99 (`_at_most`). The stand-ins open one connection
+per request and close it: they use `agent.client` itself.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
@@ -270,7 +274,10 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
             elif sample.name == "k3s_upgrade_agent_polls_paced_total":
                 out["paced"] = sample.value
             elif sample.name in TIMED:
-                out[TIMED[sample.name]] = sample.value
+                out[TIMED[sample.name]] = out.get(TIMED[sample.name], 0.0) + sample.value
+            elif sample.name == "k3s_upgrade_handoff_seconds_bucket":  # cumulative, summed over the plans
+                key = f"handoff le {sample.labels['le']}"
+                out[key] = out.get(key, 0.0) + sample.value
             elif sample.name.startswith("k3s_upgrade_api_write_duration_seconds_"):
                 field = sample.name.rsplit("_", 1)[1]
                 if field in ("count", "sum"):
@@ -283,6 +290,8 @@ TIMED = {
     "k3s_upgrade_decide_duration_seconds_count": "decides",
     "k3s_upgrade_report_wait_seconds_sum": "report wait seconds",
     "k3s_upgrade_report_wait_seconds_count": "reports",
+    "k3s_upgrade_handoff_seconds_sum": "handoff seconds",
+    "k3s_upgrade_handoff_seconds_count": "handoffs",
 }
 """Histograms of /metrics that `scrape` reads: the sample's name -> its key in what it returns."""
 
@@ -293,6 +302,22 @@ def timed_ms_mean(
     """Mean milliseconds of what a histogram timed during the rollout (None against the floor)."""
     n = during.get(count, 0.0) - before.get(count, 0.0)
     return round((during[seconds] - before.get(seconds, 0.0)) / n * 1000, 1) if n > 0 else None
+
+
+def bucket_ms(before: dict[str, float], during: dict[str, float], q: float) -> float | None:
+    """The upper bound in ms of the `k3s_upgrade_handoff_seconds` bucket that holds the q-quantile of the
+    hand-offs during the rollout: that quantile is at most this (None: no hand-off, or past the last
+    bucket)."""
+    bounds = sorted(
+        (float(key.rsplit(" ", 1)[1]), during[key] - before.get(key, 0.0))
+        for key in during
+        if key.startswith("handoff le ")
+    )
+    total = bounds[-1][1] if bounds else 0.0
+    for bound, cumulative in bounds:
+        if total > 0 and cumulative >= q * total:
+            return None if math.isinf(bound) else round(bound * 1000, 1)
+    return None
 
 
 def write_ms_mean(before: dict[str, float], during: dict[str, float]) -> dict[str, float]:
@@ -485,6 +510,10 @@ async def rollout(
         "coordinator_decide_ms_mean": timed_ms_mean(before, during, "decide seconds", "decides"),
         "coordinator_report_wait_ms_mean": timed_ms_mean(before, during, "report wait seconds", "reports"),
         "coordinator_paced_polls_per_node": paced_per_node,
+        "coordinator_handoffs": round(during["handoffs"] - before.get("handoffs", 0.0)) if during else None,
+        "coordinator_handoff_ms_mean": timed_ms_mean(before, during, "handoff seconds", "handoffs"),
+        "coordinator_handoff_ms_p50_at_most": bucket_ms(before, during, 0.5),
+        "coordinator_handoff_ms_p99_at_most": bucket_ms(before, during, 0.99),
         "coordinator_cpu_s": round(cpu.user + cpu.system, 1),
         "coordinator_peak_rss_mib": rss,
         "coordinator_rss_mib_synced": rss_synced,

@@ -17,6 +17,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Seconds, for the API write and reconcile pass histograms: from a loopback write to a stalled server."""
+HANDOFF_BUCKETS = (0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 5)
+"""Seconds, for the hand-off histogram: finer where a hand-off on a healthy cluster lands (tens of ms)."""
 
 
 class Metrics:
@@ -80,6 +82,15 @@ class Metrics:
             "Time an agent's report waited for a reconcile pass to take it up (from its arrival to the "
             "start of that pass)",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.handoff_seconds = Histogram(
+            "k3s_upgrade_handoff_seconds",
+            "Time a plan's slot stood empty: from the last evidence that a node was upgraded (its agent's "
+            "restarted report or its Node Ready on the target, whichever arrived later) to the storing of "
+            "the lease granted in its place (coordinator.handoffs)",
+            ["plan"],
+            buckets=HANDOFF_BUCKETS,
             registry=r,
         )
 

@@ -50,11 +50,19 @@ from coordinator.engine import (
     plan_input,
 )
 from coordinator.events import involved
+from coordinator.handoffs import slot_handoffs
 from coordinator.kube.errors import KubeError, LeaseTableConflict
 from coordinator.kube.informer import Informer
 from coordinator.kube.protocol import Cluster, Obj, StoredLease
 from coordinator.kube.resources import NODES, PLANS, SECRETS
-from coordinator.leasing import TABLE_ANNOTATION, LeaseTable, ReportError, apply_report, instruction_for
+from coordinator.leasing import (
+    TABLE_ANNOTATION,
+    LeasePhase,
+    LeaseTable,
+    ReportError,
+    apply_report,
+    instruction_for,
+)
 from coordinator.metrics import Metrics
 from coordinator.pacing import Pacing, pace, plan_queues, turns
 from coordinator.plans import Drain, parse_duration
@@ -319,6 +327,13 @@ class Runtime:
         self._last_export = 0.0
         self._views: dict[str, NodeView] = {}
         """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass)."""
+        self._view_seen_at: dict[str, float] = {}
+        """node name -> when (`time.monotonic`) the watch delivered its view in `_views`."""
+        self._restarted_at: dict[str, float] = {}
+        """node -> when its agent's `restarted` report arrived, while its lease waits to be verified."""
+        self._evidence: dict[str, float] = {}
+        """node -> when the last evidence of its upgrade arrived, for the leases the pass may verify
+        (`k3s_upgrade_handoff_seconds`)."""
         self._arches: Counter[str] = Counter()
         """How many of `_views` have each architecture (the plans resolve a binary for each)."""
         self._observed: LeaseTable | None = None
@@ -360,8 +375,13 @@ class Runtime:
         if old is not None:
             self._arches[old.arch] -= 1
         if kind != "DELETED":
-            view = self._views[name] = node_view(obj)
+            view = node_view(obj)
+            if view != old:  # (an update to what a view leaves out keeps the view and when it was seen)
+                self._views[name] = view
+                self._view_seen_at[name] = time.monotonic()
             self._arches[view.arch] += 1
+        else:
+            self._view_seen_at.pop(name, None)
         self._wake.set()
 
     def wake(self) -> None:
@@ -453,6 +473,8 @@ class Runtime:
             try:
                 table = apply_report(table, pending.report, now)
                 accepted.append(pending)
+                if pending.report.phase is AgentPhase.RESTARTED:
+                    self._restarted_at[pending.report.node] = pending.received
             except ReportError as exc:  # the table moved on since the broker checked it
                 pending.answer.set_exception(BrokerError(exc.status, str(exc)))
         done = False
@@ -460,6 +482,7 @@ class Runtime:
             world = self.world(table, stored=as_stored)
             decision = decide(world)  # its table writes store the reports too (see World.stored)
             self.metrics.decide_seconds.observe(time.monotonic() - started)
+            self._note_evidence(table)
             self.waiting_for = decision.waiting_for
             writes = decision.writes
             last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
@@ -475,6 +498,16 @@ class Runtime:
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
+
+    def _note_evidence(self, table: LeaseTable) -> None:
+        """For the leases this pass may verify (`restarted`): when the last evidence of their node's
+        upgrade arrived, as the World the pass decided on saw it (a later watch event, such as the echo of
+        the pass's own label patch, must not count)."""
+        restarted = {le.node for le in table.leases if le.phase is LeasePhase.RESTARTED}
+        self._restarted_at = {n: t for n, t in self._restarted_at.items() if n in restarted}
+        self._evidence = {
+            n: max(self._restarted_at.get(n, 0.0), self._view_seen_at.get(n, 0.0)) for n in restarted
+        }
 
     def hold(self, node: str) -> None:
         """An idle poll of `node` is held from now on (see `release`)."""
@@ -808,6 +841,9 @@ class Runtime:
         self._seen(table)
         self.table, self.lease_table = written, table
         self.agents.notify(changed_nodes(old, table))
+        if old is not None and self._evidence:
+            for plan, seconds in slot_handoffs(old, table, self._evidence, time.monotonic()):
+                self.metrics.handoff_seconds.labels(plan).observe(seconds)
 
     # -- /status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -68,6 +68,9 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert {"lease_table", "node"} <= set(r["coordinator_api_write_ms_mean"])
     assert all(ms > 0 for ms in r["coordinator_api_write_ms_mean"].values())
     assert r["coordinator_passes_per_node"] > 0 and r["coordinator_pass_ms_mean"] > 0
+    # Every node but the 5 of the last wave handed its slot on; the coordinator timed each hand-off.
+    assert r["coordinator_handoffs"] == 20 - 5 and r["coordinator_handoff_ms_mean"] > 0
+    assert r["coordinator_handoff_ms_p50_at_most"] <= r["coordinator_handoff_ms_p99_at_most"]
 
     # The rollouts ran twice each, alternated; the line of each is its run with the median total (of 2:
     # the shorter), and a `runs` row lists both.
@@ -84,7 +87,7 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     f = by_module["bench.rollout --floor"]
     assert f["benchmark"] == "rollout-floor" and f["complete"] is True and f["finished_nodes"] == 20
     assert f["coordinator_api_write_ms_mean"] == {} and f["coordinator_passes_per_node"] is None
-    assert f["coordinator_pass_ms_mean"] is None
+    assert f["coordinator_pass_ms_mean"] is None and f["coordinator_handoffs"] is None
     assert f["total_s"] >= f["ideal_s"] == 4 * 0.3
     assert 0 < f["handoff_ms_p50"] <= f["handoff_ms_p99"] <= f["handoff_ms_max"]
     assert (

@@ -10,7 +10,8 @@ Aspects covered:
 - at no point did a plan hold more active leases than its concurrency (1), over every lease-table write;
 - every node the coordinator cordoned is uncordoned again; the lease table ends empty of active leases;
 - /metrics counts nodes done/total and a phase duration per node and phase, and times every API write
-  it counts (one duration per write, by kind) and every reconcile pass; /status names the plans;
+  it counts (one duration per write, by kind) and every reconcile pass, and one hand-off per node that
+  passed its plan's slot on; /status names the plans;
 - API cost: lease-table + node writes per upgraded node stay under a regression guard (10).
 """
 
@@ -78,6 +79,12 @@ async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Pa
     assert 0 < decided["count"] <= passes and decided["sum"] > 0
     waits = {s.name.rsplit("_", 1)[1]: s.value for s in families["k3s_upgrade_report_wait_seconds"].samples}
     assert waits["count"] >= len(SERVERS + AGENTS) and waits["sum"] > 0  # reports of each upgrade waited
+    handoffs = {(s.labels["plan"], s.name.rsplit("_", 1)[1]): s.value
+                for s in families["k3s_upgrade_handoff_seconds"].samples if not s.name.endswith("_bucket")}
+    # Each verified node but a plan's last passed its slot on in the write that released it (the agent-plan's
+    # first grant waited for the servers: no slot of its own plan freed, no hand-off).
+    assert handoffs[("server-plan", "count")] == len(SERVERS) - 1 and handoffs[("server-plan", "sum")] > 0
+    assert handoffs[("agent-plan", "count")] == len(AGENTS) - 1 and handoffs[("agent-plan", "sum")] > 0
     status = rig.runtime.status()["plans"]
     assert status["agent-plan"]["version"] == NEW and status["agent-plan"]["conditions"]
 
