@@ -5,7 +5,9 @@ timers only wake the loop; each pass takes the lease table this replica last rea
 writer while it leads; every write is conditional on the resourceVersion, so a 409 just means: read again
 and decide again), applies the agent reports that arrived since the last pass, asks the pure engine what
 to do, and performs the writes in the engine's order: at most two table writes per pass, with the Node
-patches and Events between them performed concurrently. Agent heartbeats stay in memory
+patches and Events between them performed concurrently. The Events after the last table write (a node
+upgraded, a lease granted) describe what is stored: they are posted beside the next passes, which do not
+wait for them (`split_announcements`). Agent heartbeats stay in memory
 (`AgentRegistry`); they are never written to the API.
 
 This module also answers agents (`RuntimeBroker`): a poll records the agent's state and returns the
@@ -280,6 +282,16 @@ class RuntimeBroker:
         )
 
 
+def split_announcements(writes: Sequence[Write], last: int) -> tuple[list[Write], list[Write]]:
+    """(the writes a pass performs, the Events it may post after it ended): the Events after the last
+    table write (`last`) describe what is stored and nothing waits for them, so the next pass need not."""
+    if last < 0:
+        return list(writes), []
+    tail = writes[last + 1 :]
+    events: list[Write] = [w for w in tail if isinstance(w, EventWrite)]
+    return [*writes[: last + 1], *(w for w in tail if not isinstance(w, EventWrite))], events
+
+
 @dataclass
 class PendingReport:
     """A report waiting for the next pass to store it; `answer` gets the agent's next instruction."""
@@ -337,6 +349,8 @@ class Runtime:
         self._arches: Counter[str] = Counter()
         """How many of `_views` have each architecture (the plans resolve a binary for each)."""
         self._observed: LeaseTable | None = None
+        self._announcing: set[asyncio.Task[bool]] = set()
+        """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
         self.pacing = Pacing()
         """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
         self.paced = False
@@ -436,7 +450,7 @@ class Runtime:
                     pass
         finally:
             resolving.cancel()
-            await asyncio.gather(resolving, return_exceptions=True)
+            await asyncio.gather(resolving, *self._announcing, return_exceptions=True)
             self.running = False
             await self.drainer.close()
             self.lease_table = None
@@ -484,11 +498,15 @@ class Runtime:
             self.metrics.decide_seconds.observe(time.monotonic() - started)
             self._note_evidence(table)
             self.waiting_for = decision.waiting_for
-            writes = decision.writes
-            last = max((i for i, w in enumerate(writes) if isinstance(w, TableWrite)), default=-1)
+            last = max((i for i, w in enumerate(decision.writes) if isinstance(w, TableWrite)), default=-1)
+            writes, announcements = split_announcements(decision.writes, last)
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
+            if announcements and done:
+                task = asyncio.create_task(self._perform_group(announcements), name="announcements")
+                self._announcing.add(task)
+                task.add_done_callback(self._announcing.discard)
             self._export(world, decision.progress)
             self._pace(world, decision)
         finally:

@@ -12,11 +12,13 @@ Aspects covered:
 - /metrics counts nodes done/total and a phase duration per node and phase, and times every API write
   it counts (one duration per write, by kind) and every reconcile pass, and one hand-off per node that
   passed its plan's slot on; /status names the plans;
+- every node's `Upgraded` Event and every grant's `LeaseGranted` Event is posted (they leave the pass);
 - API cost: lease-table + node writes per upgraded node stay under a regression guard (10).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -53,6 +55,13 @@ async def test_seed_plans_complete_servers_first_within_concurrency(tmp_path: Pa
             assert obj["metadata"]["labels"][f"plan.upgrade.cattle.io/{plan}"] == st["latestHash"]
             assert not obj["spec"].get("unschedulable"), f"{n} left cordoned"
             assert obj["status"]["nodeInfo"]["kubeletVersion"] == NEW
+
+    # The Events that describe what is stored, posted beside the next passes: each node's `Upgraded`, and
+    # the plan's `LeaseGranted` for each grant (all of them once the runtime stopped: none is dropped).
+    upgraded = sorted(ref["name"] for _, ref, _, reason, _ in rig.cluster.events if reason == "Upgraded")
+    assert upgraded == sorted(SERVERS + AGENTS)
+    granted = Counter(ref["name"] for _, ref, _, reason, _ in rig.cluster.events if reason == "LeaseGranted")
+    assert granted == {"server-plan": len(SERVERS), "agent-plan": len(AGENTS)}  # concurrency 1: one per pass
 
     text = rig.runtime.metrics.render().decode()
     assert 'k3s_upgrade_nodes_done{plan="server-plan"} 3.0' in text
