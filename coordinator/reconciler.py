@@ -310,6 +310,9 @@ LISTENER_WAKE_DELAY = 0.05
 """Seconds from an agent a plan waits for being held to the pass that grants it (and the others held
 meanwhile)."""
 
+ANNOUNCE_GRACE = 2.0
+"""Seconds the loop, when it stops (shutdown, lost lead), waits for the Events its passes still post."""
+
 REPORT_PASSES = 8
 """A report not stored after this many passes (each failed on a conflict or an API error) gets a 503."""
 
@@ -450,7 +453,14 @@ class Runtime:
                     pass
         finally:
             resolving.cancel()
-            await asyncio.gather(resolving, *self._announcing, return_exceptions=True)
+            announcing = list(self._announcing)
+            try:
+                if announcing:  # let the last passes' Events out, unless the API server does not answer
+                    await asyncio.wait(announcing, timeout=ANNOUNCE_GRACE)
+            finally:
+                for task in announcing:
+                    task.cancel()
+            await asyncio.gather(resolving, *announcing, return_exceptions=True)
             self.running = False
             await self.drainer.close()
             self.lease_table = None

@@ -48,6 +48,8 @@ class MemoryCluster:
         self.pdb_blocked: set[str] = set()
         """Pods (ns/name) whose eviction a PodDisruptionBudget refuses (429) while listed."""
         self.evictions: list[str] = []
+        self.events_gate: asyncio.Event | None = None
+        """When set to an Event, every Event post waits for it (an API server that does not answer)."""
 
     # -- helpers for tests -----------------------------------------------------------------------
     def _key(self, obj: Obj) -> str:
@@ -174,6 +176,8 @@ class MemoryCluster:
         self, namespace: str, involved: Mapping[str, str], type_: str, reason: str, message: str
     ) -> None:
         self._count("event")
+        if self.events_gate is not None:
+            await self.events_gate.wait()
         self.events.append((namespace, dict(involved), type_, reason, message))
 
     async def list_pods_on_node(self, node: str) -> list[Obj]:
