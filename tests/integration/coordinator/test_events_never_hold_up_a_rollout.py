@@ -48,5 +48,6 @@ async def test_unanswered_event_posts_hold_up_neither_the_rollout_nor_the_stop(t
     assert rig.cluster.events == [] and rig.cluster.writes["event"] >= len(NODES)  # all posted, none answered
     done = plans["system-upgrade/one-by-one"]["status"]["latestHash"]
     for n in NODES:
-        assert rig.cluster.objects["nodes"][n]["metadata"]["labels"]["plan.upgrade.cattle.io/one-by-one"] == done
+        labels = rig.cluster.objects["nodes"][n]["metadata"]["labels"]
+        assert labels["plan.upgrade.cattle.io/one-by-one"] == done
     assert ANNOUNCE_GRACE - 0.1 <= took < ANNOUNCE_GRACE + 2.0
