@@ -513,7 +513,8 @@ class Runtime:
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
-            if announcements and done:
+            described = decision.writes[last] if announcements else None  # the table write they follow
+            if isinstance(described, TableWrite) and self.lease_table is described.table:  # it was stored
                 task = asyncio.create_task(self._perform_group(announcements), name="announcements")
                 self._announcing.add(task)
                 task.add_done_callback(self._announcing.discard)
