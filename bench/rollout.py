@@ -296,11 +296,17 @@ TIMED = {
 """Histograms of /metrics that `scrape` reads: the sample's name -> its key in what it returns."""
 
 
+def timed_count(before: dict[str, float], during: dict[str, float], count: str) -> float:
+    """How many times a histogram observed during the rollout (a labelled one has no sample before its
+    first observation)."""
+    return during.get(count, 0.0) - before.get(count, 0.0)
+
+
 def timed_ms_mean(
     before: dict[str, float], during: dict[str, float], seconds: str, count: str
 ) -> float | None:
     """Mean milliseconds of what a histogram timed during the rollout (None against the floor)."""
-    n = during.get(count, 0.0) - before.get(count, 0.0)
+    n = timed_count(before, during, count)
     return round((during[seconds] - before.get(seconds, 0.0)) / n * 1000, 1) if n > 0 else None
 
 
@@ -510,7 +516,7 @@ async def rollout(
         "coordinator_decide_ms_mean": timed_ms_mean(before, during, "decide seconds", "decides"),
         "coordinator_report_wait_ms_mean": timed_ms_mean(before, during, "report wait seconds", "reports"),
         "coordinator_paced_polls_per_node": paced_per_node,
-        "coordinator_handoffs": round(during["handoffs"] - before.get("handoffs", 0.0)) if during else None,
+        "coordinator_handoffs": round(timed_count(before, during, "handoffs")) if during else None,
         "coordinator_handoff_ms_mean": timed_ms_mean(before, during, "handoff seconds", "handoffs"),
         "coordinator_handoff_ms_p50_at_most": bucket_ms(before, during, 0.5),
         "coordinator_handoff_ms_p99_at_most": bucket_ms(before, during, 0.99),
