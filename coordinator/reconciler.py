@@ -78,6 +78,10 @@ log = logging.getLogger("coordinator.reconciler")
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
 EFFECT_PARALLELISM = 16
 """Node patches and Events of one pass performed at the same time."""
+ANNOUNCE_PARALLELISM = 8
+"""Closing Events (`split_announcements`) posted at the same time, over all passes: with a slow API server
+they queue here instead of taking the pooled connections (`KUBE_CONNECTIONS`) from the writes a rollout
+waits for."""
 
 
 def _ts(text: Any) -> datetime | None:
@@ -354,6 +358,7 @@ class Runtime:
         self._observed: LeaseTable | None = None
         self._announcing: set[asyncio.Task[bool]] = set()
         """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
+        self._announce_gate = asyncio.Semaphore(ANNOUNCE_PARALLELISM)
         self.pacing = Pacing()
         """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
         self.paced = False
@@ -515,7 +520,10 @@ class Runtime:
             )
             described = decision.writes[last] if announcements else None  # the table write they follow
             if isinstance(described, TableWrite) and self.lease_table is described.table:  # it was stored
-                task = asyncio.create_task(self._perform_group(announcements), name="announcements")
+                task = asyncio.create_task(
+                    self._perform_group(announcements, self._announce_gate, "event not posted"),
+                    name="announcements",
+                )
                 self._announcing.add(task)
                 task.add_done_callback(self._announcing.discard)
             self._export(world, decision.progress)
@@ -719,8 +727,15 @@ class Runtime:
                 stored = self.table
         return True
 
-    async def _perform_group(self, group: list[Write]) -> bool:
-        gate = asyncio.Semaphore(EFFECT_PARALLELISM)
+    async def _perform_group(
+        self,
+        group: list[Write],
+        gate: asyncio.Semaphore | None = None,
+        failed: str = "write failed, deciding again",
+    ) -> bool:
+        """Perform `group` concurrently (at most `EFFECT_PARALLELISM` at a time, or as `gate` allows); False
+        if a write failed (each failure is logged as `failed`)."""
+        gate = gate or asyncio.Semaphore(EFFECT_PARALLELISM)
 
         async def one(w: Write) -> bool:
             async with gate:
@@ -728,7 +743,7 @@ class Runtime:
                     await self._perform_one(w)
                     return True
                 except KubeError as exc:
-                    log.warning("write failed, deciding again: %s", exc, extra={"write": type(w).__name__})
+                    log.warning("%s: %s", failed, exc, extra={"write": type(w).__name__})
                     self.last_error = str(exc)
                     return False
 

@@ -50,6 +50,9 @@ class MemoryCluster:
         self.evictions: list[str] = []
         self.events_gate: asyncio.Event | None = None
         """When set to an Event, every Event post waits for it (an API server that does not answer)."""
+        self.events_waiting = 0
+        self.events_waiting_max = 0
+        """Event posts waiting for `events_gate` now, and at most at once."""
 
     # -- helpers for tests -----------------------------------------------------------------------
     def _key(self, obj: Obj) -> str:
@@ -177,7 +180,12 @@ class MemoryCluster:
     ) -> None:
         self._count("event")
         if self.events_gate is not None:
-            await self.events_gate.wait()
+            self.events_waiting += 1
+            self.events_waiting_max = max(self.events_waiting_max, self.events_waiting)
+            try:
+                await self.events_gate.wait()
+            finally:
+                self.events_waiting -= 1
         self.events.append((namespace, dict(involved), type_, reason, message))
 
     async def list_pods_on_node(self, node: str) -> list[Obj]:
