@@ -67,9 +67,9 @@ class NodeView:
     creation: datetime | None = None
     server: bool = field(init=False, repr=False, compare=False)
     """Whether it runs the control plane (`skew.is_server` of its labels), computed once."""
-    selections: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
-    """Whether plans select it (`selection.selected_remembered`): kept for the view's life, which ends
-    when its Node changes (the runtime makes a new view then)."""
+    selections: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Whether plans select it and whether it is done at their hash (`selection.selected_remembered`):
+    kept for the view's life, which ends when its Node changes (the runtime makes a new view then)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server", is_server(self.labels))
@@ -571,25 +571,26 @@ class _Decider:
                 return [], f"the lease table holds {MAX_ACTIVE_LEASES} leases in flight, its limit"
         blocked: list[str] = []
         skew = checker(pi.version, self.server_versions(), w.settings.skew)
-        failed_nodes = {le.node for le in failures}
+        # Failed, released by this very pass, or holding a lease: not a candidate.
+        busy = {le.node for le in failures} | self.released
+        busy.update(self.t.active_nodes())
         alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
-        agents, listening = w.agents, w.listening
+        agents, listening, artifacts = w.agents, w.listening, pi.artifacts
         pool = []
         away: list[NodeView] = []
-        for n in self.pending(pi):
-            if n.name in failed_nodes or n.name in self.released:
-                continue  # failed, or released by this very pass
-            if self.t.active_for_node(n.name) is not None:
+        for n in self.pending(pi):  # every node of the plan not done: keep this loop lean
+            name = n.name
+            if name in busy:
                 continue
-            problem = skew(n.name, n.kubelet_version, n.server)
-            if problem is None and n.arch not in pi.artifacts:
-                problem = f"node {n.name}: no {pi.version} binary for arch {n.arch}"
+            problem = skew(name, n.kubelet_version, n.server)
+            if problem is None and n.arch not in artifacts:
+                problem = f"node {name}: no {pi.version} binary for arch {n.arch}"
             if problem:
                 blocked.append(problem)
                 continue
-            agent = agents.get(n.name)
+            agent = agents.get(name)
             if n.ready and agent is not None and agent.at >= alive_since:  # its agent polled lately
-                if listening is not None and n.name not in listening:
+                if listening is not None and name not in listening:
                     away.append(n)  # its agent is paced (`coordinator.pacing`): grant it once it is held
                 else:
                     pool.append(n)
@@ -633,12 +634,14 @@ class _Decider:
     def _selection(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], tuple[NodeView, ...]]:
         hit = self._chosen.get(pi.name)
         if hit is None:
-            sel = pi.plan.spec.node_selector if pi.plan is not None else None
-            raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
-            nodes = tuple(selected_remembered(raw, pi.name, self.w.nodes)) if pi.plan is not None else ()
-            h, label = pi.hash, plan_label(pi.name)
-            pending = nodes if h is None else tuple(n for n in nodes if n.labels.get(label) != h)  # is_done
-            hit = self._chosen[pi.name] = (nodes, pending)
+            if pi.plan is None:
+                hit = (), ()
+            else:
+                sel = pi.plan.spec.node_selector
+                raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
+                nodes, pending = selected_remembered(raw, pi.name, self.w.nodes, pi.hash)
+                hit = tuple(nodes), tuple(pending)
+            self._chosen[pi.name] = hit
         return hit
 
     def complete(self, pi: PlanInput) -> bool:

@@ -108,32 +108,47 @@ def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N
 
 class _Remembering(_Node, Protocol):
     @property
-    def selections(self) -> dict[str, bool]:
-        """Answers of `selected_remembered` for this node, by plan and selector."""
+    def selections(self) -> dict[str, int]:
+        """Answers of `selected_remembered` for this node, by plan, selector and hash."""
         ...
 
 
 R = TypeVar("R", bound=_Remembering)
 
+_UNSELECTED, _DONE, _PENDING = 0, 1, 2
 
-def selected_remembered(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[R]) -> list[R]:
-    """`selected`, keeping each node's answer on the node for the next call.
+
+def selected_remembered(
+    selector: Mapping[str, object] | None, plan: str, nodes: Iterable[R], plan_hash: str | None = None
+) -> tuple[list[R], list[R]]:
+    """(`selected`, those of them not done at `plan_hash` (all of them if it is None)), keeping each
+    node's answer on the node for the next call.
 
     For nodes that are replaced, never changed, when their labels change (`engine.NodeView`, one per
-    version of a Node): a pass then evaluates the selector only over the Nodes that changed since the
-    last one, instead of over every Node."""
-    key = f"{plan}\0{json.dumps(selector, sort_keys=True)}"
+    version of a Node): a pass then evaluates the selector and the plan label only over the Nodes that
+    changed since the last one, and asks every other Node one question."""
+    key = f"{plan}\0{json.dumps(selector, sort_keys=True)}\0{plan_hash}"
     choose: LabelPredicate | None = None
-    out = []
+    label = plan_label(plan)
+    chosen: list[R] = []
+    pending: list[R] = []
     for n in nodes:
         hit = n.selections.get(key)
         if hit is None:
             if choose is None:
                 choose = chooser(selector, plan)
-            hit = n.selections[key] = choose(n.labels)
+            if not choose(n.labels):
+                hit = _UNSELECTED
+            elif plan_hash is not None and n.labels.get(label) == plan_hash:  # is_done
+                hit = _DONE
+            else:
+                hit = _PENDING
+            n.selections[key] = hit
         if hit:
-            out.append(n)
-    return out
+            chosen.append(n)
+            if hit == _PENDING:
+                pending.append(n)
+    return chosen, pending
 
 
 def is_done(node: _Node, plan: str, plan_hash: str) -> bool:
