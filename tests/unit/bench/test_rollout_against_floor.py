@@ -1,0 +1,55 @@
+"""`bench.__main__.against_floor`: each `--floor` rollout beside the coordinator's rollout of the same size.
+
+Aspects: only the coordinator as shipped is compared (a run with another `--max-held-polls` is not), per
+size; a floor or a rollout that did not finish is not compared; the per-wave figure is the difference
+of the totals over ceil(nodes / concurrency) waves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.__main__ import against_floor
+from coordinator.config import DEFAULT_MAX_HELD_POLLS
+
+
+def rollout(nodes: int, total: float, *, floor: bool = False, held: int | None = None,
+            complete: bool = True) -> dict[str, Any]:
+    concurrency = 50 if nodes == 1000 else 200
+    return {
+        "benchmark": "rollout-floor" if floor else "rollout",
+        "floor": floor,
+        "nodes": nodes,
+        "concurrency": concurrency,
+        "work_s": 1.0,
+        "coordinator_max_held_polls": None if floor else (held or DEFAULT_MAX_HELD_POLLS),
+        "complete": complete,
+        "total_s": total,
+        "total_over_ideal": round(total / (nodes / concurrency), 3),
+        "handoff_ms_p99": 40.0 if floor else 60.0,
+    }
+
+
+def test_each_floor_is_compared_with_the_shipped_coordinator_of_its_size() -> None:
+    results = [
+        ("c1000", rollout(1000, 22.0)),
+        ("f1000", rollout(1000, 21.0, floor=True)),
+        ("c5000", rollout(5000, 34.0)),
+        ("c5000 held all", rollout(5000, 36.0, held=5000)),
+        ("f5000", rollout(5000, 29.5, floor=True)),
+    ]
+    rows = against_floor(results)
+    assert [name for name, _ in rows] == ["rollout vs floor, 1000 nodes", "rollout vs floor, 5000 nodes"]
+    small, large = rows[0][1], rows[1][1]
+    assert small["coordinator_adds_ms_per_wave"] == 50.0  # 1 s over 20 waves
+    assert large["coordinator_total_s"] == 34.0  # not the run holding every poll
+    assert large["coordinator_adds_ms_per_wave"] == 180.0  # 4.5 s over 25 waves
+    assert large["coordinator_over_floor"] == round(34.0 / 29.5, 3)
+    assert large["floor_handoff_ms_p99"] == 40.0
+
+
+def test_unfinished_rollouts_are_not_compared() -> None:
+    unfinished_floor = rollout(1000, 21.0, floor=True, complete=False)
+    assert against_floor([("c", rollout(1000, 22.0)), ("f", unfinished_floor)]) == []
+    unfinished = rollout(1000, 22.0, complete=False)
+    assert against_floor([("c", unfinished), ("f", rollout(1000, 21.0, floor=True))]) == []
