@@ -38,7 +38,7 @@ import hashlib
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.hashing import plan_hash
 from coordinator.leasing import MAX_ACTIVE_LEASES, TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
@@ -48,6 +48,9 @@ from coordinator.skew import SkewPolicy, checker, is_server
 from coordinator.status import Cond, plan_status
 from coordinator.versions import same_version
 from coordinator.windows import parse_window
+
+if TYPE_CHECKING:
+    from coordinator.nodeviews import NodeViews
 from wire.messages import AgentPhase, AgentState, Artifact
 
 RETRY_ANNOTATION = "upgrade.k3s.io/retry"
@@ -186,6 +189,9 @@ class World:
     settings: EngineSettings = EngineSettings()
     node_index: Mapping[str, NodeView] | None = None
     """`nodes` by name, when the caller keeps one (else the decision builds it); read only by `decide`."""
+    selections: NodeViews | None = None
+    """`nodes` with each plan's selection kept as they change, when the caller keeps them so: the
+    decision reads a plan's selected and not-done Nodes there instead of walking `nodes`."""
     stored: LeaseTable | None = None
     """The table as stored, when `table` is it with agent reports applied that are not stored yet (they
     are stored by this decision's writes); None: `table` is as stored."""
@@ -389,7 +395,9 @@ class _Decider:
     def server_versions(self) -> list[str | None]:
         """The kubelet versions of the server nodes (once per decision)."""
         if self._servers is None:
-            self._servers = [n.kubelet_version for n in self.w.nodes if n.server]
+            kept = self.w.selections
+            servers = kept.servers() if kept is not None else [n for n in self.w.nodes if n.server]
+            self._servers = [n.kubelet_version for n in servers]
         return self._servers
 
     def is_unschedulable(self, node: NodeView) -> bool:
@@ -424,7 +432,12 @@ class _Decider:
 
     # -- steps -------------------------------------------------------------------------------------
     def retries(self) -> None:
-        for node in [n for n in self.w.nodes if RETRY_ANNOTATION in n.annotations]:
+        kept = self.w.selections
+        if kept is not None:
+            asked = kept.retries()
+        else:
+            asked = [n for n in self.w.nodes if RETRY_ANNOTATION in n.annotations]
+        for node in sorted(asked, key=lambda n: n.name):
             records = [le for le in self.t.leases if le.node == node.name and le.phase in TERMINAL]
             for le in records:
                 if le.cordoned_by_us:
@@ -560,11 +573,12 @@ class _Decider:
                 return [], "outside the plan's window"
         if pi.artifact_error:
             return [], None
-        others = [le for le in self.t.leases if le.active and le.plan != plan.name]
-        if any(le.exclusive for le in others) or (spec.exclusive and others):
+        active = self.t.active_count()
+        others = active - len(self.t.active_for_plan(plan.name))  # active leases of the other plans
+        if self.t.exclusive_plans - {plan.name} or (spec.exclusive and others):
             return [], "waiting for an exclusive plan" if others else None
-        slots = max(spec.concurrency, 1) - len(self.t.active_for_plan(plan.name))
-        room = MAX_ACTIVE_LEASES - sum(1 for le in self.t.leases if le.active)
+        slots = max(spec.concurrency, 1) - (active - others)
+        room = MAX_ACTIVE_LEASES - active
         if 0 < slots and room < slots:
             slots = room
             if room <= 0:
@@ -620,7 +634,7 @@ class _Decider:
         if granted:  # one Event per plan and pass, however many nodes (each node gets its own when done)
             msg = granted_message([n.name for n in granted], pi.version)
             self.announce("Plan", plan.name, "LeaseGranted", msg)
-        return blocked, None
+        return sorted(blocked), None  # by node: the order of `pending` is not the Nodes' (`selections`)
 
     def chosen(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], int]:
         """The nodes the plan selects and how many of them are done at its hash (once per decision)."""
@@ -639,8 +653,11 @@ class _Decider:
             else:
                 sel = pi.plan.spec.node_selector
                 raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
-                nodes, pending = selected_remembered(raw, pi.name, self.w.nodes, pi.hash)
-                hit = tuple(nodes), tuple(pending)
+                if self.w.selections is not None:
+                    hit = self.w.selections.select(raw, pi.name, pi.hash)
+                else:
+                    nodes, pending = selected_remembered(raw, pi.name, self.w.nodes, pi.hash)
+                    hit = tuple(nodes), tuple(pending)
             self._chosen[pi.name] = hit
         return hit
 

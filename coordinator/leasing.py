@@ -206,10 +206,27 @@ class LeaseTable:
         return index
 
     def active_for_plan(self, plan: str) -> tuple[Lease, ...]:
-        return tuple(le for le in self.leases if le.plan == plan and le.active)
+        return self._by_plan.get((plan, True), ())
 
     def failures_for_plan(self, plan: str) -> tuple[Lease, ...]:
-        return tuple(le for le in self.leases if le.plan == plan and not le.active)
+        return self._by_plan.get((plan, False), ())
+
+    def active_count(self) -> int:
+        """How many leases are active, over all plans."""
+        return sum(len(leases) for (_, active), leases in self._by_plan.items() if active)
+
+    @cached_property
+    def exclusive_plans(self) -> frozenset[str]:
+        """The plans that hold an active exclusive lease."""
+        return frozenset(le.plan for le in self.leases if le.active and le.exclusive)
+
+    @cached_property
+    def _by_plan(self) -> dict[tuple[str, bool], tuple[Lease, ...]]:
+        """(plan, active) -> its leases in table order, built once per table (a pass asks per plan)."""
+        index: dict[tuple[str, bool], list[Lease]] = {}
+        for le in self.leases:
+            index.setdefault((le.plan, le.active), []).append(le)
+        return {key: tuple(leases) for key, leases in index.items()}
 
     def put(self, lease: Lease) -> LeaseTable:
         """The table with `lease` added or replacing the lease of the same id, in the order of the ids

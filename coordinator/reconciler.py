@@ -66,6 +66,7 @@ from coordinator.leasing import (
     instruction_for,
 )
 from coordinator.metrics import Metrics
+from coordinator.nodeviews import NodeViews
 from coordinator.pacing import Pacing, pace, plan_queues, turns
 from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
@@ -344,8 +345,9 @@ class Runtime:
         """The reconcile loop runs (only then can a report be stored)."""
         self._table_read_at = 0.0
         self._last_export = 0.0
-        self._views: dict[str, NodeView] = {}
-        """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass)."""
+        self._views = NodeViews()
+        """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass), with
+        each plan's selection."""
         self._view_seen_at: dict[str, float] = {}
         """node name -> when (`time.monotonic`) the watch delivered its view in `_views`."""
         self._restarted_at: dict[str, float] = {}
@@ -393,13 +395,13 @@ class Runtime:
 
     def _on_node_event(self, kind: str, obj: Obj) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
-        old = self._views.pop(name, None) if kind == "DELETED" else self._views.get(name)
+        old = self._views.pop(name) if kind == "DELETED" else self._views.get(name)
         if old is not None:
             self._arches[old.arch] -= 1
         if kind != "DELETED":
             view = node_view(obj)
             if view != old:  # (an update to what a view leaves out keeps the view and when it was seen)
-                self._views[name] = view
+                self._views.put(view)
                 self._view_seen_at[name] = time.monotonic()
             self._arches[view.arch] += 1
         else:
@@ -635,10 +637,12 @@ class Runtime:
         now = datetime.now(UTC)
         nodes = tuple(self._views.values())
         arches = self.node_arches()
+        plans = tuple(self.plan_input(o, arches) for o in self.plans.cache.values())
+        self._views.retain({pi.name for pi in plans})
         return World(
             now=now,
             namespace=self.settings.namespace,
-            plans=tuple(self.plan_input(o, arches) for o in self.plans.cache.values()),
+            plans=plans,
             nodes=nodes,
             table=table,
             agents=self.agents.seen,
@@ -646,6 +650,7 @@ class Runtime:
             started_at=self.started_at,
             settings=self.engine_settings,
             node_index=self._views,  # the same views as `nodes`: no await between here and decide
+            selections=self._views,
             stored=stored if stored is not None and stored is not table else None,
             listening=frozenset(self.holding) if self.paced else None,
         )

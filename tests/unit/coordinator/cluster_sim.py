@@ -28,6 +28,7 @@ from coordinator.engine import (
     plan_input,
 )
 from coordinator.leasing import LeasePhase, LeaseTable, ReportError, apply_report, instruction_for
+from coordinator.nodeviews import NodeViews
 from coordinator.selection import plan_label
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Report
 
@@ -72,6 +73,7 @@ class Sim:
         self.settings = settings or EngineSettings(agent_heartbeat=30, verify=60)
         self.events: list[EventWrite] = []
         self.grants: list[tuple[str, str]] = []  # (plan, node) in grant order
+        self.views = NodeViews()
 
     # -- the World ---------------------------------------------------------------------------------
     def inputs(self) -> tuple[Any, ...]:
@@ -81,18 +83,27 @@ class Sim:
         for n in self.nodes.values():
             if n.ready:
                 n.seen_ready_on.add(n.version)
-        views = tuple(
-            NodeView(name=n.name, uid=n.uid, labels=dict(n.labels), annotations=dict(n.annotations),
-                     unschedulable=n.unschedulable, ready=n.ready, kubelet_version=n.version)
-            for n in self.nodes.values()
-        )
-        return World(now=self.now, namespace="system-upgrade", plans=self.inputs(), nodes=views,
+        # Kept as the runtime keeps them: a view replaced only when its Node changed, each plan's
+        # selection updated with it.
+        for name in [name for name in self.views if name not in self.nodes]:
+            self.views.pop(name)
+        for n in self.nodes.values():
+            view = NodeView(name=n.name, uid=n.uid, labels=dict(n.labels), annotations=dict(n.annotations),
+                            unschedulable=n.unschedulable, ready=n.ready, kubelet_version=n.version)
+            if self.views.get(n.name) != view:
+                self.views.put(view)
+        inputs = self.inputs()
+        self.views.retain({pi.name for pi in inputs})
+        return World(now=self.now, namespace="system-upgrade", plans=inputs, nodes=tuple(self.views.values()),
                      table=self.table, agents=dict(self.agents), drains=dict(self.drains),
-                     started_at=self.started_at, settings=self.settings)
+                     started_at=self.started_at, settings=self.settings, selections=self.views)
 
     def step(self, prefix: int | None = None) -> Decision:
         world = self.world()
         decision = decide(world)
+        walked = decide(replace(world, selections=None))  # every plan's selection over every Node
+        if walked != decision:
+            raise InvariantBroken(f"kept selections decide otherwise than a walk: {decision} != {walked}")
         writes = decision.writes if prefix is None else decision.writes[:prefix]
         for w in writes:
             self.perform(w, world)
