@@ -44,6 +44,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ("bench.scheduling", (), 1),
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240"), REPEATS),
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--floor"), REPEATS),
+    ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--bare"), REPEATS),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90"), 1),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90",
                        "--max-held-polls", "5000"), 1),
@@ -55,6 +56,8 @@ QUICK_BENCHMARKS: tuple[Benchmark, ...] = (
     ("bench.scheduling", (), 1),
     ("bench.rollout", ("--nodes", "20", "--concurrency", "5", "--work", "0.3", "--limit", "30"), REPEATS),
     ("bench.rollout", ("--nodes", "20", "--concurrency", "5", "--work", "0.3", "--limit", "30", "--floor"),
+     REPEATS),
+    ("bench.rollout", ("--nodes", "20", "--concurrency", "5", "--work", "0.3", "--limit", "30", "--bare"),
      REPEATS),
     ("bench.longpoll_memory", ("--clients", "100"), 1),
     ("bench.agent_download", ("--megabytes", "8", "--rounds", "1", "--idle", "2"), 1),
@@ -94,7 +97,13 @@ are there to tell the coordinator's share from the rest:
   noise. It is a loose bound: it skips what the Plan asks of any coordinator (cordon, seeing the Node
   Ready on the target, label, uncordon, a record that survives a crash). `rollout vs floor` says how
   much the coordinator adds to it, per wave (one node through each of the `concurrency` slots).
-- `runs`: the 1,000-node rollouts (the coordinator's and the floor's, alternated) run more than once;
+- `--bare`: a floor with one instruction and one report per node (`bench.floor --bare`): the grant
+  comes as `apply`, and the stand-ins send no `staged` or `applying` report. It is not our protocol but
+  the least any coordinator could exchange with an agent: what this machine and harness cost alone. In
+  `rollout vs floor`, `bare_floor_adds_ms_per_wave` is that cost per wave over the ideal and
+  `protocol_adds_ms_per_wave` what the floor's other exchanges add to it (the download reported before
+  the cordon, the `applying` check before the binary is replaced).
+- `runs`: the 1,000-node rollouts (the coordinator's and the floors, alternated) run more than once;
   each one's rows are from its run with the median total, and its `runs` row lists every run's total
   and hand-off p50 and p99.
 - two hand-offs: `handoff_ms_*` from the stand-in's `restarted` sent to the next stand-in's `stage`
@@ -158,19 +167,20 @@ def table(results: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def against_floor(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """For each `--floor` rollout, the same rollout with the coordinator: what the coordinator adds."""
+    """For each `--floor` rollout, the same rollout with the coordinator: what the coordinator adds; and
+    with the `--bare` floor of that size, if there is one: what the protocol's other exchanges add."""
     out = []
+    same = ("nodes", "concurrency", "work_s")
+
+    def alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return a.get("complete") is True and all(a[k] == b[k] for k in same)
+
     for _, floor in results:
-        if not floor.get("floor") or not floor.get("complete"):
+        if not floor.get("floor") or floor.get("bare") or not floor.get("complete"):
             continue
-        same = ("nodes", "concurrency", "work_s")
+        bare = next((f for _, f in results if f.get("bare") and alike(f, floor)), None)
         for _, real in results:
-            if (
-                real.get("benchmark") == "rollout"
-                and COORDINATOR(real)
-                and real.get("complete")
-                and all(real[k] == floor[k] for k in same)
-            ):
+            if real.get("benchmark") == "rollout" and COORDINATOR(real) and alike(real, floor):
                 waves = math.ceil(floor["nodes"] / floor["concurrency"])
                 extra = real["total_s"] - floor["total_s"]
                 figures = {
@@ -183,6 +193,15 @@ def against_floor(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, 
                     "coordinator_adds_ms_per_wave": round(extra / waves * 1000, 1),
                     "floor_handoff_ms_p99": floor["handoff_ms_p99"],
                 }
+                if bare is not None:
+                    machine, protocol = bare["total_s"] - bare["ideal_s"], floor["total_s"] - bare["total_s"]
+                    figures |= {
+                        "bare_floor_total_s": bare["total_s"],
+                        "bare_floor_over_ideal": bare["total_over_ideal"],
+                        "bare_floor_adds_ms_per_wave": round(machine / waves * 1000, 1),
+                        "protocol_adds_ms_per_wave": round(protocol / waves * 1000, 1),
+                        "bare_floor_handoff_ms_p99": bare["handoff_ms_p99"],
+                    }
                 out.append((f"rollout vs floor, {real['nodes']} nodes", figures))
     return out
 

@@ -6,6 +6,13 @@ scheduler that makes no Kubernetes writes at all: it hands `concurrency` leases 
 answers `staged` with `apply` at once and `restarted` with `finish` while it grants the next lease.
 `bench.rollout --floor` runs the same stand-ins, API server emulator and measurements against it.
 
+`--bare` goes further: it hands out each lease as `apply` at once (no `stage` and `staged` between the
+grant and the go-ahead), and the stand-ins (`bench.nodesim`, bare) then skip their `applying` report.
+That leaves one instruction and one report per node, beside the Node status update a restarting k3s
+makes: the least any coordinator could exchange with an agent. It is not our protocol. It measures what
+this machine and this harness cost alone, so the rest of `--floor` is the cost of the protocol's other
+exchanges (the download before the cordon, the check before the binary is replaced).
+
 It is a lower bound, and a loose one: it makes the agent protocol's exchanges and skips everything the
 Plan asks of any coordinator (the cordon, seeing the Node Ready on the target, the label, the uncordon,
 a record that survives a crash, Events, status) and the Plan's trip through a watch (`POST /start`
@@ -13,7 +20,7 @@ stands in for the Plan's creation). What it shows is the harness's own share of 
 stand-ins' event loop, their Node status updates, HTTP on loopback, three processes on the cores. The
 difference to it is the coordinator's work, required or not.
 
-    python -m bench.floor --kubeconfig FILE --nodes N --concurrency C --version V
+    python -m bench.floor --kubeconfig FILE --nodes N --concurrency C --version V [--bare]
 
 prints `floor listening on http://HOST:PORT`.
 """
@@ -44,7 +51,9 @@ class FloorLease:
 class FloorBroker:
     """`concurrency` leases at a time, in node-name order, with nothing stored anywhere."""
 
-    def __init__(self, nodes: list[str], concurrency: int, version: str) -> None:
+    def __init__(self, nodes: list[str], concurrency: int, version: str, bare: bool = False) -> None:
+        self.bare = bare
+        """Grant as `apply` at once (see the module docstring)."""
         self.pending = deque(sorted(nodes))
         self.concurrency = concurrency
         self.version = version
@@ -68,7 +77,7 @@ class FloorBroker:
                 artifact=ARTIFACT,
                 restart_stable_seconds=0,
             )
-            self.leases[node] = FloorLease(assignment)
+            self.leases[node] = FloorLease(assignment, applying=self.bare)
             self.wakes.setdefault(node, asyncio.Event()).set()
 
     def instruction(self, node: str) -> Instruction:
@@ -110,8 +119,8 @@ class FloorBroker:
         raise BrokerError(409, f"the floor does not handle a {report.phase} report")
 
 
-async def serve(kubeconfig: str, nodes: list[str], concurrency: int, version: str) -> None:
-    broker = FloorBroker(nodes, concurrency, version)
+async def serve(kubeconfig: str, nodes: list[str], concurrency: int, version: str, bare: bool) -> None:
+    broker = FloorBroker(nodes, concurrency, version, bare)
     cluster = KubeCluster.connect(kubeconfig)
     app = web.Application()
     add_agent_routes(app, NodeAuthenticator(cluster), BrokerSlot(broker), 30.0)
@@ -143,11 +152,12 @@ def main() -> None:
     )
     p.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--version", required=True, help="the target version handed out")
+    p.add_argument("--bare", action="store_true", help="grant as `apply` at once (see above)")
     args = p.parse_args()
     names = [f"node-{i:05d}" for i in range(args.nodes)]
     gc_tuning.tune()  # the coordinator's GC settings: the floor must not pause where the coordinator does not
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.kubeconfig, names, args.concurrency, args.version))
+        asyncio.run(serve(args.kubeconfig, names, args.concurrency, args.version, args.bare))
 
 
 if __name__ == "__main__":

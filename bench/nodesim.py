@@ -6,7 +6,8 @@ TokenRequest bound to a Pod on its node) to a real coordinator process through t
 and plays its node on the API server emulator the way a restarting k3s would: on `apply` it spends a
 fixed `work` time (the node's own upgrade work), then patches its Node's status (`kubeletVersion` =
 target, `Ready`) and reports `restarted`. Nothing else of an agent is simulated (no download, no
-binary): the benchmark measures the orchestration around the node's work.
+binary): the benchmark measures the orchestration around the node's work. A `bare` stand-in takes
+`apply` with the lease and reports only `restarted` (against `bench.floor --bare`: not our protocol).
 
 Every instruction it receives and every report it sends is timestamped (`time.monotonic`) in a shared
 `Timeline` so the rollout benchmark can compute hand-off latencies.
@@ -140,6 +141,8 @@ class SimNode:
     timeline: Timeline
     work: float = 1.0
     wait: float = 20.0
+    bare: bool = False
+    """Against `bench.floor --bare`: `apply` comes with the lease, and no `applying` report is sent."""
     phase: AgentPhase = AgentPhase.IDLE
     lease_id: str | None = None
 
@@ -194,6 +197,14 @@ class SimNode:
                     except TimeoutError:
                         pass
 
+    async def _work_then_report(self, target: str) -> Instruction:
+        """The node's own work, its Node Ready on `target` (as a restarted kubelet reports), `restarted`."""
+        await asyncio.sleep(self.work)
+        self.version = target
+        await self.api.set_node(self.name, target)
+        self.timeline.restarted.setdefault(self.name, time.monotonic())
+        return await self._report(AgentPhase.RESTARTED)
+
     async def _obey(self, ins: Instruction) -> Instruction | None:
         """Carry out `ins`; the answer to the last report it sent (None if none)."""
         lease = ins.lease
@@ -202,14 +213,16 @@ class SimNode:
             self.timeline.staged.setdefault(self.name, time.monotonic())
             self.lease_id = lease.lease_id
             answer = await self._report(AgentPhase.STAGED)
+        elif ins.action is Action.APPLY and lease is not None and self.bare and self.phase is AgentPhase.IDLE:
+            now = time.monotonic()  # the grant and the go-ahead at once
+            self.timeline.staged.setdefault(self.name, now)
+            self.timeline.applied.setdefault(self.name, now)
+            self.lease_id = lease.lease_id
+            answer = await self._work_then_report(lease.target_version)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
             self.timeline.applied.setdefault(self.name, time.monotonic())
             await self._report(AgentPhase.APPLYING)
-            await asyncio.sleep(self.work)
-            self.version = lease.target_version
-            await self.api.set_node(self.name, lease.target_version)
-            self.timeline.restarted.setdefault(self.name, time.monotonic())
-            answer = await self._report(AgentPhase.RESTARTED)
+            answer = await self._work_then_report(lease.target_version)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
             answer = await self._report(AgentPhase.RESTARTED)
         elif ins.action is Action.FINISH:

@@ -29,7 +29,9 @@ per request and close it: they use `agent.client` itself.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
-it measures is the harness's own share of the figures on this machine. Prints JSON.
+it measures is the harness's own share of the figures on this machine. `--bare` (a floor) leaves out the
+protocol's exchanges between the grant and the node's work too (`bench.floor --bare`): one instruction
+and one report per node. Prints JSON.
 
 Garbage collection: every process of the harness (the emulator, this one, and `bench.floor`) uses the
 coordinator's settings (`coordinator.gc_tuning`): fewer young collections, and what is alive just before
@@ -37,7 +39,7 @@ the rollout (the stand-ins, the Nodes, the sessions) frozen out of full collecti
 full collection in the emulator or among the 1,000 stand-ins paused every request meanwhile, and those
 pauses were most of the floor's hand-off p99 (111.9-166.6 ms before, 44.6-49.3 ms after, 4 runs each).
 
-    python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor]
+    python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor [--bare]]
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def coordinator_argv(
     ]
 
 
-def floor_argv(kubeconfig: Path, nodes: int, concurrency: int) -> list[str]:
+def floor_argv(kubeconfig: Path, nodes: int, concurrency: int, bare: bool = False) -> list[str]:
     return [
         "bench.floor",
         "--kubeconfig",
@@ -200,6 +202,7 @@ def floor_argv(kubeconfig: Path, nodes: int, concurrency: int) -> list[str]:
         str(concurrency),
         "--version",
         NEW,
+        *(["--bare"] if bare else []),
     ]
 
 
@@ -353,7 +356,9 @@ async def rollout(
     limit: float,
     floor: bool = False,
     max_held_polls: int = DEFAULT_MAX_HELD_POLLS,
+    bare: bool = False,
 ) -> dict[str, Any]:
+    floor = floor or bare
     gc_tuning.tune()  # see the module docstring
     api_proc = ApiServerProcess()
     releases = ReleaseServer([NEW], tmp / "releases")
@@ -399,7 +404,7 @@ async def rollout(
             await asyncio.to_thread(releases.start_in_thread)
             with log_path.open("wb") as log:
                 if floor:
-                    argv, banner = floor_argv(kubeconfig, nodes, concurrency), "floor listening on"
+                    argv, banner = floor_argv(kubeconfig, nodes, concurrency, bare), "floor listening on"
                 else:
                     argv = coordinator_argv(kubeconfig, releases.base_url, max_held_polls)
                     banner = "coordinator listening on"
@@ -416,7 +421,7 @@ async def rollout(
             for n in names:
                 (token_dir / n).write_text(tokens[n])
                 client = CoordinatorClient(url, n, token_dir / n, timeout=30.0)
-                sims.append(SimNode(n, client, OLD, api, timeline, work=work))
+                sims.append(SimNode(n, client, OLD, api, timeline, work=work, bare=bare))
             runs = [asyncio.create_task(s.run(stop)) for s in sims]
             api_proc.counts()  # drop the setup's requests
             # Until every stand-in's first poll was authenticated (one TokenReview each) and held.
@@ -481,8 +486,9 @@ async def rollout(
     writes = {k: v for k, v in counts.items() if k.split()[0] in WRITES}
     core_writes = sum(v for k, v in writes.items() if "eviction" not in k and "tokenreviews" not in k)
     return {
-        "benchmark": "rollout-floor" if floor else "rollout",
+        "benchmark": "rollout-bare-floor" if bare else "rollout-floor" if floor else "rollout",
         "floor": floor,
+        "bare": bare,
         "nodes": nodes,
         "concurrency": concurrency,
         "work_s": work,
@@ -543,6 +549,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="against bench.floor (the agent API, no Kubernetes writes) instead of the coordinator",
     )
     p.add_argument(
+        "--bare",
+        action="store_true",
+        help="against bench.floor --bare: one instruction and one report per node (implies --floor)",
+    )
+    p.add_argument(
         "--max-held-polls",
         type=int,
         default=DEFAULT_MAX_HELD_POLLS,
@@ -563,6 +574,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.limit,
                 args.floor,
                 args.max_held_polls,
+                args.bare,
             )
         )
 

@@ -4,9 +4,11 @@ Aspects: the scheduling benchmark grants `concurrency` leases per Plan on its fi
 positive durations, cold and warm; `python -m bench` with BENCH_QUICK=1 runs the scheduling, rollout
 (20 nodes, real coordinator and API server emulator processes) and agent (download vs curl, idle
 footprint) benchmarks and writes a results table naming the machine and the targets; the 1,000-node
-rollouts (here 20 nodes) run twice each, alternated, and the table shows the run with the median total
-and lists both; the rollout upgrades every node, never faster than the physical ideal, with positive
-hand-off latencies, API writes and coordinator RSS.
+rollouts (here 20 nodes: the coordinator's, the floor's and the bare floor's) run twice each, alternated,
+and the table shows the run with the median total and lists both; the rollout upgrades every node, never
+faster than the physical ideal, with positive hand-off latencies, API writes and coordinator RSS; the
+bare floor's grant is its go-ahead, and the comparison splits the floor into the machine's share and the
+protocol's.
 """
 
 from __future__ import annotations
@@ -46,14 +48,16 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     printed = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
     runs = [ln for ln in printed if "run" in ln]  # each run of a rollout that runs more than once
     lines = [ln for ln in printed if "run" not in ln]
-    by_module: dict[str, dict[str, Any]] = {
-        ln["module"] + (" --floor" if ln.get("floor") else ""): ln for ln in lines if "comparison" not in ln
-    }
+    def kind(ln: dict[str, Any]) -> str:
+        return " --bare" if ln.get("bare") else " --floor" if ln.get("floor") else ""
+
+    by_module = {ln["module"] + kind(ln): ln for ln in lines if "comparison" not in ln}
     assert len(by_module) == len(lines) - sum("comparison" in ln for ln in lines)  # one line each
     assert set(by_module) == {
         "bench.scheduling",
         "bench.rollout",
         "bench.rollout --floor",
+        "bench.rollout --bare",
         "bench.longpoll_memory",
         "bench.agent_download",
     }
@@ -74,13 +78,15 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
 
     # The rollouts ran twice each, alternated; the line of each is its run with the median total (of 2:
     # the shorter), and a `runs` row lists both.
-    assert [(ln["run"], bool(ln["floor"])) for ln in runs] == [(1, False), (1, True), (2, False), (2, True)]
-    for floor in (False, True):
-        mine = [ln for ln in runs if ln["floor"] is floor]
-        shown = r if not floor else by_module["bench.rollout --floor"]
+    assert [(ln["run"], kind(ln)) for ln in runs] == [
+        (1, ""), (1, " --floor"), (1, " --bare"), (2, ""), (2, " --floor"), (2, " --bare")
+    ]
+    for which in ("", " --floor", " --bare"):
+        mine = [ln for ln in runs if kind(ln) == which]
+        shown = by_module["bench.rollout" + which]
         assert shown["total_s"] == min(ln["total_s"] for ln in mine)
         (row,) = [ln for ln in lines if ln.get("comparison", "").startswith("bench.rollout")
-                  and ln["comparison"].endswith("--floor: runs" if floor else "30: runs")]
+                  and ln["comparison"].endswith(f"{which or ' 30'}: runs")]
         assert row["runs"] == 2 and row["total_s_runs"] == [ln["total_s"] for ln in mine]
         assert row["handoff_ms_p99_runs"] == [ln["handoff_ms_p99"] for ln in mine]
 
@@ -93,11 +99,21 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     assert (
         f["coordinator_api_writes_per_node"] == 0
     )  # the floor writes nothing; the stand-ins' own are not counted
+    # The bare floor: one instruction (`apply`, with the lease) and one report per node.
+    b = by_module["bench.rollout --bare"]
+    assert b["benchmark"] == "rollout-bare-floor" and b["complete"] is True and b["finished_nodes"] == 20
+    assert b["total_s"] >= b["ideal_s"] == 4 * 0.3 and b["coordinator_api_writes_per_node"] == 0
+    assert 0 < b["handoff_ms_p50"] <= b["handoff_ms_p99"] and b["agent_errors_during_rollout"] == 0
+    assert b["grant_to_apply_ms_mean"] == 0  # the grant is the go-ahead
+
     (c,) = [ln for ln in lines if ln.get("comparison", "").startswith("rollout vs floor")]
     assert c["coordinator_total_s"] == r["total_s"] and c["floor_total_s"] == f["total_s"]
     assert c["coordinator_over_floor"] == round(r["total_s"] / f["total_s"], 3)
     waves = 20 // 5  # one node through each of the 5 slots, 4 times
     assert c["coordinator_adds_ms_per_wave"] == round((r["total_s"] - f["total_s"]) / waves * 1000, 1)
+    assert c["bare_floor_total_s"] == b["total_s"]
+    assert c["bare_floor_adds_ms_per_wave"] == round((b["total_s"] - 4 * 0.3) / waves * 1000, 1)
+    assert c["protocol_adds_ms_per_wave"] == round((f["total_s"] - b["total_s"]) / waves * 1000, 1)
 
     m = by_module["bench.longpoll_memory"]
     assert m["clients"] == 100 and 20 < m["coordinator_import_mib"] < 500

@@ -3,7 +3,8 @@
 Aspects: no lease before `start`; `concurrency` leases at a time in node-name order; `staged` is
 answered with `apply`, `restarted` with `finish` while the next node's held poll is woken with its
 `stage`; a `restarted` report sent again gets `finish` again; a report for a lease the node does not
-hold is a 404; an idle poll is held until the wait is over.
+hold is a 404; an idle poll is held until the wait is over; a bare floor grants as `apply` and hands
+the slot on at `restarted` alone.
 """
 
 from __future__ import annotations
@@ -62,3 +63,16 @@ async def test_an_applying_agent_is_held_until_the_wait_is_over() -> None:
     t0 = asyncio.get_running_loop().time()
     ins = await broker.poll(state("a", AgentPhase.APPLYING, "floor-a"), 0.05)
     assert ins.action is Action.APPLY and asyncio.get_running_loop().time() - t0 >= 0.05
+
+
+async def test_a_bare_floor_grants_as_apply_and_needs_only_restarted() -> None:
+    broker = FloorBroker(["a", "b"], concurrency=1, version=V, bare=True)
+    broker.start()
+    ins = await broker.poll(state("a"), 0)
+    assert ins.action is Action.APPLY and ins.lease is not None and ins.lease.node == "a"
+    waiting = asyncio.create_task(broker.poll(state("b"), 30))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert (await broker.report(report("a", AgentPhase.RESTARTED))).action is Action.FINISH
+    woken = await asyncio.wait_for(waiting, 1)
+    assert woken.action is Action.APPLY and woken.lease is not None and woken.lease.node == "b"

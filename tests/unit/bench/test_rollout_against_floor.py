@@ -2,7 +2,8 @@
 
 Aspects: only the coordinator as shipped is compared (a run with another `--max-held-polls` is not), per
 size; a floor or a rollout that did not finish is not compared; the per-wave figure is the difference
-of the totals over ceil(nodes / concurrency) waves.
+of the totals over ceil(nodes / concurrency) waves; a bare floor of the same size splits the floor's
+total into the machine's share (over the ideal) and the protocol's (over the bare floor).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from coordinator.config import DEFAULT_MAX_HELD_POLLS
 
 
 def rollout(nodes: int, total: float, *, floor: bool = False, held: int | None = None,
-            complete: bool = True) -> dict[str, Any]:
+            complete: bool = True, bare: bool = False) -> dict[str, Any]:
     concurrency = 50 if nodes == 1000 else 200
+    floor = floor or bare
     return {
-        "benchmark": "rollout-floor" if floor else "rollout",
+        "benchmark": "rollout-bare-floor" if bare else "rollout-floor" if floor else "rollout",
         "floor": floor,
+        "bare": bare,
+        "ideal_s": nodes / concurrency,
         "nodes": nodes,
         "concurrency": concurrency,
         "work_s": 1.0,
@@ -53,3 +57,23 @@ def test_unfinished_rollouts_are_not_compared() -> None:
     assert against_floor([("c", rollout(1000, 22.0)), ("f", unfinished_floor)]) == []
     unfinished = rollout(1000, 22.0, complete=False)
     assert against_floor([("c", unfinished), ("f", rollout(1000, 21.0, floor=True))]) == []
+
+
+def test_a_bare_floor_splits_the_floor_into_the_machine_and_the_protocol() -> None:
+    results = [
+        ("c1000", rollout(1000, 22.0)),
+        ("f1000", rollout(1000, 21.2, floor=True)),
+        ("b1000", rollout(1000, 20.5, bare=True)),
+        ("c5000", rollout(5000, 34.0)),
+        ("f5000", rollout(5000, 29.5, floor=True)),
+    ]
+    rows = dict(against_floor(results))
+    assert set(rows) == {"rollout vs floor, 1000 nodes", "rollout vs floor, 5000 nodes"}  # not the bare one
+    small = rows["rollout vs floor, 1000 nodes"]
+    assert small["floor_total_s"] == 21.2 and small["bare_floor_total_s"] == 20.5
+    assert small["bare_floor_adds_ms_per_wave"] == 25.0  # 0.5 s over 20 waves
+    assert small["protocol_adds_ms_per_wave"] == 35.0  # 0.7 s over 20 waves
+    assert small["coordinator_adds_ms_per_wave"] == 40.0
+    assert "bare_floor_total_s" not in rows["rollout vs floor, 5000 nodes"]  # none of that size
+    unfinished = [*results[:2], ("b1000", rollout(1000, 20.5, bare=True, complete=False))]
+    assert "bare_floor_total_s" not in dict(against_floor(unfinished))["rollout vs floor, 1000 nodes"]
