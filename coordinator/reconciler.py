@@ -24,7 +24,8 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +36,7 @@ from coordinator.config import LEASE_TABLE_NAME, Settings
 from coordinator.drainer import Drainer, DrainOptions, DrainResult, PodPicker
 from coordinator.draining import pods_to_evict
 from coordinator.engine import (
+    AgentSummary,
     AgentView,
     Decision,
     DrainOutcome,
@@ -150,33 +152,50 @@ def drain_options(drain: Drain) -> DrainOptions:
     )
 
 
+@dataclass
+class _Listening:
+    event: asyncio.Event
+    polls: int = 0
+
+
 class AgentRegistry:
     """Last heartbeat per node plus a per-node "something changed" event for long-polls."""
 
     def __init__(self) -> None:
         self.seen: dict[str, AgentView] = {}
         """node -> the last state its agent posted and when (the engine reads it as is, no copy)."""
-        self._changed: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, _Listening] = {}
 
     def record(self, state: AgentState, now: datetime) -> None:
-        self.seen[state.node] = AgentView(state, now)
+        self.seen[state.node] = AgentView(AgentSummary.of(state), now)
 
-    def event(self, node: str) -> asyncio.Event:
-        ev = self._changed.get(node)
-        if ev is None:  # (not setdefault: that would build an Event on every poll, to throw it away)
-            ev = self._changed[node] = asyncio.Event()
-        return ev
+    @contextmanager
+    def listening(self, node: str) -> Iterator[asyncio.Event]:
+        """The event `notify` sets for `node`, kept while a poll of it is open (one for all of them).
+
+        Dropped after the last one: an Event weighs about 800 bytes, and most agents of a large cluster
+        are not polling at any moment (beyond `--max-held-polls` they are told when to come back)."""
+        entry = self._changed.get(node)
+        if entry is None:
+            entry = self._changed[node] = _Listening(asyncio.Event())
+        entry.polls += 1
+        try:
+            yield entry.event
+        finally:
+            entry.polls -= 1
+            if not entry.polls:
+                del self._changed[node]
 
     def notify(self, nodes: Collection[str] | None = None) -> None:
         """Wake the long-polls of `nodes` (of every node: None)."""
         if nodes is None:
-            for ev in self._changed.values():
-                ev.set()
+            for entry in self._changed.values():
+                entry.event.set()
             return
         for node in nodes:  # (a few nodes, usually, out of thousands)
             waiting = self._changed.get(node)
             if waiting is not None:
-                waiting.set()
+                waiting.event.set()
 
 
 def changed_nodes(old: LeaseTable | None, new: LeaseTable) -> set[str] | None:
@@ -218,13 +237,19 @@ class RuntimeBroker:
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
         rt = self._rt
-        loop = asyncio.get_running_loop()
         now = datetime.now(UTC)
         prev = rt.agents.seen.get(state.node)
         rt.agents.record(state, now)
         if prev is None or (now - prev.at).total_seconds() > rt.settings.timeouts.agent_heartbeat / 2:
             rt.wake()  # the agent (re)appeared: its node may now get a lease
-        ev = rt.agents.event(state.node)
+        with rt.agents.listening(state.node) as ev:
+            return await self._poll(state, wait, ev)
+
+    async def _poll(self, state: AgentState, wait: float, ev: asyncio.Event) -> Instruction:
+        """The instruction, at once if it differs from what the agent does, else once `ev` is set (the
+        table changed for this node) or `wait` is over; an idle poll beyond the ones held is paced."""
+        rt = self._rt
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         held = False  # this poll counts among the idle polls held
         try:
