@@ -44,15 +44,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coordinator.hashing import plan_hash
 from coordinator.leasing import MAX_ACTIVE_LEASES, TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
 from coordinator.plans import Drain, Plan, parse_plan
-from coordinator.selection import candidate_order, plan_label, selected_remembered
+from coordinator.selection import candidate_order, is_done, plan_label, selected
 from coordinator.skew import SkewPolicy, checker, is_server
 from coordinator.status import Cond, plan_status
 from coordinator.versions import same_version
 from coordinator.windows import parse_window
+from wire.messages import AgentPhase, AgentState, Artifact
 
 if TYPE_CHECKING:
     from coordinator.nodeviews import NodeViews
-from wire.messages import AgentPhase, AgentState, Artifact
 
 RETRY_ANNOTATION = "upgrade.k3s.io/retry"
 """Node annotation (any value): drop this node's failure records, then the annotation."""
@@ -71,9 +71,6 @@ class NodeView:
     creation: datetime | None = None
     server: bool = field(init=False, repr=False, compare=False)
     """Whether it runs the control plane (`skew.is_server` of its labels), computed once."""
-    selections: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
-    """Whether plans select it and whether it is done at their hash (`selection.selected_remembered`):
-    kept for the view's life, which ends when its Node changes (the runtime makes a new view then)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server", is_server(self.labels))
@@ -96,8 +93,8 @@ class AgentFacts(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AgentSummary:
-    """`AgentFacts` kept per agent: about 200 bytes, where the posted `AgentState` (a pydantic model)
-    takes about 1.3 KB (6.4 MiB for 5,000 agents). Its repeated strings are shared (`sys.intern`)."""
+    """`AgentFacts` kept per agent: 5,000 of them with their views take 1.3 MiB, the posted `AgentState`s
+    (pydantic models) 6.4 MiB. Its repeated strings are shared (`sys.intern`)."""
 
     lease_id: str | None
     phase: AgentPhase
@@ -688,9 +685,10 @@ class _Decider:
                 raw = sel.model_dump(by_alias=True, exclude_none=True) if sel else None
                 if self.w.selections is not None:
                     hit = self.w.selections.select(raw, pi.name, pi.hash)
-                else:
-                    nodes, pending = selected_remembered(raw, pi.name, self.w.nodes, pi.hash)
-                    hit = tuple(nodes), tuple(pending)
+                else:  # a walk over every Node
+                    nodes = tuple(selected(raw, pi.name, self.w.nodes))
+                    h = pi.hash
+                    hit = nodes, nodes if h is None else tuple(n for n in nodes if not is_done(n, pi.name, h))
             self._chosen[pi.name] = hit
         return hit
 

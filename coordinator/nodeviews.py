@@ -8,8 +8,8 @@ asked for); a pass then reads each answer as it stands. So too for the two other
 control-plane Nodes (the skew rules read their versions) and the Nodes a person asks to retry.
 
 The runtime owns one and changes it only between passes, so what a pass reads matches `World.nodes`.
-An answer lists the same views as a walk over the Nodes (`selection.selected_remembered`), not
-necessarily in the same order: the engine does not depend on it. No I/O.
+An answer lists the same views as a walk over the Nodes (`selection.selected`, `selection.is_done`),
+not necessarily in the same order: the engine does not depend on it. No I/O.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class NodeViews(Mapping[str, NodeView]):
 
     def select(self, selector: Mapping[str, object] | None, plan: str, plan_hash: str | None) -> Answer:
         """(the views `plan`'s `selector` picks, those of them not done at `plan_hash`; all of them
-        without a hash), as `selection.selected_remembered` gives them over every view."""
+        without a hash), as a walk over every view would (`selection.selected`, `selection.is_done`)."""
         key = (plan, json.dumps(selector, sort_keys=True), plan_hash)
         selection = self._selections.get(key)
         if selection is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Protocol, TypeVar
@@ -104,51 +103,6 @@ def selected(selector: Mapping[str, object] | None, plan: str, nodes: Iterable[N
     """Nodes matched by the selector, minus those that opted out with the label value `disabled`."""
     choose = chooser(selector, plan)
     return [n for n in nodes if choose(n.labels)]
-
-
-class _Remembering(_Node, Protocol):
-    @property
-    def selections(self) -> dict[str, int]:
-        """Answers of `selected_remembered` for this node, by plan, selector and hash."""
-        ...
-
-
-R = TypeVar("R", bound=_Remembering)
-
-_UNSELECTED, _DONE, _PENDING = 0, 1, 2
-
-
-def selected_remembered(
-    selector: Mapping[str, object] | None, plan: str, nodes: Iterable[R], plan_hash: str | None = None
-) -> tuple[list[R], list[R]]:
-    """(`selected`, those of them not done at `plan_hash` (all of them if it is None)), keeping each
-    node's answer on the node for the next call.
-
-    For nodes that are replaced, never changed, when their labels change (`engine.NodeView`, one per
-    version of a Node): a pass then evaluates the selector and the plan label only over the Nodes that
-    changed since the last one, and asks every other Node one question."""
-    key = f"{plan}\0{json.dumps(selector, sort_keys=True)}\0{plan_hash}"
-    choose: LabelPredicate | None = None
-    label = plan_label(plan)
-    chosen: list[R] = []
-    pending: list[R] = []
-    for n in nodes:
-        hit = n.selections.get(key)
-        if hit is None:
-            if choose is None:
-                choose = chooser(selector, plan)
-            if not choose(n.labels):
-                hit = _UNSELECTED
-            elif plan_hash is not None and n.labels.get(label) == plan_hash:  # is_done
-                hit = _DONE
-            else:
-                hit = _PENDING
-            n.selections[key] = hit
-        if hit:
-            chosen.append(n)
-            if hit == _PENDING:
-                pending.append(n)
-    return chosen, pending
 
 
 def is_done(node: _Node, plan: str, plan_hash: str) -> bool:

@@ -30,7 +30,7 @@ def test_scheduling_benchmark_grants_and_times_a_decision() -> None:
     assert figures["leases_granted_by_first_decision"] == 4 * scheduling.CONCURRENCY
     assert 0 < figures["decide_ms_empty_table_median"] <= figures["decide_ms_empty_table_max"]
     assert 0 < figures["decide_ms_leases_held_median"] <= figures["decide_ms_leases_held_max"]
-    for case in ("empty_table", "leases_held"):  # again on the same Node views: they remember selections
+    for case in ("empty_table", "leases_held"):  # again on the kept Node views, a few of them changed
         assert 0 < figures[f"decide_ms_{case}_warm_median"] <= figures[f"decide_ms_{case}_warm_max"]
 
 

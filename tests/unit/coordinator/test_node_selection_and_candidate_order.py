@@ -3,14 +3,13 @@
 Aspects: matchLabels and every matchExpressions operator (In, NotIn, Exists, DoesNotExist), ANDed;
 empty selector selects all; unknown operator is a SelectorError naming the expression; the plan label
 value `disabled` opts a node out; done = label equals hash; candidate order is SUC's sha256(node UID +
-plan UID + hash), stable for one hash and different for another; the remembered selection gives the
-same answers, per plan and selector, and a node's new view (its Node changed) is asked again.
+plan UID + hash), stable for one hash and different for another. (The selections the coordinator keeps
+as Nodes change: test_node_views_keep_selections.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 
 import pytest
 
@@ -21,7 +20,6 @@ from coordinator.selection import (
     is_done,
     matches,
     selected,
-    selected_remembered,
 )
 
 LABELS = {"role": "worker", "zone": "a", "gpu": "yes"}
@@ -68,46 +66,6 @@ def test_disabled_opts_out_and_done_is_the_hash() -> None:
     assert is_done(nodes[2], "p", "h1")
     assert not is_done(nodes[2], "p", "h2")
     assert not is_done(nodes[0], "p", "h1")
-
-
-def test_remembered_selection_answers_like_selection_per_plan_and_selector() -> None:
-    workers = {"matchLabels": {"role": "worker"}}
-    zone_b = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
-    nodes = [
-        node("a", {"role": "worker", "zone": "a"}),
-        node("b", {"role": "worker", "zone": "b", "plan.upgrade.cattle.io/q": "disabled"}),
-        node("c", {"role": "server", "zone": "b"}),
-    ]
-    for _ in range(2):  # the second round answers from what the first remembered
-        for plan in ("p", "q"):
-            for selector in (None, workers, zone_b):
-                chosen, pending = selected_remembered(selector, plan, nodes)
-                assert chosen == selected(selector, plan, nodes) == pending  # no hash: nothing is done
-    assert [n.name for n in selected_remembered(workers, "q", nodes)[0]] == ["a"]
-    assert len(nodes[0].selections) == 6  # 2 plans x 3 selectors
-    # Its Node changed: a new view, asked again; the old view keeps its own answers.
-    moved = replace(nodes[0], labels={"role": "server", "zone": "b"})
-    assert moved.selections == {}
-    assert [n.name for n in selected_remembered(workers, "p", [moved, *nodes[1:]])[0]] == ["b"]
-    assert [n.name for n in selected_remembered(zone_b, "p", [moved, *nodes[1:]])[0]] == ["a", "b", "c"]
-    # A view is asked once per plan, selector and hash: a changed answer on it would be kept (views are
-    # frozen).
-    nodes[2].selections[f"p\0{'null'}\0None"] = 0
-    assert [n.name for n in selected_remembered(None, "p", nodes)[0]] == ["a", "b"]
-
-
-def test_remembered_selection_splits_off_the_nodes_done_at_the_hash() -> None:
-    label = "plan.upgrade.cattle.io/p"
-    nodes = [node("a", {label: "h1"}), node("b", {label: "h0"}), node("c"), node("d", {label: "disabled"})]
-    for _ in range(2):
-        chosen, pending = selected_remembered(None, "p", nodes, "h1")
-        assert [n.name for n in chosen] == ["a", "b", "c"]
-        assert [n.name for n in pending] == ["b", "c"]
-        assert [n.name for n in pending] == [n.name for n in chosen if not is_done(n, "p", "h1")]
-    # Another hash is another question: the node done at h1 is pending at h2, and asked anew.
-    assert [n.name for n in selected_remembered(None, "p", nodes, "h2")[1]] == ["a", "b", "c"]
-    assert [n.name for n in selected_remembered(None, "p", nodes, "h0")[1]] == ["a", "c"]
-    assert len(nodes[0].selections) == 3
 
 
 def test_candidate_order_is_sucs_sha256_and_depends_on_the_hash() -> None:

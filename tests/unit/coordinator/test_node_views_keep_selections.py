@@ -2,7 +2,7 @@
 
 Aspects: after any sequence of puts (labels that move a node into, out of and within a selection, the
 plan label done, at another hash or `disabled`) and removals, `select` answers the same views as a walk
-over every view (`selection.selected_remembered`), for several plans, selectors and hashes asked in turn;
+over every view (`selection.selected`, `selection.is_done`), for several plans, selectors and hashes;
 an answer is kept while no view it holds changes (another plan's or an unselected node's change leaves
 it as it is); asking a plan with another selector or hash, or `retain`, drops what was kept for it.
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from coordinator.engine import NodeView
 from coordinator.nodeviews import NodeViews
-from coordinator.selection import plan_label, selected_remembered
+from coordinator.selection import is_done, plan_label, selected
 
 NAMES = ["a", "b", "c", "d", "e"]
 SELECTORS: list[dict[str, Any] | None] = [
@@ -63,9 +63,8 @@ def test_select_answers_like_a_walk_over_every_view(
             keys[step[1]] = step[2]
         for plan, (i, plan_hash) in keys.items():  # every pass asks every plan
             chosen, pending = views.select(SELECTORS[i], plan, plan_hash)
-            # A fresh copy of each view: the walk must not read what `views` remembered on them.
-            fresh = [NodeView(name=v.name, uid=v.uid, labels=v.labels) for v in views.values()]
-            walked, walked_pending = selected_remembered(SELECTORS[i], plan, fresh, plan_hash)
+            walked = selected(SELECTORS[i], plan, views.values())
+            walked_pending = [n for n in walked if plan_hash is None or not is_done(n, plan, plan_hash)]
             assert names(chosen) == names(walked)
             assert names(pending) == names(walked_pending)
             assert all(views[v.name] is v for v in chosen)  # the current views, not older ones
