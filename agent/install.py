@@ -62,13 +62,22 @@ def copy_metadata(source: Path, target: Path) -> None:
     os.setxattr(target, SELINUX_XATTR, label)
 
 
+def link_into_place(source: Path, target: Path, tmp: Path) -> None:
+    """Make `target` a hard link to `source` atomically: link to `tmp`, then rename(2) it over `target`.
+
+    When `target` already is a link to the same file (a step resumed after a crash that came after its
+    rename), rename(2) "does nothing, and returns a success status", and `tmp` stays: so it is removed.
+    """
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    os.replace(tmp, target)
+    tmp.unlink(missing_ok=True)
+
+
 def keep_rollback_copy(binary: Path) -> Path:
     """Hard-link the live binary as the rollback copy (replacing an older one atomically)."""
     backup = rollback_path(binary)
-    tmp = backup.with_name(backup.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    os.link(binary, tmp)
-    os.replace(tmp, backup)
+    link_into_place(binary, backup, backup.with_name(backup.name + ".tmp"))
     fsync_dir(binary.parent)
     return backup
 
@@ -83,11 +92,7 @@ def swap_in(staged: Path, binary: Path) -> None:
 
 def restore(binary: Path) -> None:
     """Atomically put the rollback copy back at `binary` (the copy stays, as a link to the same file)."""
-    backup = rollback_path(binary)
-    tmp = binary.with_name(f".{binary.name}.restore")
-    tmp.unlink(missing_ok=True)
-    os.link(backup, tmp)
-    os.replace(tmp, binary)
+    link_into_place(rollback_path(binary), binary, binary.with_name(f".{binary.name}.restore"))
     fsync_dir(binary.parent)
 
 

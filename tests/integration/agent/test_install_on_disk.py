@@ -2,8 +2,10 @@
 
 Aspects: `swap_in` puts the new bytes at the live path with the old owner and mode, keeps the old bytes as
 the rollback copy (a hard link, so it costs no space), and leaves no temporary file; `restore` brings the
-old bytes back; the SELinux label (`security.selinux`) is copied where the file system supports it;
-`finalize_staged` makes the download executable; the crash journal round-trips and refuses garbage.
+old bytes back; both leave no temporary file when they run again after a crash that came after their
+link (rename(2) of one file's two links does nothing); the SELinux label (`security.selinux`) is copied
+where the file system supports it; `finalize_staged` makes the download executable; the crash journal
+round-trips and refuses garbage.
 """
 
 from __future__ import annotations
@@ -76,3 +78,20 @@ def test_journal_round_trip_and_garbage(tmp_path: Path) -> None:
         journal.load()
     journal.clear()
     assert journal.load() is None
+
+
+def test_swap_in_and_restore_resumed_after_their_link_leave_no_temporary_file(tmp_path: Path) -> None:
+    """A crash after the rollback link but before the swap (or after a restore's rename) means the step
+    runs again with the two names already linked to one file, where rename(2) does nothing."""
+    live = tmp_path / "k3s"
+    live.write_bytes(b"old")
+    os.link(live, rollback_path(live))  # the first run's rollback link, then the crash
+    _, staged = staging_paths(live, "f" * 64)
+    staged.write_bytes(b"new")
+    swap_in(staged, live)
+    assert live.read_bytes() == b"new" and rollback_path(live).read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".k3s.rollback", "k3s"]
+    restore(live)
+    restore(live)  # resumed after the rename: the live file already is the rollback copy
+    assert live.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".k3s.rollback", "k3s"]
