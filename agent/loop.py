@@ -60,16 +60,22 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
                     await _sleep(stop, delay)
                     delay = min(config.max_backoff, delay * 2)
                     continue
+            before = upgrader.entry
             beat = asyncio.create_task(_heartbeat(client, upgrader, config.heartbeat_seconds))
             try:
                 await upgrader.handle(instruction)
             finally:
                 beat.cancel()
-            done, instruction = instruction, next_instruction(instruction, upgrader.take_answer())
+            answer = upgrader.take_answer()
+            done, instruction = instruction, next_instruction(instruction, answer)
             if done.action == Action.IDLE:
                 instruction = None
                 if can_shed and upgrader.entry is None and upgrade_modules_loaded():
                     return True
+                await _sleep(stop, done.poll_after_seconds)
+            elif answer is None and upgrader.entry is before:
+                # Nothing done and nothing said (an instruction this agent cannot take, a report refused):
+                # the coordinator would answer the next poll at once with the same; do not spin on it.
                 await _sleep(stop, done.poll_after_seconds)
     finally:
         await client.close()

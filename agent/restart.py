@@ -25,11 +25,16 @@ class RestartFailed(Exception):
 
 
 async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
+    """Restart k3s; RestartFailed when that could not even be asked for (the cause in the message)."""
     if systemd_unit:
-        proc = await asyncio.create_subprocess_exec(
-            "nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "systemctl", "restart", systemd_unit,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--",
+                "systemctl", "restart", systemd_unit,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise RestartFailed(f"cannot run systemctl restart {systemd_unit}: {exc}") from exc
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             text = out.decode(errors="replace")[:300]
@@ -40,7 +45,9 @@ async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
     try:
         os.kill(process.pid, signal.SIGTERM)
     except ProcessLookupError:
-        pass
+        pass  # it exited already: its service manager starts it again
+    except OSError as exc:
+        raise RestartFailed(f"cannot send SIGTERM to k3s pid {process.pid}: {exc}") from exc
 
 
 async def wait_for_new_process(host_root: Path, binary: Path, started_after: float, *, limit: float,

@@ -1,14 +1,19 @@
 """The upgrade of this node, step by step, resumable from the crash journal.
 
     stage     discover k3s -> download + verify (nothing on the host changes) -> `--version` -> staged
-    apply     journal(applying, swap time) -> rename new into place -> SIGTERM -> a NEW stable process
-              running the new binary -> restarted   (or, if it does not come up: roll back)
-    rollback  journal(rolling_back) -> restore the old binary -> restart -> old version runs -> rolled_back
-    finish    drop the rollback copy, clear the journal
+    apply     journal(applying) -> journal(swap time, the k3s running now) -> rename new into place ->
+              SIGTERM -> a NEW stable process running the new binary -> restarted
+              (or, if it does not come up: roll back)
+    rollback  journal(rolling_back) -> journal(restore time) -> restore the old binary -> restart ->
+              old version runs -> rolled_back
+    finish    drop the rollback copy (and a staged file never used), clear the journal
 
 Every step first writes the journal, then acts, and on resume looks at the disk (checksum of the live
 file) and at the running process (started before or after the swap?) to know what is left to do. A
-binary is reported `restarted` only when a process started after the swap runs it.
+binary is reported `restarted` only when a process started after the swap runs it; the swap time is
+taken just before the rename, each time the rename is (re)done, since k3s may restart on its own in
+between. A `failed` or `rolled_back` the coordinator did not hear is said again when it asks for a step
+of that lease.
 """
 
 from __future__ import annotations
@@ -139,6 +144,12 @@ class Upgrader:
                 return
             self._drop(entry)
             entry = None
+        if entry and entry.phase in (AgentPhase.FAILED, AgentPhase.ROLLED_BACK) and action != Action.FINISH:
+            # The coordinator still asks for a step of this lease: the end was not heard (the agent was
+            # killed before its report went out). Say it again; nothing else is left to do for this lease.
+            await self.report(entry.phase, error=entry.error, detail="again",
+                              version=entry.observed_version or self.k3s_version)
+            return
         if action == Action.STAGE:
             if entry and entry.phase == AgentPhase.STAGED:
                 await self.report(AgentPhase.STAGED, detail="already staged")
@@ -156,22 +167,34 @@ class Upgrader:
                 await self.report(AgentPhase.RESTARTED, version=entry.observed_version, detail="again")
         elif action == Action.ROLLBACK:
             if entry is None or entry.phase in (AgentPhase.DOWNLOADING, AgentPhase.STAGED):
-                if entry is None:
-                    return
-                self._drop(entry)
-                self.entry = entry.model_copy(update={"phase": AgentPhase.ROLLED_BACK})
-                await self.report(AgentPhase.ROLLED_BACK, detail="nothing had changed on the host")
-                self.entry = None
+                await self._nothing_to_roll_back(entry, lease)
             elif entry.phase in (AgentPhase.APPLYING, AgentPhase.RESTARTED, AgentPhase.ROLLING_BACK):
                 await self.rollback(instruction.reason or "the coordinator asked for a rollback")
-            elif entry.phase == AgentPhase.ROLLED_BACK:
-                await self.report(AgentPhase.ROLLED_BACK, error=entry.error, version=entry.observed_version)
         elif action == Action.FINISH:
             if entry and entry.phase == AgentPhase.RESTARTED:
-                discard(rollback_path(Path(entry.binary)))
+                binary = Path(entry.binary)  # the staged file is left when the target was live already
+                discard(rollback_path(binary), *staging_paths(binary, entry.lease.artifact.sha256))
                 self.journal.clear()
                 self.entry = None
                 log.info("lease %s finished", lease.lease_id)
+
+    async def _nothing_to_roll_back(self, entry: JournalEntry | None, lease: LeaseAssignment) -> None:
+        """`rollback` before the host changed: the lease was staged at most, or this agent keeps no record
+        of it (it dropped the lease for this rollback and was killed before its report went out)."""
+        phase, error = AgentPhase.ROLLED_BACK, None
+        if entry is not None:
+            self._drop(entry)
+        else:
+            proc = await self.observe()
+            live = await asyncio.to_thread(sha256_of, proc.binary) if proc else None
+            if live is None or live == lease.artifact.sha256:
+                found = "no k3s runs" if live is None else "the live binary is its target"
+                phase = AgentPhase.FAILED
+                error = (f"asked to roll back lease {lease.lease_id}, of which this agent keeps no record, "
+                         f"and {found}: not touching anything")
+        self.entry = JournalEntry(lease=lease, phase=phase, binary="")
+        await self.report(phase, error=error, detail="" if error else "nothing had changed on the host")
+        self.entry = None
 
     def _drop(self, entry: JournalEntry) -> None:
         if entry.binary:
@@ -244,6 +267,21 @@ class Upgrader:
             await self.report(AgentPhase.STAGED, version=self.k3s_version)
         return True
 
+    async def _mark_swap(self, entry: JournalEntry) -> JournalEntry:
+        """Journal the time of the swap, taken now, just before the rename, with the k3s running now.
+
+        A k3s started after this time and not the one running now runs the new file. The time journalled
+        with the go-ahead would not do: a k3s that restarted on its own since then (while a report was
+        retried, or while the agent was down before a resume) started after it and still runs the old file.
+        """
+        running = await self.observe()
+        entry = entry.model_copy(update={
+            "swap_started_at": process_clock(),
+            "old_process": (running.pid, running.create_time) if running else None,
+        })
+        self._save(entry)
+        return entry
+
     async def apply(self) -> None:
         entry = self.entry
         assert entry is not None
@@ -253,24 +291,31 @@ class Upgrader:
             if not staged.exists() or await asyncio.to_thread(sha256_of, staged) != lease.artifact.sha256:
                 await self._fail(entry, f"staged binary {staged} is missing or changed; nothing was replaced")
                 return
-            running = await self.observe()
-            old_process = (running.pid, running.create_time) if running else None
-            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "swap_started_at": process_clock(),
-                                             "old_process": old_process,
+            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING,
                                              "old_sha256": await asyncio.to_thread(sha256_of, binary)})
             self._save(entry)
             await self.report(AgentPhase.APPLYING, version=self.k3s_version)
-        assert entry.swap_started_at is not None
         live = await asyncio.to_thread(sha256_of, binary)
         if live == entry.old_sha256 and live != lease.artifact.sha256:
             if not staged.exists():
                 await self._fail(entry, f"staged binary {staged} vanished before the swap; nothing replaced")
                 return
-            await asyncio.to_thread(swap_in, staged, binary)
+            entry = await self._mark_swap(entry)
+            try:
+                await asyncio.to_thread(swap_in, staged, binary)
+            except OSError as exc:
+                if await asyncio.to_thread(sha256_of, binary) == entry.old_sha256:
+                    await self._fail(entry, f"replacing {binary} failed, nothing replaced: {exc}")
+                else:
+                    await self.rollback(f"replacing {binary} failed after the rename: {exc}")
+                return
             log.info("replaced %s with %s", binary, lease.target_version)
         elif live != lease.artifact.sha256:
             await self._fail(entry, f"{binary} has an unexpected checksum {live}; not touching it")
             return
+        elif entry.swap_started_at is None:  # the target was live already: a k3s started from now runs it
+            entry = await self._mark_swap(entry)
+        assert entry.swap_started_at is not None
         proc = await self.observe()
         if proc is None or proc.create_time < entry.swap_started_at - TICK or (
                 (proc.pid, proc.create_time) == entry.old_process):
@@ -286,7 +331,7 @@ class Upgrader:
                 not_process=entry.old_process,
             )
             version = await binary_version(binary)
-        except (RestartFailed, ValueError) as exc:
+        except (RestartFailed, ValueError, OSError) as exc:
             await self.rollback(f"new k3s {lease.target_version} did not come up: {exc}")
             return
         if version != lease.target_version:
@@ -307,14 +352,21 @@ class Upgrader:
             self._save(entry)
             await self.report(AgentPhase.ROLLING_BACK, error=cause, best_effort=True)
         log.warning("rolling back %s: %s", binary, cause)
-        assert entry.rollback_started_at is not None
         backup = rollback_path(binary)
         live = await asyncio.to_thread(sha256_of, binary)
         if entry.old_sha256 and live != entry.old_sha256:
             if not backup.exists() or await asyncio.to_thread(sha256_of, backup) != entry.old_sha256:
                 await self._fail(entry, f"{cause}; rollback impossible: copy {backup} missing or changed")
                 return
-            await asyncio.to_thread(restore, binary)
+            # As for the swap: a k3s started after the time journalled earlier may still run the new file.
+            entry = entry.model_copy(update={"rollback_started_at": process_clock()})
+            self._save(entry)
+            try:
+                await asyncio.to_thread(restore, binary)
+            except OSError as exc:
+                await self._fail(entry, f"{cause}; restoring {binary} from {backup} failed: {exc}")
+                return
+        assert entry.rollback_started_at is not None
         proc = await self.observe()
         if proc is None or proc.create_time < entry.rollback_started_at - TICK:
             try:
@@ -327,7 +379,7 @@ class Upgrader:
                                        limit=entry.lease.restart_timeout_seconds,
                                        stable=entry.lease.restart_stable_seconds)
             version = await binary_version(binary)
-        except (RestartFailed, ValueError) as exc:
+        except (RestartFailed, ValueError, OSError) as exc:
             await self._fail(entry, f"{cause}; the old k3s did not come back: {exc}")
             return
         self.k3s_version = version

@@ -1,0 +1,164 @@
+"""What a restarted agent finds is taken as it is now, not as the journal saw it before the agent went down.
+
+Aspects: a k3s that restarted on its own (still from the old file) after the go-ahead but before the swap
+is restarted again after the swap, and `restarted` is reported only with the new version running; the
+same for a rollback, where a k3s that restarted from the new file before the restore is restarted after
+it; an end the coordinator did not hear (`failed`, killed before the report went out) is said again when
+it asks for a step of that lease; a `rollback` of a lease the agent dropped before it was killed is
+answered `rolled_back` with nothing changed; an instruction the agent cannot take is not polled for in a
+tight loop; `finish` leaves no staged file when the target was live already; a restart that cannot
+even be asked for is a restart failure (rolled back), not an exception that ends the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.discovery import process_clock
+from agent.install import staging_paths, swap_in
+from agent.journal import Journal, JournalEntry
+from agent.restart import RestartFailed, restart
+from sandbox.standin import build_standin
+from tests.integration.agent.conftest import (
+    NEW,
+    OLD,
+    STARTUP,
+    Node,
+    ScriptedCoordinator,
+    make_lease,
+    sha,
+)
+from wire.messages import Action, AgentPhase, LeaseAssignment
+
+
+def _stage_by_hand(node: Node, lease: LeaseAssignment) -> Path:
+    _, staged = staging_paths(node.binary, lease.artifact.sha256)
+    build_standin(staged, NEW, startup_seconds=STARTUP)
+    assert sha(staged) == lease.artifact.sha256
+    return staged
+
+
+async def _k3s_restarts_on_its_own(node: Node) -> int:
+    """SIGTERM to the running k3s; its supervisor starts it again from the file in place now."""
+    old = node.pid()
+    await asyncio.sleep(0.05)  # start times have clock-tick resolution
+    os.kill(old, signal.SIGTERM)
+    return await asyncio.to_thread(node.supervisor.wait_pid, other_than=old)
+
+
+async def test_k3s_restarted_before_the_swap_is_restarted_after_it(node: Node, releases, tmp_path: Path,
+                                                                   coordinator: ScriptedCoordinator,
+                                                                   agent_factory) -> None:
+    lease = make_lease(releases)
+    _stage_by_hand(node, lease)
+    pid = node.pid()
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=lease, phase=AgentPhase.APPLYING, binary=str(node.binary), old_sha256=sha(node.binary),
+        swap_started_at=process_clock(), old_process=(pid, psutil.Process(pid).create_time()),
+    ))  # the go-ahead was journalled, then the agent went down before the swap
+    on_its_own = await _k3s_restarts_on_its_own(node)
+    assert node.running_version() == OLD
+    coordinator.auto = False
+    coordinator.instruct(Action.APPLY, lease)
+    agent_factory(coordinator.url).start()
+    restarted = await coordinator.wait_report(AgentPhase.RESTARTED)
+    assert restarted.k3s_version == NEW
+    assert node.pid() != on_its_own and node.running_version() == NEW
+
+
+async def test_k3s_restarted_before_the_restore_is_restarted_after_it(node: Node, releases, tmp_path: Path,
+                                                                      coordinator: ScriptedCoordinator,
+                                                                      agent_factory) -> None:
+    lease = make_lease(releases)
+    old_sha = sha(node.binary)
+    swap_in(_stage_by_hand(node, lease), node.binary)
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=lease, phase=AgentPhase.ROLLING_BACK, binary=str(node.binary), old_sha256=old_sha,
+        swap_started_at=process_clock(), rollback_started_at=process_clock(), error="did not verify",
+    ))  # the rollback was journalled, then the agent went down before the restore
+    on_its_own = await _k3s_restarts_on_its_own(node)
+    assert node.running_version() == NEW
+    coordinator.auto = False
+    coordinator.instruct(Action.ROLLBACK, lease, reason="did not verify")
+    agent_factory(coordinator.url).start()
+    rolled = await coordinator.wait_report(AgentPhase.ROLLED_BACK)
+    assert rolled.k3s_version == OLD and sha(node.binary) == old_sha
+    assert node.pid() != on_its_own and node.running_version() == OLD
+
+
+async def test_an_end_not_heard_is_said_again(node: Node, releases, tmp_path: Path,
+                                             coordinator: ScriptedCoordinator, agent_factory) -> None:
+    lease = make_lease(releases)
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=lease, phase=AgentPhase.FAILED, binary=str(node.binary), error="staging failed: disk full",
+    ))  # saved by `_fail`, then killed before the report went out
+    coordinator.auto = False
+    coordinator.instruct(Action.APPLY, lease)
+    agent_factory(coordinator.url).start()
+    failed = await coordinator.wait_report(AgentPhase.FAILED)
+    assert failed.error == "staging failed: disk full" and failed.lease_id == lease.lease_id
+    assert not any(r.phase == AgentPhase.APPLYING for r in coordinator.reports)
+
+
+async def test_rollback_of_a_dropped_lease_says_nothing_changed(node: Node, releases,
+                                                                coordinator: ScriptedCoordinator,
+                                                                agent_factory) -> None:
+    lease = make_lease(releases)  # staged, then dropped for the rollback; killed before the report
+    pid, old_sha = node.pid(), sha(node.binary)
+    coordinator.auto = False
+    coordinator.instruct(Action.ROLLBACK, lease, reason="plan deleted")
+    agent_factory(coordinator.url).start()
+    rolled = await coordinator.wait_report(AgentPhase.ROLLED_BACK)
+    assert rolled.lease_id == lease.lease_id and rolled.detail == "nothing had changed on the host"
+    assert sha(node.binary) == old_sha and node.pid() == pid
+
+
+async def test_an_instruction_it_cannot_take_is_not_polled_for_in_a_tight_loop(
+        node: Node, releases, tmp_path: Path, coordinator: ScriptedCoordinator, agent_factory) -> None:
+    mine, other = make_lease(releases), make_lease(releases, lease_id="plan/n1/2")
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=mine, phase=AgentPhase.RESTARTED, binary=str(node.binary), observed_version=OLD,
+    ))
+    coordinator.auto = False
+    coordinator.instruct(Action.STAGE, other)  # refused while lease `mine` is not finished
+    agent_factory(coordinator.url).start()
+    for _ in range(200):
+        if coordinator.polls:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.0)
+    polls = sum(1 for r in coordinator.requests if r.startswith("poll"))
+    assert polls <= 15, f"{polls} polls in 2 s for an instruction answered every 0.2 s"
+    assert coordinator.reports == []
+
+
+async def test_finish_leaves_no_staged_file_when_the_target_was_live_already(
+        node: Node, releases, tmp_path: Path, coordinator: ScriptedCoordinator, agent_factory) -> None:
+    lease = make_lease(releases)
+    _stage_by_hand(node, lease)
+    journal = Journal(tmp_path / "state")
+    journal.save(JournalEntry(
+        lease=lease, phase=AgentPhase.RESTARTED, binary=str(node.binary), observed_version=NEW,
+    ))  # the swap was skipped: the live file was the target already
+    coordinator.auto = False
+    coordinator.instruct(Action.FINISH, lease)
+    agent_factory(coordinator.url).start()
+    for _ in range(200):
+        if journal.load() is None:
+            break
+        await asyncio.sleep(0.05)
+    assert journal.load() is None and node.stray_files() == []
+
+
+async def test_a_restart_that_cannot_be_asked_for_is_a_restart_failure(tmp_path: Path, monkeypatch) -> None:
+    """An OSError (here: no `nsenter` on PATH) becomes RestartFailed, which `apply` answers with a
+    rollback, instead of escaping the agent's loop and ending the process mid-upgrade."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RestartFailed, match=r"cannot run systemctl restart k3s\.service"):
+        await restart(None, "k3s.service")
