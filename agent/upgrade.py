@@ -225,13 +225,17 @@ class Upgrader:
         while proc is None and time.monotonic() < deadline:  # k3s may be between two runs right now
             await asyncio.sleep(0.2)
             proc = await self.observe()
+        current = self.entry
         if proc is None:
-            entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary="")
+            # A stage resumed for this lease keeps its entry: it knows where a partial download lies.
+            if current is not None and current.lease.lease_id == lease.lease_id:
+                entry = current
+            else:
+                entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary="")
             self.entry = entry
             await self._fail(entry, f"cannot stage: {self.discovery_error}")
             return False
         binary = proc.binary
-        current = self.entry
         if current is not None and current.lease.lease_id == lease.lease_id and current.binary:
             entry = current
         else:

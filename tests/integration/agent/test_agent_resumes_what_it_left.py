@@ -7,7 +7,8 @@ it; an end the coordinator did not hear (`failed`, killed before the report went
 it asks for a step of that lease; a `rollback` of a lease the agent dropped before it was killed is
 answered `rolled_back` with nothing changed; an instruction the agent cannot take is not polled for in a
 tight loop; `finish` leaves no staged file when the target was live already; a restart that cannot
-even be asked for is a restart failure (rolled back), not an exception that ends the agent.
+even be asked for is a restart failure (rolled back), not an exception that ends the agent; a download
+resumed while no k3s runs fails and leaves no partial file once the lease is dropped.
 """
 
 from __future__ import annotations
@@ -162,3 +163,27 @@ async def test_a_restart_that_cannot_be_asked_for_is_a_restart_failure(tmp_path:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RestartFailed, match=r"cannot run systemctl restart k3s\.service"):
         await restart(None, "k3s.service")
+
+
+async def test_a_resumed_download_with_no_k3s_running_leaves_no_partial_file(
+        node: Node, releases, tmp_path: Path, coordinator: ScriptedCoordinator, agent_factory) -> None:
+    """Killed while downloading, restarted while k3s does not run: staging fails, and once the coordinator
+    drops the lease the partial download beside the binary goes too."""
+    lease = make_lease(releases)
+    part, _ = staging_paths(node.binary, lease.artifact.sha256)
+    part.write_bytes(b"#!/bin/sh\n")  # the first bytes of the download
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=lease, phase=AgentPhase.DOWNLOADING, binary=str(node.binary), old_version=OLD,
+    ))
+    node.supervisor.stop()
+    coordinator.auto = False
+    coordinator.instruct(Action.STAGE, lease)
+    agent_factory(coordinator.url).start()
+    failed = await coordinator.wait_report(AgentPhase.FAILED)
+    assert failed.error and "cannot stage" in failed.error
+    coordinator.instruct(Action.IDLE, None)
+    for _ in range(200):
+        if not part.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert node.stray_files() == []
