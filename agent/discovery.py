@@ -37,6 +37,7 @@ class ProcessInfo:
     pid: int
     cmdline: tuple[str, ...]
     create_time: float
+    """Seconds since boot when it started (`process_clock`)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class K3sProcess:
     host_binary: str
     """Path of the binary as the host sees it (what the process was started with)."""
     create_time: float
+    """Seconds since boot when it started (`process_clock`)."""
     wrapper: bool = False
 
 
@@ -125,10 +127,13 @@ def parse_version_output(text: str) -> str:
 
 def list_processes() -> list[ProcessInfo]:
     result: list[ProcessInfo] = []
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline")
-        if cmdline:
-            result.append(ProcessInfo(int(proc.info["pid"]), tuple(cmdline), float(proc.info["create_time"])))
+        if not cmdline:
+            continue
+        stat = process_stat(int(proc.info["pid"]))
+        if stat is not None:
+            result.append(ProcessInfo(int(proc.info["pid"]), tuple(cmdline), stat[1]))
     return result
 
 
@@ -136,23 +141,54 @@ def find_k3s(host_root: Path) -> K3sProcess:
     return match_k3s(list_processes(), host_root)
 
 
-def process_clock() -> float:
-    """Now, on the clock of psutil's `create_time` (boot time + uptime).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-    psutil derives start times from the boot time in whole seconds plus clock ticks, so they can be up to a
-    second off the wall clock; "started after the swap" is therefore decided on this clock, not time.time().
+
+def parse_stat(text: str) -> tuple[str, float]:
+    """(state letter, start time in clock ticks since boot) from the text of `/proc/<pid>/stat`.
+
+    The command name (field 2) is in parentheses and may itself hold spaces and parentheses: the fields
+    are counted after its last `)`. The state is field 3, the start time field 22.
+    """
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], float(fields[19])
+
+
+def process_stat(pid: int) -> tuple[str, float] | None:
+    """(state, seconds since boot it started) of a process, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state, ticks = parse_stat(handle.read())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return state, ticks / CLOCK_TICKS
+
+
+def process_clock() -> float:
+    """Now, in seconds since boot (`/proc/uptime`): the clock of a process's start time in `/proc`.
+
+    Start times are taken on this clock, not the wall clock, so "started after the swap" holds across a
+    step of the wall clock (NTP after a boot, a board without a battery-backed clock). It restarts at each
+    boot: a time is only compared with others of the same `boot_id()`.
     """
     with open("/proc/uptime") as handle:
-        uptime = float(handle.read().split()[0])
-    return float(psutil.boot_time()) + uptime
+        return float(handle.read().split()[0])
+
+
+def boot_id() -> str:
+    """This boot's identity (the kernel's random `boot_id`)."""
+    with open("/proc/sys/kernel/random/boot_id") as handle:
+        return handle.read().strip()
+
+
+def wall_clock_boot_time() -> float:
+    """The wall-clock time of this boot: how an agent before boot-relative times journalled them."""
+    return float(psutil.boot_time())
 
 
 def pid_alive(pid: int, create_time: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    stat = process_stat(pid)
+    return stat is not None and abs(stat[1] - create_time) < 0.01 and stat[0] != "Z"
 
 
 async def binary_version(binary: Path, limit: float = 30.0) -> str:

@@ -2,7 +2,9 @@
 
 One JSON file, replaced atomically (temporary file, fsync, rename(2), fsync of the directory), written
 *before* each step that changes the host. After a restart the agent reads it and, together with the
-checksums of the files on disk and the start time of the running k3s, finishes or undoes the step.
+checksums of the files on disk and the start time of the running k3s, finishes or undoes the step. Times
+are seconds since boot, with the boot's id, so a step of the wall clock or a reboot cannot make an old
+k3s look new (`on_this_boot`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class JournalEntry(BaseModel):
     """The live k3s binary, as the agent sees it (under the host root)."""
     old_sha256: str | None = None
     old_version: str | None = None
+    boot_id: str | None = None
+    """The boot the times below were taken in (seconds since it); None: by an agent that journalled the
+    wall clock (psutil's start times) instead."""
     swap_started_at: float | None = None
     """`process_clock()` just before the new binary was renamed into place: a k3s started before it is old."""
     rollback_started_at: float | None = None
@@ -32,6 +37,30 @@ class JournalEntry(BaseModel):
     """(pid, start time) of the k3s that ran the old binary when the swap began: never "the new one"."""
     error: str | None = None
     observed_version: str | None = None
+
+
+def on_this_boot(entry: JournalEntry, boot: str, wall_clock_boot_time: float) -> JournalEntry:
+    """`entry` with its times on this boot's clock (seconds since boot `boot`).
+
+    A swap or restore journalled in an earlier boot happened before every process of this one started
+    (the rename was on disk before the machine went down): its time becomes 0 and the old process is gone.
+    Times an earlier agent journalled on the wall clock are moved to this boot's clock; if they are from an
+    earlier boot they come out at 0 or less, which means the same.
+    """
+    if entry.boot_id == boot:
+        return entry
+    times = ("swap_started_at", "rollback_started_at")
+    if entry.boot_id is None:
+        update: dict[str, object] = {
+            name: max(0.0, value - wall_clock_boot_time)
+            for name in times if (value := getattr(entry, name)) is not None
+        }
+        if entry.old_process is not None:
+            update["old_process"] = (entry.old_process[0], entry.old_process[1] - wall_clock_boot_time)
+    else:
+        update = {name: 0.0 for name in times if getattr(entry, name) is not None}
+        update["old_process"] = None
+    return entry.model_copy(update={**update, "boot_id": boot})
 
 
 def fsync_dir(path: Path) -> None:

@@ -26,7 +26,15 @@ from pathlib import Path
 from agent import __version__
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.config import AgentConfig
-from agent.discovery import DiscoveryError, K3sProcess, binary_version, find_k3s, process_clock
+from agent.discovery import (
+    DiscoveryError,
+    K3sProcess,
+    binary_version,
+    boot_id,
+    find_k3s,
+    process_clock,
+    wall_clock_boot_time,
+)
 from agent.download import DownloadError, download
 from agent.install import (
     discard,
@@ -37,7 +45,7 @@ from agent.install import (
     staging_paths,
     swap_in,
 )
-from agent.journal import Journal, JournalEntry
+from agent.journal import Journal, JournalEntry, on_this_boot
 from agent.restart import TICK, RestartFailed, restart, wait_for_new_process
 from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssignment, Report
 
@@ -52,7 +60,10 @@ class Upgrader:
         self.config = config
         self.client = client
         self.journal = Journal(config.state_dir)
-        self.entry: JournalEntry | None = self.journal.load()
+        self.boot_id = boot_id()
+        loaded = self.journal.load()
+        self.entry: JournalEntry | None = (
+            on_this_boot(loaded, self.boot_id, wall_clock_boot_time()) if loaded else None)
         self.progress: float | None = None
         self.discovery_error: str | None = None
         self.k3s_version: str | None = None
@@ -63,6 +74,8 @@ class Upgrader:
 
     # -- state ---------------------------------------------------------------------------------------
     def _save(self, entry: JournalEntry) -> None:
+        if entry.boot_id != self.boot_id:  # its times are taken on this boot's clock
+            entry = entry.model_copy(update={"boot_id": self.boot_id})
         self.journal.save(entry)
         self.entry = entry
 

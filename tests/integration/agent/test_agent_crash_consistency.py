@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.discovery import process_clock
+from agent.discovery import boot_id, process_clock
 from agent.install import staging_paths, swap_in
 from agent.journal import Journal, JournalEntry
 from sandbox.standin import build_standin
@@ -91,7 +91,7 @@ async def test_new_file_in_place_but_old_process_running_is_restarted(node: Node
     assert sha(staged) == lease.artifact.sha256
     Journal(tmp_path / "state").save(JournalEntry(
         lease=lease, phase=AgentPhase.APPLYING, binary=str(node.binary), old_sha256=old_sha,
-        swap_started_at=process_clock(),
+        swap_started_at=process_clock(), boot_id=boot_id(),
     ))
     swap_in(staged, node.binary)  # killed right after the rename, before SIGTERM
     coordinator.instruct(Action.APPLY, lease)

@@ -8,7 +8,8 @@ it asks for a step of that lease; a `rollback` of a lease the agent dropped befo
 answered `rolled_back` with nothing changed; an instruction the agent cannot take is not polled for in a
 tight loop; `finish` leaves no staged file when the target was live already; a restart that cannot
 even be asked for is a restart failure (rolled back), not an exception that ends the agent; a download
-resumed while no k3s runs fails and leaves no partial file once the lease is dropped.
+resumed while no k3s runs fails and leaves no partial file once the lease is dropped; a swap journalled in
+an earlier boot counts as done before every process of this boot.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import os
 import signal
 from pathlib import Path
 
-import psutil
 import pytest
 
-from agent.discovery import process_clock
+from agent.discovery import boot_id, process_clock, process_stat
 from agent.install import staging_paths, swap_in
 from agent.journal import Journal, JournalEntry
 from agent.restart import RestartFailed, restart
@@ -59,9 +59,12 @@ async def test_k3s_restarted_before_the_swap_is_restarted_after_it(node: Node, r
     lease = make_lease(releases)
     _stage_by_hand(node, lease)
     pid = node.pid()
+    stat = process_stat(pid)
+    assert stat is not None
+    started = stat[1]
     Journal(tmp_path / "state").save(JournalEntry(
         lease=lease, phase=AgentPhase.APPLYING, binary=str(node.binary), old_sha256=sha(node.binary),
-        swap_started_at=process_clock(), old_process=(pid, psutil.Process(pid).create_time()),
+        swap_started_at=process_clock(), old_process=(pid, started), boot_id=boot_id(),
     ))  # the go-ahead was journalled, then the agent went down before the swap
     on_its_own = await _k3s_restarts_on_its_own(node)
     assert node.running_version() == OLD
@@ -82,6 +85,7 @@ async def test_k3s_restarted_before_the_restore_is_restarted_after_it(node: Node
     Journal(tmp_path / "state").save(JournalEntry(
         lease=lease, phase=AgentPhase.ROLLING_BACK, binary=str(node.binary), old_sha256=old_sha,
         swap_started_at=process_clock(), rollback_started_at=process_clock(), error="did not verify",
+        boot_id=boot_id(),
     ))  # the rollback was journalled, then the agent went down before the restore
     on_its_own = await _k3s_restarts_on_its_own(node)
     assert node.running_version() == NEW
@@ -187,3 +191,24 @@ async def test_a_resumed_download_with_no_k3s_running_leaves_no_partial_file(
             break
         await asyncio.sleep(0.05)
     assert node.stray_files() == []
+
+
+async def test_a_swap_journalled_in_an_earlier_boot_is_done(node: Node, releases, tmp_path: Path,
+                                                           coordinator: ScriptedCoordinator,
+                                                           agent_factory) -> None:
+    """The machine went down after the swap and came back running the new file: its k3s started after the
+    swap, however the clocks of the two boots compare, and is not restarted again."""
+    lease = make_lease(releases)
+    old_sha = sha(node.binary)
+    swap_in(_stage_by_hand(node, lease), node.binary)
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=lease, phase=AgentPhase.APPLYING, binary=str(node.binary), old_sha256=old_sha,
+        boot_id="an-earlier-boot", swap_started_at=process_clock() + 100_000.0, old_process=(1, 1.0),
+    ))  # the earlier boot had been up longer than this one
+    running_new = await _k3s_restarts_on_its_own(node)
+    assert node.running_version() == NEW
+    coordinator.auto = False
+    coordinator.instruct(Action.APPLY, lease)
+    agent_factory(coordinator.url).start()
+    restarted = await coordinator.wait_report(AgentPhase.RESTARTED, within=15.0)
+    assert restarted.k3s_version == NEW and node.pid() == running_new
