@@ -229,6 +229,10 @@ class World:
     """None: any agent that polled lately may be granted. A set: only these, the nodes whose agents the
     coordinator holds a long-poll of now. Given when more agents poll than the coordinator holds
     (`coordinator.pacing`): a lease granted to an agent that is away keeps its slot idle until it polls."""
+    labelled: Mapping[str, Lease] = field(default_factory=dict)
+    """node -> its lease released lately (`Decision.released`, once stored), while its Node view may not
+    show the plan label yet: the watch brings the echo of the label patch, possibly after the next pass has
+    started. Such a node is not a candidate for that plan at that hash (see `label_on_its_way`)."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,36 @@ class Decision:
     waiting_for: frozenset[str] = frozenset()
     """Nodes a plan would have granted a free slot to, had their agents been in `World.listening`: the
     coordinator decides again when one of them is held."""
+    released: Mapping[str, Lease] = field(default_factory=dict)
+    """node -> the lease this decision releases after labelling the node: once the decision's last table
+    write is stored, the caller keeps it in `World.labelled` until the Node view shows the label."""
+
+
+LABEL_ECHO_GRACE = timedelta(seconds=30)
+"""How long after a node was verified its plan label may be missing from the Node cache because the echo
+of the label patch has not arrived yet. Later, a node released at the plan's hash whose label is missing
+had it removed by a person, and is upgraded again (as with SUC)."""
+
+
+def label_on_its_way(done: Lease | None, plan: str, plan_hash: str, now: datetime) -> bool:
+    """Whether `done` (the node's lease released lately, `World.labelled`) says the node is done at this
+    plan's hash, though its cached Node may not show the label yet: then it is not a candidate."""
+    if done is None or done.plan != plan or done.plan_hash != plan_hash:
+        return False
+    return now < (done.verified_at or done.updated_at) + LABEL_ECHO_GRACE
+
+
+def still_labelling(labelled: Mapping[str, Lease], views: Mapping[str, NodeView],
+                    now: datetime) -> dict[str, Lease]:
+    """`labelled` without the nodes whose views show the label now (or are gone), and the ones whose grace
+    is over: what the next World's `labelled` holds."""
+    keep = {}
+    for name, done in labelled.items():
+        view = views.get(name)
+        shown = view is None or view.labels.get(plan_label(done.plan)) == done.plan_hash
+        if not shown and label_on_its_way(done, done.plan, done.plan_hash, now):
+            keep[name] = done
+    return keep
 
 
 def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
@@ -354,6 +388,7 @@ class _Decider:
         self.cordoned: set[str] = set()  # nodes this decision cordons/uncordons (seen by later steps)
         self.uncordoned: set[str] = set()
         self.released: set[str] = set()
+        self.released_leases: dict[str, Lease] = {}
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
         self._chosen: dict[str, tuple[tuple[NodeView, ...], tuple[NodeView, ...]]] = {}
         """plan -> (the nodes it selects, those of them not done at its hash), once per decision."""
@@ -583,6 +618,7 @@ class _Decider:
         if release:  # stored after the patch above: the slot is free for a grant of this same pass
             self.remove(lease.lease_id, finished=True)
             self.released.add(node.name)
+            self.released_leases[node.name] = lease
 
     def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
         """Grant what the plan may; returns (messages about blocked nodes, why the plan waits or None)."""
@@ -638,6 +674,8 @@ class _Decider:
                     away.append(n)  # its agent is paced (`coordinator.pacing`): grant it once it is held
                 else:
                     pool.append(n)
+        if labelled := w.labelled:
+            pool = [n for n in pool if not label_on_its_way(labelled.get(n.name), plan.name, pi.hash, w.now)]
         granted = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0))
         if listening is not None:
             self.grantable[plan.name] = frozenset(n.name for n in (*pool, *away))
@@ -752,5 +790,6 @@ def decide(world: World) -> Decision:
             nodes, done = d.chosen(pi)
             progress[pi.name] = (len(nodes), done)
     return Decision(
-        writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for)
+        writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for),
+        released=d.released_leases,
     )

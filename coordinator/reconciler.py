@@ -52,6 +52,7 @@ from coordinator.engine import (
     Write,
     decide,
     plan_input,
+    still_labelling,
 )
 from coordinator.events import involved
 from coordinator.handoffs import slot_handoffs
@@ -61,6 +62,7 @@ from coordinator.kube.protocol import Cluster, Obj, StoredLease
 from coordinator.kube.resources import NODES, PLANS, SECRETS
 from coordinator.leasing import (
     TABLE_ANNOTATION,
+    Lease,
     LeasePhase,
     LeaseTable,
     ReportError,
@@ -374,6 +376,8 @@ class Runtime:
         """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass), with
         each plan's selection."""
         self._view_seen_at: dict[str, float] = {}
+        self._labelled: dict[str, Lease] = {}
+        """Nodes released lately whose views may not show the label yet (`World.labelled`)."""
         """node name -> when (`time.monotonic`) the watch delivered its view in `_views`."""
         self._restarted_at: dict[str, float] = {}
         """node -> when its agent's `restarted` report arrived, while its lease waits to be verified."""
@@ -532,7 +536,8 @@ class Runtime:
                 if pending.report.phase is AgentPhase.RESTARTED:
                     self._restarted_at[pending.report.node] = pending.received
             except ReportError as exc:  # the table moved on since the broker checked it
-                pending.answer.set_exception(BrokerError(exc.status, str(exc)))
+                if not pending.answer.done():  # the agent gave up waiting (it retries the report)
+                    pending.answer.set_exception(BrokerError(exc.status, str(exc)))
         done = False
         try:
             world = self.world(table, stored=as_stored)
@@ -545,6 +550,9 @@ class Runtime:
             done = await self.perform(
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
+            final = decision.writes[last] if last >= 0 else None
+            if decision.released and isinstance(final, TableWrite) and self.lease_table is final.table:
+                self._labelled.update(decision.released)  # stored: until the label's echo, not candidates
             described = decision.writes[last] if announcements else None  # the table write they follow
             if isinstance(described, TableWrite) and self.lease_table is described.table:  # it was stored
                 task = asyncio.create_task(
@@ -664,6 +672,8 @@ class Runtime:
         arches = self.node_arches()
         plans = tuple(self.plan_input(o, arches) for o in self.plans.cache.values())
         self._views.retain({pi.name for pi in plans})
+        if self._labelled:
+            self._labelled = still_labelling(self._labelled, self._views, now)
         return World(
             now=now,
             namespace=self.settings.namespace,
@@ -678,6 +688,7 @@ class Runtime:
             selections=self._views,
             stored=stored if stored is not None and stored is not table else None,
             listening=frozenset(self.holding) if self.paced else None,
+            labelled=self._labelled,
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:

@@ -6,18 +6,22 @@ Aspects covered:
 - a report whose phase does not fit the lease's phase (restarted while only granted) -> 409;
 - a repeated report is answered like the first (200 with the lease), and the phase was recorded: the
   pass that stores a `staged` report moves the lease on at once (no cordon here), so the stored table
-  shows it `applying` and the answer already says `apply`.
+  shows it `applying` and the answer already says `apply`;
+- a queued report whose agent gave up waiting, refused by the pass, leaves the other reports of that pass
+  their answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
 
 from coordinator.kube.resources import PLANS
-from tests.integration.coordinator.harness import coordinator
-from wire.messages import Action, AgentState, ErrorBody, Instruction, Report
+from coordinator.reconciler import PendingReport
+from tests.integration.coordinator.harness import Rig, coordinator
+from wire.messages import Action, AgentPhase, AgentState, ErrorBody, Instruction, Report
 
 OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
 
@@ -26,6 +30,31 @@ async def post(url: str, body: str) -> tuple[int, bytes]:
     headers = {"Authorization": "Bearer tok-node-1", "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
         return r.status, await r.read()
+
+
+PLAN = {
+    "apiVersion": "upgrade.cattle.io/v1",
+    "kind": "Plan",
+    "metadata": {"name": "p", "namespace": "system-upgrade"},
+    "spec": {
+        "concurrency": 1,
+        "version": NEW,
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
+    },
+}
+STATE = AgentState(node="node-1", agent_version="t", arch="amd64", k3s_version=OLD)
+
+
+async def granted(rig: Rig, base: str) -> str:
+    """Put the plan and poll as node-1's agent until it is told to stage; the lease's id."""
+    rig.cluster.put(PLANS, PLAN)
+    for _ in range(50):  # the grant needs the agent seen alive and the checksum fetched
+        _, raw = await post(f"{base}/poll?wait=1", STATE.model_dump_json())
+        ins = Instruction.model_validate_json(raw)
+        if ins.action is Action.STAGE and ins.lease is not None:
+            return ins.lease.lease_id
+    raise AssertionError("no lease granted")
 
 
 async def test_unknown_and_stale_reports(tmp_path: Path) -> None:
@@ -37,31 +66,7 @@ async def test_unknown_and_stale_reports(tmp_path: Path) -> None:
         err = ErrorBody.model_validate_json(raw)
         assert code == 404 and "node-1" in err.error and "nope" in err.error
 
-        rig.cluster.put(
-            PLANS,
-            {
-                "apiVersion": "upgrade.cattle.io/v1",
-                "kind": "Plan",
-                "metadata": {"name": "p", "namespace": "system-upgrade"},
-                "spec": {
-                    "concurrency": 1,
-                    "version": NEW,
-                    "upgrade": {"image": "rancher/k3s-upgrade"},
-                    "nodeSelector": {
-                        "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]
-                    },
-                },
-            },
-        )
-        state = AgentState(node="node-1", agent_version="t", arch="amd64", k3s_version=OLD)
-        lease_id = None
-        for _ in range(50):  # the grant needs the agent seen alive and the checksum fetched
-            code, raw = await post(f"{base}/poll?wait=1", state.model_dump_json())
-            ins = Instruction.model_validate_json(raw)
-            if ins.action is Action.STAGE and ins.lease is not None:
-                lease_id = ins.lease.lease_id
-                break
-        assert lease_id is not None, "no lease granted"
+        lease_id = await granted(rig, base)
 
         restarted = Report(node="node-1", lease_id=lease_id, phase="restarted").model_dump_json()  # type: ignore[arg-type]
         code, raw = await post(f"{base}/report", restarted)
@@ -85,3 +90,17 @@ async def test_unknown_and_stale_reports(tmp_path: Path) -> None:
         answers = [Instruction.model_validate_json(r[1]) for r in (first, second)]
         assert all(a.lease is not None and a.lease.lease_id == lease_id for a in answers)
         assert answers[1].action is Action.APPLY
+
+
+async def test_a_report_its_agent_gave_up_on_costs_the_others_nothing(tmp_path: Path) -> None:
+    """A queued report whose agent stopped waiting (its answer cancelled) and that the pass then refuses
+    must not take the answers of the reports queued with it."""
+    async with coordinator(tmp_path, [NEW], [("node-1", False, OLD)]) as rig:
+        lease_id = await granted(rig, f"{rig.url}/v1/agents/node-1")
+        given_up: asyncio.Future[Instruction] = asyncio.get_running_loop().create_future()
+        given_up.cancel()
+        refused = Report(node="node-1", lease_id="gone", phase=AgentPhase.STAGED)
+        rig.runtime._reports.append(PendingReport(refused, STATE, given_up))
+        staged = Report(node="node-1", lease_id=lease_id, phase=AgentPhase.STAGED)
+        answer = await asyncio.wait_for(rig.runtime.submit(staged, STATE), 10)
+        assert answer.lease is not None and answer.lease.lease_id == lease_id

@@ -26,8 +26,9 @@ from coordinator.engine import (
     World,
     decide,
     plan_input,
+    still_labelling,
 )
-from coordinator.leasing import LeasePhase, LeaseTable, ReportError, apply_report, instruction_for
+from coordinator.leasing import Lease, LeasePhase, LeaseTable, ReportError, apply_report, instruction_for
 from coordinator.nodeviews import NodeViews
 from coordinator.selection import plan_label
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Report
@@ -74,6 +75,7 @@ class Sim:
         self.events: list[EventWrite] = []
         self.grants: list[tuple[str, str]] = []  # (plan, node) in grant order
         self.views = NodeViews()
+        self.labelled: dict[str, Lease] = {}  # kept as the runtime keeps it (`World.labelled`)
 
     # -- the World ---------------------------------------------------------------------------------
     def inputs(self) -> tuple[Any, ...]:
@@ -94,9 +96,11 @@ class Sim:
                 self.views.put(view)
         inputs = self.inputs()
         self.views.retain({pi.name for pi in inputs})
+        self.labelled = still_labelling(self.labelled, self.views, self.now)
         return World(now=self.now, namespace="system-upgrade", plans=inputs, nodes=tuple(self.views.values()),
                      table=self.table, agents=dict(self.agents), drains=dict(self.drains),
-                     started_at=self.started_at, settings=self.settings, selections=self.views)
+                     started_at=self.started_at, settings=self.settings, selections=self.views,
+                     labelled=dict(self.labelled))
 
     def step(self, prefix: int | None = None) -> Decision:
         world = self.world()
@@ -107,6 +111,9 @@ class Sim:
         writes = decision.writes if prefix is None else decision.writes[:prefix]
         for w in writes:
             self.perform(w, world)
+        final = [w for w in decision.writes if isinstance(w, TableWrite)]
+        if final and self.table is final[-1].table:
+            self.labelled.update(decision.released)
         return decision
 
     # -- writes ------------------------------------------------------------------------------------
