@@ -113,18 +113,27 @@ class LeaderElector:
         return True
 
     async def run(self) -> None:
-        """Forever: renew/acquire every third of the duration; step down when renewals keep failing."""
+        """Forever: renew/acquire every third of the duration; step down when renewals keep failing.
+
+        An attempt gets at most a third of the duration, and while leading no longer than until two thirds
+        of it have passed since the last renewal: a renewal that hangs on a slow API server ends the lead
+        then, before another replica may take the Lease, not when the request finally times out."""
         last_ok: datetime | None = None
+        margin = self._duration * 2 / 3
         while True:
+            limit = self._duration / 3
+            if self.leading.is_set() and last_ok is not None:
+                limit = max(0.0, min(limit, margin - (self._clock() - last_ok).total_seconds()))
             try:
-                ok = await self.try_once()
+                async with asyncio.timeout(limit):
+                    ok = await self.try_once()
                 if ok:
                     last_ok = self._clock()
                 self._set(ok)
-            except KubeError as exc:
-                log.warning("leader election attempt failed: %s", exc)
+            except (KubeError, TimeoutError) as exc:
+                log.warning("leader election attempt failed: %s", exc or f"no answer within {limit:.1f} s")
                 # Step down before the lease could expire for the others (with a safety margin).
-                if last_ok is None or (self._clock() - last_ok).total_seconds() > self._duration * 2 / 3:
+                if last_ok is None or (self._clock() - last_ok).total_seconds() >= margin - 0.05:
                     self._set(False)
             await asyncio.sleep(self._duration / 3)
 

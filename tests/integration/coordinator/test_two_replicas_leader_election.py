@@ -7,7 +7,9 @@ losing the Lease `k3s-upgrade-coordinator`. Agents reach whichever replica acts 
 Aspects covered:
 - exactly one replica acts at any sampled moment and at every start (never both);
 - the leader "dies" abruptly (tasks cancelled, Lease not released): the other replica takes over once
-  the Lease expires and finishes the rollout; concurrency holds over every lease-table version.
+  the Lease expires and finishes the rollout; concurrency holds over every lease-table version;
+- a leader whose renewal hangs (an API server that does not answer) steps down two thirds of the Lease's
+  duration after its last renewal, before another replica may take it.
 """
 
 from __future__ import annotations
@@ -136,3 +138,40 @@ async def test_two_replicas_never_both_act_and_the_survivor_finishes(tmp_path: P
         assert killed and len({le.plan for t in rig.cluster.table_history for le in t.leases}) == 1
         for table in rig.cluster.table_history:
             assert len(table.active_for_plan("fleet")) <= 1
+
+
+class HangingLeases:
+    """The cluster, but reading the Lease hangs once `hang` is set (an API server that does not answer)."""
+
+    def __init__(self, cluster: object) -> None:
+        self.cluster, self.hang = cluster, asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.cluster, name)
+
+    async def get_lease(self, namespace: str, name: str) -> object:
+        if self.hang.is_set():
+            await asyncio.Event().wait()
+        return await self.cluster.get_lease(namespace, name)  # type: ignore[attr-defined]
+
+
+async def test_a_leader_whose_renewal_hangs_steps_down_before_the_lease_expires(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], [("node-1", False, OLD)]) as rig:
+        cluster = HangingLeases(rig.cluster)
+        elector = LeaderElector(cluster, "system-upgrade", "hang", "a", 3.0)  # type: ignore[arg-type]
+        task = asyncio.create_task(elector.run())
+        try:
+            await asyncio.wait_for(elector.leading.wait(), 5)
+            renewed = asyncio.get_running_loop().time()
+            cluster.hang.set()  # the next renewal never comes back
+            for _ in range(250):
+                if not elector.leading.is_set():
+                    break
+                await asyncio.sleep(0.02)
+            stepped_down = asyncio.get_running_loop().time() - renewed
+            # Another replica may take the Lease a full duration (3 s) after the last renewal; this one
+            # stops two thirds of it after (2 s), give or take the loop's steps.
+            assert not elector.leading.is_set() and stepped_down < 2.5, f"leading {stepped_down:.2f} s on"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
