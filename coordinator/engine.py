@@ -511,6 +511,21 @@ class _Decider:
             # Only once the records' removal is stored: otherwise a crash would lose the request.
             self.afterwards.append(NodePatch(node.name, annotations={RETRY_ANNOTATION: None}))
 
+    def node_gone(self, lease: Lease) -> None:
+        """The lease's Node was deleted. Before the cordon nothing on it changed, and a failure record goes
+        with its Node (deleting a broken node is one way a person acts): the lease is reclaimed. A node
+        disrupted since keeps its slot, as one that is not Ready does: the kubelet registers it again under
+        its name and its upgrade goes on (another lease for it would be refused by its agent, busy with this
+        one). Only if it has not registered again within the verify timeout is the slot reclaimed, with a
+        Warning Event on the Plan."""
+        if lease.phase not in (LeasePhase.GRANTED, LeasePhase.STAGED) and lease.phase not in TERMINAL:
+            if (self.w.now - lease.updated_at).total_seconds() <= self.w.settings.verify:
+                return
+            cause = (f"node {lease.node}: deleted while {lease.phase.value}, and not registered again within "
+                     f"{self.w.settings.verify:g}s; its slot is free again")
+            self.event(lease.lease_id, "Plan", lease.plan, "Warning", "UpgradeFailed", cause)
+        self.remove(lease.lease_id)
+
     def advance(self, lease_id: str) -> None:
         lease = self.t.by_id(lease_id)
         if lease is None:
@@ -518,7 +533,7 @@ class _Decider:
         node = self.nodes.get(lease.node)
         w, now = self.w, self.w.now
         if node is None:
-            self.remove(lease.lease_id)
+            self.node_gone(lease)
             return
         if lease.phase in TERMINAL:
             lease = self.uncordon(lease, node)

@@ -7,7 +7,8 @@ Aspects:
 - a node an admin had cordoned is never uncordoned by us; cordonedByUs is written before the cordon;
 - a failed drain fails the lease; a node that does not verify in time is rolled back;
 - a silent agent loses a granted lease (grace counted from the coordinator start after a restart), but a
-  disrupted node keeps its slot; a deleted node's lease is reclaimed;
+  disrupted node keeps its slot; a deleted node's lease is reclaimed (past the cordon, after the verify
+  timeout);
 - postCompleteDelay holds the slot; no grants outside the window;
 - postCompleteLabels are substituted (version munged `+` -> `-`).
 """
@@ -168,6 +169,9 @@ def test_deleted_node_lease_is_reclaimed() -> None:
     rounds(sim, 3)
     node = leased(sim)
     del sim.nodes[node]
+    sim.step()  # disrupted already: it keeps its slot until it registers again
+    assert any(le.node == node for le in sim.table.leases)
+    sim.tick(sim.settings.verify + 1)
     sim.step()
     assert not any(le.node == node for le in sim.table.leases)
 
