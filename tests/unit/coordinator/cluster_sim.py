@@ -292,4 +292,16 @@ def with_version(plan: dict[str, Any], version: str) -> dict[str, Any]:
     return p
 
 
-__all__ = ["Sim", "SimNode", "replace", "seed_cluster", "with_version"]
+def pool_plan(concurrency: int = 1) -> dict[str, Any]:
+    """Plan `p`: the nodes labelled pool=a, to v1.24.6+k3s1, cordoned, `concurrency` at a time."""
+    return {
+        "apiVersion": "upgrade.cattle.io/v1",
+        "kind": "Plan",
+        "metadata": {"name": "p", "namespace": "system-upgrade", "uid": "uid-p"},
+        "spec": {"concurrency": concurrency, "cordon": True, "version": "v1.24.6+k3s1",
+                 "serviceAccountName": "system-upgrade", "upgrade": {"image": "rancher/k3s-upgrade"},
+                 "nodeSelector": {"matchLabels": {"pool": "a"}}},
+    }
+
+
+__all__ = ["Sim", "SimNode", "pool_plan", "replace", "seed_cluster", "with_version"]

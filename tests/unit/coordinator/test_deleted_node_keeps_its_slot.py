@@ -8,24 +8,11 @@ a node that does not come back within the verify timeout frees the slot, with a 
 
 from __future__ import annotations
 
-from typing import Any
-
 from coordinator.leasing import LeasePhase
 
-from .cluster_sim import Sim, SimNode
+from .cluster_sim import Sim, SimNode, pool_plan
 
 LABEL = "plan.upgrade.cattle.io/p"
-
-
-def plan() -> dict[str, Any]:
-    return {
-        "apiVersion": "upgrade.cattle.io/v1",
-        "kind": "Plan",
-        "metadata": {"name": "p", "namespace": "system-upgrade", "uid": "uid-p"},
-        "spec": {"concurrency": 1, "cordon": True, "version": "v1.24.6+k3s1",
-                 "serviceAccountName": "system-upgrade", "upgrade": {"image": "rancher/k3s-upgrade"},
-                 "nodeSelector": {"matchLabels": {"pool": "a"}}},
-    }
 
 
 def nodes() -> list[SimNode]:
@@ -49,7 +36,7 @@ def first_lease_at(sim: Sim, phases: set[LeasePhase]) -> tuple[str, SimNode]:
 
 
 def test_deleted_before_the_cordon_is_reclaimed() -> None:
-    sim = Sim(nodes(), [plan()])
+    sim = Sim(nodes(), [pool_plan()])
     for name in sim.nodes:
         sim.agent_poll(name)
     sim.step()  # granted
@@ -61,7 +48,7 @@ def test_deleted_before_the_cordon_is_reclaimed() -> None:
 
 
 def test_deleted_after_the_cordon_holds_the_slot_and_goes_on_when_back() -> None:
-    sim = Sim(nodes(), [plan()])
+    sim = Sim(nodes(), [pool_plan()])
     name, node = first_lease_at(sim, {LeasePhase.APPLYING, LeasePhase.RESTARTED})
     del sim.nodes[name]
     for _ in range(5):
@@ -78,7 +65,7 @@ def test_deleted_after_the_cordon_holds_the_slot_and_goes_on_when_back() -> None
 
 
 def test_not_back_within_the_verify_timeout_frees_the_slot() -> None:
-    sim = Sim(nodes(), [plan()])
+    sim = Sim(nodes(), [pool_plan()])
     name, _ = first_lease_at(sim, {LeasePhase.APPLYING, LeasePhase.RESTARTED})
     del sim.nodes[name]
     sim.tick(sim.settings.verify + 1)

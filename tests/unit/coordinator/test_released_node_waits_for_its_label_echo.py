@@ -11,30 +11,18 @@ goes once the view shows the label, the node is gone, or the grace is over.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from coordinator.engine import LABEL_ECHO_GRACE, NodeView, label_on_its_way, still_labelling
 from coordinator.leasing import LeasePhase
 
-from .cluster_sim import Sim, SimNode
+from .cluster_sim import Sim, SimNode, pool_plan
 
 LABEL = "plan.upgrade.cattle.io/p"
 
 
-def plan() -> dict[str, Any]:
-    return {
-        "apiVersion": "upgrade.cattle.io/v1",
-        "kind": "Plan",
-        "metadata": {"name": "p", "namespace": "system-upgrade", "uid": "uid-p"},
-        "spec": {"concurrency": 1, "cordon": True, "version": "v1.24.6+k3s1",
-                 "serviceAccountName": "system-upgrade", "upgrade": {"image": "rancher/k3s-upgrade"},
-                 "nodeSelector": {"matchLabels": {"pool": "a"}}},
-    }
-
-
 def released_one() -> Sim:
     """n0 upgraded and released; its label has not come back through the watch yet."""
-    sim = Sim([SimNode("n0", "uid-0", {"pool": "a"}, "v1.23.9+k3s1")], [plan()])
+    sim = Sim([SimNode("n0", "uid-0", {"pool": "a"}, "v1.23.9+k3s1")], [pool_plan()])
     for _ in range(20):
         sim.step()
         sim.agent_poll("n0")
