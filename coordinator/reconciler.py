@@ -314,6 +314,15 @@ class RuntimeBroker:
         )
 
 
+def holds(table: LeaseTable, report: Report, now: datetime) -> bool:
+    """Whether `table` has taken `report`: applying it again changes nothing (or its lease moved on past
+    it). A pass may store its first table write and fail its second, which alone carried the report."""
+    try:
+        return apply_report(table, report, now) is table
+    except ReportError:
+        return True
+
+
 def split_announcements(writes: Sequence[Write], last: int) -> tuple[list[Write], list[Write]]:
     """(the writes a pass performs, the Events it may post after it ended): the Events after the last
     table write (`last`) describe what is stored and nothing waits for them, so the next pass need not."""
@@ -650,9 +659,8 @@ class Runtime:
         for pending in accepted:
             if pending.answer.done():
                 continue
-            if stored:
-                assert self.lease_table is not None
-                now = datetime.now(UTC)
+            now = datetime.now(UTC)
+            if stored and self.lease_table is not None and holds(self.lease_table, pending.report, now):
                 pending.answer.set_result(
                     instruction_for(pending.report.node, self.lease_table, pending.state, now)
                 )

@@ -8,17 +8,22 @@ Aspects covered:
   pass that stores a `staged` report moves the lease on at once (no cordon here), so the stored table
   shows it `applying` and the answer already says `apply`;
 - a queued report whose agent gave up waiting, refused by the pass, leaves the other reports of that pass
-  their answers.
+  their answers;
+- a report carried only by a pass's second table write, which failed, is taken again by the next pass
+  and answered from what is stored then.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from coordinator.kube.errors import KubeError
 from coordinator.kube.resources import PLANS
+from coordinator.leasing import TABLE_ANNOTATION, LeasePhase, LeaseTable
 from coordinator.reconciler import PendingReport
 from tests.integration.coordinator.harness import Rig, coordinator
 from wire.messages import Action, AgentPhase, AgentState, ErrorBody, Instruction, Report
@@ -26,8 +31,8 @@ from wire.messages import Action, AgentPhase, AgentState, ErrorBody, Instruction
 OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
 
 
-async def post(url: str, body: str) -> tuple[int, bytes]:
-    headers = {"Authorization": "Bearer tok-node-1", "Content-Type": "application/json"}
+async def post(url: str, body: str, node: str = "node-1") -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer tok-{node}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
         return r.status, await r.read()
 
@@ -104,3 +109,51 @@ async def test_a_report_its_agent_gave_up_on_costs_the_others_nothing(tmp_path: 
         staged = Report(node="node-1", lease_id=lease_id, phase=AgentPhase.STAGED)
         answer = await asyncio.wait_for(rig.runtime.submit(staged, STATE), 10)
         assert answer.lease is not None and answer.lease.lease_id == lease_id
+
+
+async def test_a_report_only_the_failed_table_write_carried_is_not_answered_as_stored(tmp_path: Path) -> None:
+    """A pass stores its first table write (another node's cordon) and fails its second, which alone
+    carried a `restarted` report (stored with the release): that report is taken again by the next pass
+    and answered from what is stored then (`finish`), not as if stored (`apply`, its lease as it was)."""
+    nodes = [("node-1", False, OLD), ("node-2", False, OLD)]
+    async with coordinator(tmp_path, [NEW], nodes) as rig:
+        rig.cluster.put(PLANS, {**PLAN, "spec": {**PLAN["spec"], "concurrency": 2, "cordon": True}})
+        states = {n: AgentState(node=n, agent_version="t", arch="amd64", k3s_version=OLD)
+                  for n in ("node-1", "node-2")}
+        leases: dict[str, str] = {}
+        for _ in range(50):
+            for n, state in states.items():
+                if n not in leases:
+                    _, raw = await post(f"{rig.url}/v1/agents/{n}/poll?wait=0", state.model_dump_json(), n)
+                    ins = Instruction.model_validate_json(raw)
+                    if ins.action is Action.STAGE and ins.lease is not None:
+                        leases[n] = ins.lease.lease_id
+            if len(leases) == 2:
+                break
+            await asyncio.sleep(0.1)
+        rt = rig.runtime
+        one = Report(node="node-1", lease_id=leases["node-1"], phase=AgentPhase.STAGED)
+        assert (await asyncio.wait_for(rt.broker.report(one), 10)).action is Action.APPLY
+        rig.cluster.set_node_version("node-1", NEW)  # k3s restarted on the target; the Node says so
+        for _ in range(100):
+            view = rt._views.get("node-1")
+            if view is not None and view.kubelet_version == NEW:
+                break
+            await asyncio.sleep(0.05)
+        write_lease, failed = rig.cluster.write_lease, []
+
+        async def second_write_fails(namespace: str, name: str, annotations: Any, *rest: Any) -> Any:
+            table = LeaseTable.from_annotations(annotations) if TABLE_ANNOTATION in annotations else None
+            lease = table.by_id(leases["node-1"]) if table is not None else None
+            if table is not None and not failed and (lease is None or lease.phase is not LeasePhase.APPLYING):
+                failed.append(table)
+                raise KubeError("injected: the API server failed this write", 500)
+            return await write_lease(namespace, name, annotations, *rest)
+
+        rig.cluster.write_lease = second_write_fails  # type: ignore[method-assign]
+        restarted = Report(node="node-1", lease_id=leases["node-1"], phase=AgentPhase.RESTARTED)
+        two = Report(node="node-2", lease_id=leases["node-2"], phase=AgentPhase.STAGED)
+        both = asyncio.gather(rt.broker.report(restarted), rt.broker.report(two))
+        answer, _ = await asyncio.wait_for(both, 20)
+        assert failed, "the write that stores the release was never tried"
+        assert answer.action is Action.FINISH, answer
