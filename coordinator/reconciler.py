@@ -560,10 +560,10 @@ class Runtime:
                 writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
             )
             final = decision.writes[last] if last >= 0 else None
-            if decision.released and isinstance(final, TableWrite) and self.lease_table is final.table:
-                self._labelled.update(decision.released)  # stored: until the label's echo, not candidates
-            described = decision.writes[last] if announcements else None  # the table write they follow
-            if isinstance(described, TableWrite) and self.lease_table is described.table:  # it was stored
+            stored_all = isinstance(final, TableWrite) and self.lease_table is final.table
+            if stored_all:  # the releases are stored: until their labels' echo, not candidates
+                self._labelled.update(decision.released)
+            if announcements and stored_all:  # the Events describe the table write they follow
                 task = asyncio.create_task(
                     self._perform_group(announcements, self._announce_gate, "event not posted"),
                     name="announcements",
