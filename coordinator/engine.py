@@ -387,8 +387,8 @@ class _Decider:
         self.plans = {p.name: p for p in world.plans}
         self.cordoned: set[str] = set()  # nodes this decision cordons/uncordons (seen by later steps)
         self.uncordoned: set[str] = set()
-        self.released: set[str] = set()
-        self.released_leases: dict[str, Lease] = {}
+        self.released: dict[str, Lease] = {}
+        """node -> its lease this decision releases (`Decision.released`)."""
         """Nodes whose lease this decision releases: their labels are not read back yet, no new grant."""
         self._chosen: dict[str, tuple[tuple[NodeView, ...], tuple[NodeView, ...]]] = {}
         """plan -> (the nodes it selects, those of them not done at its hash), once per decision."""
@@ -632,8 +632,7 @@ class _Decider:
                 self.update(lease, cordoned_by_us=False)
         if release:  # stored after the patch above: the slot is free for a grant of this same pass
             self.remove(lease.lease_id, finished=True)
-            self.released.add(node.name)
-            self.released_leases[node.name] = lease
+            self.released[node.name] = lease
 
     def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
         """Grant what the plan may; returns (messages about blocked nodes, why the plan waits or None)."""
@@ -667,7 +666,7 @@ class _Decider:
         blocked: list[str] = []
         skew = checker(pi.version, self.server_versions(), w.settings.skew)
         # Failed, released by this very pass, or holding a lease: not a candidate.
-        busy = {le.node for le in failures} | self.released
+        busy = {le.node for le in failures} | self.released.keys()
         busy.update(self.t.active_nodes())
         alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
         agents, listening, artifacts = w.agents, w.listening, pi.artifacts
@@ -806,5 +805,5 @@ def decide(world: World) -> Decision:
             progress[pi.name] = (len(nodes), done)
     return Decision(
         writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for),
-        released=d.released_leases,
+        released=d.released,
     )
