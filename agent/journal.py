@@ -86,16 +86,25 @@ class Journal:
             raise ValueError(f"crash journal {self.path} is unreadable: {exc}") from exc
 
     def save(self, entry: JournalEntry) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as handle:
-            handle.write(entry.model_dump_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_durably(self.path, entry.model_dump_json())
 
     def clear(self) -> None:
-        if self.path.exists():
-            self.path.unlink()
-            fsync_dir(self.path.parent)
+        remove_durably(self.path)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically (temporary file, fsync, rename(2), fsync of the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def remove_durably(path: Path) -> None:
+    if path.exists():
+        path.unlink()
+        fsync_dir(path.parent)

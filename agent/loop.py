@@ -6,11 +6,12 @@ uses next to no CPU. An unreachable coordinator is retried with exponential back
 answer is the coordinator's next instruction once the report is stored: when it asks for the next step
 (`staged` -> `apply`, `restarted` -> `finish`) the agent takes it at once instead of polling for it.
 
-Once a lease is over and the coordinator has no more work, `run` returns True when the upgrade left
-modules loaded that an idle agent never needs (`UPGRADE_ONLY_MODULES`: aiohttp, about 11 MiB resident).
-Python cannot unload them, so `agent.__main__` then starts the agent afresh (re-executes it, same pid):
-the journal is empty at that point, so there is nothing to resume, and the agent is back at its idle
-footprint (issue #6: under 40 MiB idle) instead of carrying the download's imports until its next restart.
+Once a lease is over (and no prefetched binary waits for one, `agent.prefetch`) and the coordinator has
+no more work, `run` returns True when the download left modules loaded that an idle agent never needs
+(`UPGRADE_ONLY_MODULES`: aiohttp, about 11 MiB resident). Python cannot unload them, so `agent.__main__`
+then starts the agent afresh (re-executes it, same pid): the journal is empty at that point, so there is
+nothing to resume, and the agent is back at its idle footprint (issue #6: under 40 MiB idle) instead of
+carrying the download's imports until its next restart.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
             done, instruction = instruction, next_instruction(instruction, answer)
             if done.action == Action.IDLE:
                 instruction = None
-                if can_shed and upgrader.entry is None and upgrade_modules_loaded():
+                # Not while a prefetched binary waits for its lease (due soon: the agent must not be
+                # starting afresh then), nor after a failed prefetch (a fresh agent would not wait).
+                if (can_shed and upgrader.entry is None and not upgrader.prefetcher.busy
+                        and upgrade_modules_loaded()):
                     return True
                 await _sleep(stop, done.poll_after_seconds)
             elif answer is None and upgrader.entry is before:

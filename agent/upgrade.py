@@ -46,6 +46,7 @@ from agent.install import (
     swap_in,
 )
 from agent.journal import Journal, JournalEntry, on_this_boot
+from agent.prefetch import Prefetcher
 from agent.restart import TICK, RestartFailed, restart, wait_for_new_process
 from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssignment, Report
 
@@ -71,6 +72,8 @@ class Upgrader:
         self._version_key: tuple[int, float, int, int, int] | None = None
         self.answer: Instruction | None = None
         """The coordinator's answer to the last report delivered (its next instruction for this node)."""
+        self.prefetcher = Prefetcher(config)
+        """The binary held ahead of a lease (`agent.prefetch`)."""
 
     # -- state ---------------------------------------------------------------------------------------
     def _save(self, entry: JournalEntry) -> None:
@@ -104,7 +107,9 @@ class Upgrader:
             lease_id=entry.lease.lease_id if entry else None,
             phase=entry.phase if entry else AgentPhase.IDLE,
             progress=self.progress if entry and entry.phase == AgentPhase.DOWNLOADING else None,
-            error=(entry.error if entry and entry.error else None) or self.discovery_error,
+            error=(entry.error if entry and entry.error else None) or self.discovery_error
+            or (self.prefetcher.error if entry is None else None),
+            prefetched=self.prefetcher.prefetched if entry is None else None,
         )
 
     async def report(self, phase: AgentPhase, *, error: str | None = None, detail: str = "",
@@ -146,6 +151,8 @@ class Upgrader:
             if entry and entry.phase in (AgentPhase.DOWNLOADING, AgentPhase.STAGED, AgentPhase.ROLLED_BACK,
                                          AgentPhase.FAILED):
                 self._drop(entry)
+            if self.entry is None:
+                await self._prefetch(instruction)
             return
         if lease is None:
             log.error("instruction %s without a lease ignored", action.value)
@@ -191,6 +198,13 @@ class Upgrader:
                 self.entry = None
                 log.info("lease %s finished", lease.lease_id)
 
+    async def _prefetch(self, instruction: Instruction) -> None:
+        hint = instruction.prefetch
+        proc = None
+        if hint is not None and self.prefetcher.prefetched != hint.artifact.sha256:
+            proc = await self.observe()
+        await self.prefetcher.follow(hint, proc.binary if proc else None, self.discovery_error)
+
     async def _nothing_to_roll_back(self, entry: JournalEntry | None, lease: LeaseAssignment) -> None:
         """`rollback` before the host changed: the lease was staged at most, or this agent keeps no record
         of it (it dropped the lease for this rollback and was killed before its report went out)."""
@@ -218,6 +232,7 @@ class Upgrader:
     async def resume(self) -> None:
         """After a restart: finish the host-changing step the journal says was in flight."""
         entry = self.entry
+        await self.prefetcher.recover(entry.lease.artifact.sha256 if entry else None)
         if entry is None:
             return
         log.info("resuming lease %s in phase %s", entry.lease.lease_id, entry.phase.value)
@@ -249,13 +264,17 @@ class Upgrader:
             await self._fail(entry, f"cannot stage: {self.discovery_error}")
             return False
         binary = proc.binary
+        prefetched = False
         if current is not None and current.lease.lease_id == lease.lease_id and current.binary:
             entry = current
         else:
             entry = JournalEntry(lease=lease, phase=AgentPhase.DOWNLOADING, binary=str(binary),
                                  old_version=self.k3s_version)
-            self._save(entry)
-            await self.report(AgentPhase.DOWNLOADING, version=self.k3s_version, best_effort=True)
+            self._save(entry)  # before the hand-over: the file always has an owner on disk
+            prefetched = self.prefetcher.hand_over(binary, lease.artifact.sha256)
+            if not prefetched:
+                self.prefetcher.drop()
+                await self.report(AgentPhase.DOWNLOADING, version=self.k3s_version, best_effort=True)
         part, staged = staging_paths(binary, lease.artifact.sha256)
         self.progress = 0.0
 
@@ -263,13 +282,17 @@ class Upgrader:
             self.progress = value
 
         try:
-            if not (staged.exists() and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256):
-                await download(lease.artifact.url, lease.artifact.sha256, part,
-                               attempts=self.config.download_attempts, backoff=self.config.retry_backoff,
-                               max_backoff=self.config.max_backoff, space_margin=self.config.space_margin,
-                               progress=progress)
-                await asyncio.to_thread(finalize_staged, part, staged)
-            version = await binary_version(staged)
+            if prefetched:  # verified when it was prefetched (or found again); checked again before the swap
+                version = lease.target_version
+            else:
+                if not (staged.exists()
+                        and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256):
+                    await download(lease.artifact.url, lease.artifact.sha256, part,
+                                   attempts=self.config.download_attempts, backoff=self.config.retry_backoff,
+                                   max_backoff=self.config.max_backoff, space_margin=self.config.space_margin,
+                                   progress=progress)
+                    await asyncio.to_thread(finalize_staged, part, staged)
+                version = await binary_version(staged)
         except (DownloadError, ValueError, OSError) as exc:
             discard(staged)
             await self._fail(entry, f"staging {lease.artifact.name} {lease.target_version} failed: {exc}")
@@ -308,11 +331,12 @@ class Upgrader:
             if not staged.exists() or await asyncio.to_thread(sha256_of, staged) != lease.artifact.sha256:
                 await self._fail(entry, f"staged binary {staged} is missing or changed; nothing was replaced")
                 return
-            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING,
-                                             "old_sha256": await asyncio.to_thread(sha256_of, binary)})
+            live = await asyncio.to_thread(sha256_of, binary)
+            entry = entry.model_copy(update={"phase": AgentPhase.APPLYING, "old_sha256": live})
             self._save(entry)
-            await self.report(AgentPhase.APPLYING, version=self.k3s_version)
-        live = await asyncio.to_thread(sha256_of, binary)
+            # No report: the coordinator stored `applying` before it said `apply`, and the polls say it.
+        else:  # resumed: the swap may have happened
+            live = await asyncio.to_thread(sha256_of, binary)
         if live == entry.old_sha256 and live != lease.artifact.sha256:
             if not staged.exists():
                 await self._fail(entry, f"staged binary {staged} vanished before the swap; nothing replaced")

@@ -3,15 +3,18 @@
 `python -m bench.floor` serves the real agent API (`coordinator.api`: the aiohttp routes, the pydantic
 bodies, the bearer-token check with its TokenReview cache, reviews through `KubeCluster`) in front of a
 scheduler that makes no Kubernetes writes at all: it hands `concurrency` leases out in node-name order,
-answers `staged` with `apply` at once and `restarted` with `finish` while it grants the next lease.
+answers `staged` with `apply` at once and `restarted` with `finish` while it grants the next lease. As the
+coordinator does, it names the binary to the next `concurrency` nodes in their idle answers (a prefetch),
+and grants a node that says it holds it as `apply` at once (the coordinator grants it `staged` and
+answers `apply` once it is cordoned).
 `bench.rollout --floor` runs the same stand-ins, API server emulator and measurements against it.
 
-`--bare` goes further: it hands out each lease as `apply` at once (no `stage` and `staged` between the
-grant and the go-ahead), and the stand-ins (`bench.nodesim`, bare) then skip their `applying` report.
-That leaves one instruction and one report per node, beside the Node status update a restarting k3s
-makes: the least any coordinator could exchange with an agent. It is not our protocol. It measures what
-this machine and this harness cost alone, so the rest of `--floor` is the cost of the protocol's other
-exchanges (the download before the cordon, the check before the binary is replaced).
+`--bare` goes further: it hands out each lease as `apply` at once, prefetched or not, and names nothing
+to prefetch. That leaves one instruction and one report per node, beside the Node status update a
+restarting k3s makes: the least any coordinator could exchange with an agent. It is not our protocol. It
+measures what this machine and this harness cost alone, so the rest of `--floor` is the cost of the
+protocol's other exchanges (the prefetch answers and the polls after them, and for the first nodes,
+which no one told to prefetch, `stage` and `staged`).
 
 It is a lower bound, and a loose one: it makes the agent protocol's exchanges and skips everything the
 Plan asks of any coordinator (the cordon, seeing the Node Ready on the target, the label, the uncordon,
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 from collections import deque
 from dataclasses import dataclass
 
@@ -37,9 +41,19 @@ from aiohttp import web
 from coordinator import gc_tuning
 from coordinator.api import BrokerError, BrokerSlot, NodeAuthenticator, add_agent_routes
 from coordinator.kube.client import KubeCluster
-from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
+from wire.messages import (
+    Action,
+    AgentPhase,
+    AgentState,
+    Artifact,
+    Instruction,
+    LeaseAssignment,
+    Prefetch,
+    Report,
+)
 
 ARTIFACT = Artifact(url="http://127.0.0.1:9/k3s", sha256="0" * 64, name="k3s")
+PREFETCH = Prefetch(artifact=ARTIFACT, target_version="v0.0.0+floor")
 
 
 @dataclass
@@ -61,12 +75,16 @@ class FloorBroker:
         self.finished: dict[str, LeaseAssignment] = {}
         """node -> its released lease: a `restarted` report sent again gets `finish` again."""
         self.wakes: dict[str, asyncio.Event] = {}
+        self.prefetched: set[str] = set()
+        """Nodes whose agents said in their last poll that they hold the binary."""
 
     def start(self) -> None:
         self.grant()
 
     def grant(self) -> None:
+        told = self.concurrency  # the first `concurrency` pending nodes were told to prefetch
         while len(self.leases) < self.concurrency and self.pending:
+            told -= 1
             node = self.pending.popleft()
             assignment = LeaseAssignment(
                 lease_id=f"floor-{node}",
@@ -77,22 +95,30 @@ class FloorBroker:
                 artifact=ARTIFACT,
                 restart_stable_seconds=0,
             )
-            self.leases[node] = FloorLease(assignment, applying=self.bare)
+            self.leases[node] = FloorLease(assignment, applying=self.bare or node in self.prefetched)
             self.wakes.setdefault(node, asyncio.Event()).set()
+        if not self.bare:  # the ones that became next learn what to prefetch
+            for node in itertools.islice(self.pending, told, self.concurrency):
+                self.wakes.setdefault(node, asyncio.Event()).set()
 
     def instruction(self, node: str) -> Instruction:
         lease = self.leases.get(node)
         if lease is None:
-            return Instruction(action=Action.IDLE, poll_after_seconds=0)
+            upcoming = not self.bare and node in itertools.islice(self.pending, self.concurrency)
+            return Instruction(action=Action.IDLE, poll_after_seconds=0,
+                               prefetch=PREFETCH if upcoming else None)
         action = Action.APPLY if lease.applying else Action.STAGE
         return Instruction(action=action, lease=lease.assignment)
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
+        if state.prefetched == ARTIFACT.sha256:
+            self.prefetched.add(state.node)
         ins = self.instruction(state.node)
         busy = state.phase is not AgentPhase.IDLE
+        told = ins.prefetch is None or state.prefetched == ins.prefetch.artifact.sha256
         # Nothing new for this agent (idle and no lease, or already applying): hold the poll, as the
         # coordinator does, until a grant wakes it or the wait is over.
-        if (ins.action is Action.IDLE and not busy) or (ins.action is Action.APPLY and busy):
+        if (ins.action is Action.IDLE and not busy and told) or (ins.action is Action.APPLY and busy):
             wake = self.wakes.setdefault(state.node, asyncio.Event())
             wake.clear()
             with contextlib.suppress(TimeoutError):

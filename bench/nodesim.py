@@ -6,8 +6,11 @@ TokenRequest bound to a Pod on its node) to a real coordinator process through t
 and plays its node on the API server emulator the way a restarting k3s would: on `apply` it spends a
 fixed `work` time (the node's own upgrade work), then patches its Node's status (`kubeletVersion` =
 target, `Ready`) and reports `restarted`. Nothing else of an agent is simulated (no download, no
-binary): the benchmark measures the orchestration around the node's work. A `bare` stand-in takes
-`apply` with the lease and reports only `restarted` (against `bench.floor --bare`: not our protocol).
+binary): the benchmark measures the orchestration around the node's work. Like the agent, it sends no
+`applying` report (its polls would say it). A prefetch (`idle` naming a
+binary) is taken as done at once: the stand-in says it holds the binary in its next poll, and a lease
+then comes as `apply` (granted `staged`). A `bare` stand-in takes `apply` with the lease
+(against `bench.floor --bare`: not our protocol).
 
 Every instruction it receives and every report it sends is timestamped (`time.monotonic`) in a shared
 `Timeline` so the rollout benchmark can compute hand-off latencies.
@@ -37,7 +40,8 @@ class Timeline:
     """Monotonic timestamps per node of the events the benchmark needs."""
 
     staged: dict[str, float] = field(default_factory=dict)
-    """First `stage` instruction received (the lease grant as the agent sees it)."""
+    """First instruction of a lease received, `stage` (or `apply` after a prefetch): the grant as the agent
+    sees it."""
     applied: dict[str, float] = field(default_factory=dict)
     """First `apply` instruction received (staged, cordoned: the go-ahead)."""
     restarted: dict[str, float] = field(default_factory=dict)
@@ -142,9 +146,10 @@ class SimNode:
     work: float = 1.0
     wait: float = 20.0
     bare: bool = False
-    """Against `bench.floor --bare`: `apply` comes with the lease, and no `applying` report is sent."""
+    """Against `bench.floor --bare`: `apply` comes with the lease (with no prefetch before it)."""
     phase: AgentPhase = AgentPhase.IDLE
     lease_id: str | None = None
+    prefetched: str | None = None
 
     async def _exchange(self, what: str, call: Awaitable[Instruction]) -> Instruction | None:
         try:
@@ -173,6 +178,7 @@ class SimNode:
             k3s_version=self.version,
             lease_id=self.lease_id,
             phase=self.phase,
+            prefetched=self.prefetched if self.phase is AgentPhase.IDLE else None,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -211,17 +217,17 @@ class SimNode:
         answer = None
         if ins.action is Action.STAGE and lease is not None:
             self.timeline.staged.setdefault(self.name, time.monotonic())
-            self.lease_id = lease.lease_id
+            self.lease_id, self.prefetched = lease.lease_id, None
             answer = await self._report(AgentPhase.STAGED)
-        elif ins.action is Action.APPLY and lease is not None and self.bare and self.phase is AgentPhase.IDLE:
-            now = time.monotonic()  # the grant and the go-ahead at once
+        elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.IDLE:
+            now = time.monotonic()  # granted `staged` from its prefetch (or bare): the grant and the go-ahead
             self.timeline.staged.setdefault(self.name, now)
             self.timeline.applied.setdefault(self.name, now)
-            self.lease_id = lease.lease_id
+            self.lease_id, self.prefetched, self.phase = lease.lease_id, None, AgentPhase.APPLYING
             answer = await self._work_then_report(lease.target_version)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
             self.timeline.applied.setdefault(self.name, time.monotonic())
-            await self._report(AgentPhase.APPLYING)
+            self.phase = AgentPhase.APPLYING  # (no report: the agent's polls say it)
             answer = await self._work_then_report(lease.target_version)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.RESTARTED:
             answer = await self._report(AgentPhase.RESTARTED)
@@ -233,4 +239,6 @@ class SimNode:
             answer = await self._report(AgentPhase.ROLLED_BACK)
         elif ins.action is Action.IDLE and self.phase in (AgentPhase.ROLLED_BACK, AgentPhase.FAILED):
             self.phase, self.lease_id = AgentPhase.IDLE, None
+        elif ins.action is Action.IDLE and ins.prefetch is not None and self.phase is AgentPhase.IDLE:
+            self.prefetched = ins.prefetch.artifact.sha256
         return answer

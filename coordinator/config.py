@@ -23,6 +23,7 @@ DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_RELEASE_BASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 DEFAULT_POLLING_INTERVAL = 15 * 60.0
 DEFAULT_MAX_HELD_POLLS = 1000
+DEFAULT_PREFETCH_WAVES = 1
 LEADER_LEASE_NAME = "k3s-upgrade-coordinator"
 LEASE_TABLE_NAME = "k3s-upgrade-leases"
 
@@ -118,6 +119,8 @@ class Settings:
     log_level: str = "INFO"
     max_held_polls: int = DEFAULT_MAX_HELD_POLLS
     """Idle agent long-polls held at once (each costs about 15 KiB); beyond, agents are paced."""
+    prefetch_waves: int = DEFAULT_PREFETCH_WAVES
+    """Waves of nodes (a plan's concurrency each) that download the binary before their turn; 0: none."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"idle agent long-polls held at once; beyond, agents far from their turn are told when to "
         f"poll again (env COORDINATOR_MAX_HELD_POLLS; default {DEFAULT_MAX_HELD_POLLS})",
+    )
+    p.add_argument(
+        "--prefetch-waves",
+        default=None,
+        help="how many waves of nodes (a plan's concurrency each) after the ones upgrading download the "
+        "binary before their turn, so a slot freed goes to a node that has it; 0: a node downloads once "
+        f"granted (env COORDINATOR_PREFETCH_WAVES; default {DEFAULT_PREFETCH_WAVES})",
     )
     p.add_argument(
         "--resync-interval", default=None, help=f"reconcile at least this often (default {t.resync:g}s)"
@@ -297,6 +307,9 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     raw_held = pick(a.max_held_polls, "COORDINATOR_MAX_HELD_POLLS", str(DEFAULT_MAX_HELD_POLLS)) or ""
     if not raw_held.strip().isdigit() or int(raw_held) < 1:
         raise ConfigError(f"--max-held-polls: {raw_held!r} is not a whole number >= 1")
+    raw_waves = pick(a.prefetch_waves, "COORDINATOR_PREFETCH_WAVES", str(DEFAULT_PREFETCH_WAVES)) or ""
+    if not raw_waves.strip().isdigit():
+        raise ConfigError(f"--prefetch-waves: {raw_waves!r} is not a whole number >= 0")
     level = (pick(a.log_level, "LOG_LEVEL", "INFO") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
@@ -320,4 +333,5 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         safety=safety,
         log_level=level,
         max_held_polls=int(raw_held),
+        prefetch_waves=int(raw_waves),
     )

@@ -3,7 +3,7 @@
 The runtime (coordinator.reconciler) gathers a World (Plans, Nodes, the lease table as read, agent
 heartbeats, drain outcomes), calls `decide`, and performs the Decision's writes IN ORDER, stopping at the
 first that fails and deciding again on fresh state. A Decision has one shape, whatever the number of
-leases it moves, so a pass costs at most two lease-table writes:
+leases it moves, so a pass costs at most two lease-table writes (three, below):
 
     [TableWrite(before)]  effects...  [TableWrite(after)]  afterwards...
 
@@ -13,7 +13,13 @@ different nodes and may run concurrently; `after` holds the changes that may onl
 effects happened (a lease is released only after its node was labelled and uncordoned; `APPLYING` only
 after the cordon; `announced` only after the Events) plus every new grant (a grant may use a slot freed
 in `after`); `afterwards` are writes that describe the stored table (Plan status, grant Events) or must
-follow the cordon (`StartDrain`). Agent reports not stored yet (`World.stored`) go with `before`, so a
+follow the cordon (`StartDrain`). A decision that grants nodes whose agents prefetched the binary makes
+them go ahead at once (`_Decider.go_ahead`), with one more table write and round of effects:
+
+    [TableWrite(before)]  effects...  [TableWrite(mid)]  cordons...  [TableWrite(after)]  afterwards...
+
+`mid` is `after` with those grants as `draining` (`cordonedByUs`), written before their cordon; the last
+write holds them `applying`. Agent reports not stored yet (`World.stored`) go with `before`, so a
 report is stored before the effects it causes, except a `restarted` report that verifies its node: that
 one is stored with the release (`after`). A lease takes at most one round of effects per pass. `StartDrain` is
 repeated on every pass until `drains[lease_id]` holds its outcome: the runtime runs at most one drain per
@@ -34,6 +40,7 @@ Failures and how to retry (copy for the README):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 from collections.abc import Container, Mapping
@@ -49,7 +56,7 @@ from coordinator.skew import SkewPolicy, checker, is_server
 from coordinator.status import Cond, plan_status
 from coordinator.versions import same_version
 from coordinator.windows import parse_window
-from wire.messages import AgentPhase, AgentState, Artifact
+from wire.messages import AgentPhase, AgentState, Artifact, Prefetch
 
 if TYPE_CHECKING:
     from coordinator.nodeviews import NodeViews
@@ -89,6 +96,8 @@ class AgentFacts(Protocol):
     def agent_version(self) -> str: ...
     @property
     def arch(self) -> str: ...
+    @property
+    def prefetched(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +110,14 @@ class AgentSummary:
     k3s_version: str | None
     agent_version: str
     arch: str
+    prefetched: str | None = None
 
     @classmethod
     def of(cls, state: AgentState) -> AgentSummary:
         k3s = sys.intern(state.k3s_version) if state.k3s_version is not None else None
-        return cls(state.lease_id, state.phase, k3s, sys.intern(state.agent_version), sys.intern(state.arch))
+        prefetched = sys.intern(state.prefetched) if state.prefetched is not None else None
+        return cls(state.lease_id, state.phase, k3s, sys.intern(state.agent_version), sys.intern(state.arch),
+                   prefetched)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +216,9 @@ class EngineSettings:
     restart_stable: float = 10.0
     restart: float = 120.0
     skew: SkewPolicy = field(default_factory=SkewPolicy)
+    prefetch_waves: int = 1
+    """How many waves of nodes (a plan's `concurrency` each) past the ones it grants now are asked to
+    download the binary before their turn (`Decision.prefetch`); 0: a node downloads once granted."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +305,12 @@ class Decision:
     released: Mapping[str, Lease] = field(default_factory=dict)
     """node -> the lease this decision releases after labelling the node: once the decision's last table
     write is stored, the caller keeps it in `World.labelled` until the Node view shows the label."""
+    prefetch: Mapping[str, Prefetch] = field(default_factory=dict)
+    """node -> the binary its agent should download now, before its turn: the next nodes in each plan's
+    order after the ones it grants (`EngineSettings.prefetch_waves` times its concurrency). A node whose
+    agent says it holds that binary (`AgentFacts.prefetched`) is granted as `staged` (no download, no
+    `staged` report between the grant and the cordon), and cordoned and told `apply` in the same pass
+    (`_Decider.go_ahead`)."""
 
 
 LABEL_ECHO_GRACE = timedelta(seconds=30)
@@ -317,6 +338,13 @@ def still_labelling(labelled: Mapping[str, Lease], views: Mapping[str, NodeView]
         if not shown and label_on_its_way(done, done.plan, done.plan_hash, now):
             keep[name] = done
     return keep
+
+
+@functools.lru_cache(maxsize=64)
+def prefetch_of(artifact: Artifact, version: str) -> Prefetch:
+    """The hint for a binary, the same object from pass to pass (the runtime compares the hints of two
+    passes to find the agents to tell: identical objects compare at no cost)."""
+    return Prefetch(artifact=artifact, target_version=version)
 
 
 def _lease_id(plan: str, node: str, h: str, now: datetime) -> str:
@@ -395,6 +423,12 @@ class _Decider:
         self._servers: list[str | None] | None = None
         self.grantable: dict[str, frozenset[str]] = {}
         self.waiting_for: set[str] = set()
+        self.prefetch: dict[str, Prefetch] = {}
+        self.ready: list[str] = []
+        """Lease ids granted `staged` in this decision (their agents hold the binary): `go_ahead`."""
+        self.mid: LeaseTable | None = None
+        """The table with those grants as `draining`, written before their cordon (`effects_after`)."""
+        self.effects_after: list[Write] = []
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -404,6 +438,10 @@ class _Decider:
             out.append(TableWrite(self.before))
             written = self.before
         out.extend(self.effects)
+        if self.mid is not None:
+            out.append(TableWrite(self.mid))
+            written = self.mid
+            out.extend(self.effects_after)
         if self.t != written:
             out.append(TableWrite(self.t))
         out.extend(self.afterwards)
@@ -690,20 +728,28 @@ class _Decider:
                     pool.append(n)
         if labelled := w.labelled:
             pool = [n for n in pool if not label_on_its_way(labelled.get(n.name), plan.name, pi.hash, w.now)]
-        granted = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0))
+        ahead = max(spec.concurrency, 1) * w.settings.prefetch_waves
+        ordered = candidate_order(pool, plan.uid, pi.hash, first=max(slots, 0) + ahead)
+        granted = ordered[:max(slots, 0)]
+        if ahead:
+            self.prefetch_upcoming(pi, ordered[len(granted):])
         if listening is not None:
             self.grantable[plan.name] = frozenset(n.name for n in (*pool, *away))
             if len(granted) < slots:
                 self.waiting_for.update(n.name for n in away)
         for n in granted:
+            artifact = pi.artifacts[n.arch]
+            agent = agents.get(n.name)
+            prefetched = agent is not None and agent.state.prefetched == artifact.sha256
             lease = Lease(
                 lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),
                 plan=plan.name,
                 node=n.name,
                 plan_hash=pi.hash,
                 target_version=pi.version,
-                artifact=pi.artifacts[n.arch],
-                phase=LeasePhase.GRANTED,
+                artifact=artifact,
+                # Its agent holds the binary, verified: as good as its `staged` report (docs/protocol.md).
+                phase=LeasePhase.STAGED if prefetched else LeasePhase.GRANTED,
                 granted_at=w.now,
                 updated_at=w.now,
                 exclusive=spec.exclusive,
@@ -713,10 +759,52 @@ class _Decider:
             # Stored `after`: the slot may be one this pass frees there (a released or failed lease).
             self.store_after_effects(lease.lease_id)
             self._change(lease.lease_id, lease)
+            if prefetched:
+                self.ready.append(lease.lease_id)
         if granted:  # one Event per plan and pass, however many nodes (each node gets its own when done)
             msg = granted_message([n.name for n in granted], pi.version)
             self.announce("Plan", plan.name, "LeaseGranted", msg)
         return sorted(blocked), None  # by node: the order of `pending` is not the Nodes' (`selections`)
+
+    def go_ahead(self) -> None:
+        """The leases granted `staged` in this decision go on to `applying` in it too: one more table
+        write (`mid`: as `draining`, with `cordonedByUs`) before their cordon, and the last one after it,
+        so the go-ahead follows the grant without another pass. A drain is started afterwards, as for any
+        lease (its outcome moves the lease on)."""
+        drains: list[tuple[Lease, Drain]] = []
+        for lease_id in self.ready:
+            lease = self.t.by_id(lease_id)
+            assert lease is not None
+            node, pi = self.nodes[lease.node], self.plans[lease.plan]
+            assert pi.plan is not None
+            spec = pi.plan.spec
+            if not (spec.cordon or spec.drain is not None):
+                self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
+                continue
+            lease = replace(lease, phase=LeasePhase.DRAINING)
+            if not self.is_unschedulable(node):
+                lease = replace(lease, cordoned_by_us=True)
+                self.effects_after.append(NodePatch(node.name, unschedulable=True))
+                self.cordoned.add(node.name)
+            self.t = self.t.put(lease)
+            if spec.drain is not None:
+                drains.append((lease, spec.drain))
+        if self.effects_after:
+            self.mid = self.t
+        draining = {le.lease_id for le, _ in drains}
+        for lease_id in self.ready:
+            lease = self.t.by_id(lease_id)
+            assert lease is not None
+            if lease.phase is LeasePhase.DRAINING and lease_id not in draining:
+                self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
+        for lease, drain in drains:  # after the cordon: evicted pods must not come back
+            self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
+
+    def prefetch_upcoming(self, pi: PlanInput, upcoming: list[NodeView]) -> None:
+        """Ask the agents of the nodes next in the plan's order to download its binary now."""
+        assert pi.version is not None
+        for n in upcoming:  # a node next for two plans: the first by name
+            self.prefetch.setdefault(n.name, prefetch_of(pi.artifacts[n.arch], pi.version))
 
     def chosen(self, pi: PlanInput) -> tuple[tuple[NodeView, ...], int]:
         """The nodes the plan selects and how many of them are done at its hash (once per decision)."""
@@ -796,6 +884,7 @@ def decide(world: World) -> Decision:
     outcome: dict[str, tuple[list[str], str | None]] = {}
     for pi in sorted(world.plans, key=lambda p: p.name):
         outcome[pi.name] = d.grants(pi)
+    d.go_ahead()
     for pi in sorted(world.plans, key=lambda p: p.name):
         d.status(pi, *outcome[pi.name])
     progress = {}
@@ -805,5 +894,5 @@ def decide(world: World) -> Decision:
             progress[pi.name] = (len(nodes), done)
     return Decision(
         writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for),
-        released=d.released,
+        released=d.released, prefetch=d.prefetch,
     )

@@ -39,7 +39,16 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
-from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
+from wire.messages import (
+    Action,
+    AgentPhase,
+    AgentState,
+    Artifact,
+    Instruction,
+    LeaseAssignment,
+    Prefetch,
+    Report,
+)
 
 TABLE_ANNOTATION = "upgrade.cattle.io/lease-table"
 """Annotation of the Lease object that holds the table as JSON."""
@@ -375,6 +384,13 @@ def instruction_for(node: str, table: LeaseTable, state: AgentState, now: dateti
         failed = next((le for le in table.leases if le.node == node and le.lease_id == state.lease_id), None)
         reason = failed.cause if failed is not None else "no lease for this node"
         return Instruction(action=Action.IDLE, reason=reason, poll_after_seconds=1.0)
+    if (lease.phase in (LeasePhase.STAGED, LeasePhase.DRAINING) and state.lease_id != lease.lease_id
+            and state.prefetched == lease.artifact.sha256):
+        # Granted `staged` from its prefetch (`engine.Decision.prefetch`): nothing for the agent to do
+        # before `apply` but keep the binary. An agent that lost it is told `stage` (its state says so).
+        reason = "prefetched" + ("; waiting for cordon/drain" if lease.phase is LeasePhase.DRAINING else "")
+        return Instruction(action=Action.IDLE, reason=reason, poll_after_seconds=1.0,
+                           prefetch=Prefetch(artifact=lease.artifact, target_version=lease.target_version))
     action = {
         LeasePhase.GRANTED: Action.STAGE,
         LeasePhase.STAGED: Action.STAGE,

@@ -76,7 +76,7 @@ from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
 from coordinator.skew import SkewPolicy
 from coordinator.versions import is_version
-from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, Report
+from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, Prefetch, Report
 
 log = logging.getLogger("coordinator.reconciler")
 
@@ -216,6 +216,8 @@ def _already_doing(state: AgentState, ins: Instruction) -> bool:
     """Whether the agent is already carrying out `ins` (then a long-poll may hold the answer)."""
     lease_id = ins.lease.lease_id if ins.lease else None
     if ins.action is Action.IDLE:
+        if ins.prefetch is not None and state.prefetched != ins.prefetch.artifact.sha256 and not state.error:
+            return False  # a binary to download (an agent that could not says why: it tries again later)
         return state.lease_id is None or state.phase in (
             AgentPhase.IDLE,
             AgentPhase.FAILED,
@@ -259,10 +261,14 @@ class RuntimeBroker:
                 ev.clear()  # before reading: a table stored from here on sets it again
                 table = await rt.current_table()
                 ins = instruction_for(state.node, table, state, datetime.now(UTC))
+                leased = ins.prefetch is not None  # granted from its prefetch: waits for `apply`
+                if ins.action is Action.IDLE and not leased and (hint := rt.prefetch.get(state.node)):
+                    # (poll again once it is downloaded: the grant may come any moment from then on)
+                    ins = ins.model_copy(update={"prefetch": hint, "poll_after_seconds": 0.0})
                 remaining = deadline - loop.time()
                 if not _already_doing(state, ins):
                     return ins
-                if wait > 0 and ins.action is Action.IDLE:
+                if wait > 0 and ins.action is Action.IDLE and not leased:
                     # (A held poll is asked again when woken: it may have to make room for one ranked within.)
                     after = rt.pacing.poll_after(
                         state.node,
@@ -351,6 +357,11 @@ LISTENER_WAKE_DELAY = 0.05
 """Seconds from an agent a plan waits for being held to the pass that grants it (and the others held
 meanwhile)."""
 
+HINT_DELAY = 0.25
+"""Seconds from a pass to the answers that tell agents a new binary to prefetch (all of that period at
+once): the nodes a pass makes next are those it grants in their place, so without it their polls would
+be answered, and come back, amid the hand-offs of that very pass and the go-aheads after it."""
+
 ANNOUNCE_GRACE = 2.0
 """Seconds the loop, when it stops (shutdown, lost lead), waits for the Events its passes still post."""
 
@@ -405,6 +416,11 @@ class Runtime:
         """More agents poll than `--max-held-polls`: `pacing` applies, and only held agents are granted."""
         self.waiting_for: frozenset[str] = frozenset()
         """Nodes the last pass would have granted, had their agents been held (`Decision.waiting_for`)."""
+        self.prefetch: Mapping[str, Prefetch] = {}
+        """node -> the binary its agent should download before its turn, as the last pass decided
+        (`Decision.prefetch`): told with the `idle` answers to its polls."""
+        self._hinted: set[str] = set()
+        self._hint_wake: asyncio.TimerHandle | None = None
         self.holding: dict[str, int] = {}
         """node -> idle long-polls of its agent held now (one, unless an old connection lingers)."""
         self._paced_at = float("-inf")
@@ -425,6 +441,7 @@ class Runtime:
                 allow_minor_skip=sf.allow_minor_skip,
                 allow_agent_skew=sf.allow_agent_skew,
             ),
+            prefetch_waves=settings.prefetch_waves,
         )
 
     # -- caches ---------------------------------------------------------------------------------
@@ -554,6 +571,7 @@ class Runtime:
             self.metrics.decide_seconds.observe(time.monotonic() - started)
             self._note_evidence(table)
             self.waiting_for = decision.waiting_for
+            self._hint(decision.prefetch)
             last = max((i for i, w in enumerate(decision.writes) if isinstance(w, TableWrite)), default=-1)
             writes, announcements = split_announcements(decision.writes, last)
             done = await self.perform(
@@ -589,6 +607,21 @@ class Runtime:
         self._evidence = {
             n: max(self._restarted_at.get(n, 0.0), self._view_seen_at.get(n, 0.0)) for n in restarted
         }
+
+    def _hint(self, prefetch: Mapping[str, Prefetch]) -> None:
+        """Keep the pass's prefetch hints; wake the held polls of the agents with a new one `HINT_DELAY`
+        later (an agent whose hint was dropped keeps its binary a while: `agent.prefetch`). A poll that
+        arrives or is woken meanwhile gets its hint at once."""
+        old, self.prefetch = self.prefetch, prefetch
+        if old != prefetch:
+            self._hinted.update(n for n, h in prefetch.items() if old.get(n) is not h)
+            if self._hinted and self._hint_wake is None:
+                self._hint_wake = asyncio.get_running_loop().call_later(HINT_DELAY, self._hints_due)
+
+    def _hints_due(self) -> None:
+        self._hint_wake = None
+        hinted, self._hinted = self._hinted, set()
+        self.agents.notify(hinted)
 
     def hold(self, node: str) -> None:
         """An idle poll of `node` is held from now on (see `release`)."""

@@ -91,6 +91,14 @@ class LeaseAssignment(_Body):
     )
 
 
+class Prefetch(_Body):
+    """A binary this node will soon be granted a lease for: download and verify it now, before its turn
+    (see docs/protocol.md, "Prefetch"). Nothing on the host changes."""
+
+    artifact: Artifact
+    target_version: str
+
+
 class Instruction(_Body):
     """The coordinator's answer to every poll and report."""
 
@@ -98,6 +106,10 @@ class Instruction(_Body):
     lease: LeaseAssignment | None = None
     reason: str = ""
     poll_after_seconds: float = Field(default=1.0, ge=0)
+    prefetch: Prefetch | None = Field(
+        default=None,
+        description="With `idle` only: the binary to download before this node's turn (None: none now).",
+    )
 
 
 class AgentState(_Body):
@@ -116,6 +128,10 @@ class AgentState(_Body):
     phase: AgentPhase = AgentPhase.IDLE
     progress: float | None = Field(default=None, ge=0, le=1)
     error: str | None = None
+    prefetched: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of a prefetched binary the agent holds, verified, ready to be applied.",
+    )
 
 
 class Report(_Body):

@@ -22,7 +22,16 @@ from agent.install import sha256_of
 from sandbox.releases import ReleaseServer
 from sandbox.standin import build_standin
 from sandbox.supervision import NodeSupervisor
-from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, LeaseAssignment, Report
+from wire.messages import (
+    Action,
+    AgentPhase,
+    AgentState,
+    Artifact,
+    Instruction,
+    LeaseAssignment,
+    Prefetch,
+    Report,
+)
 
 OLD = "v1.30.3+k3s1"
 NEW = "v1.30.4+k3s1"
@@ -83,8 +92,10 @@ class ScriptedCoordinator:
     requests: list[str] = field(default_factory=list)
     """Every request in order: `poll wait=W` or `report PHASE`."""
 
-    def instruct(self, action: Action, lease: LeaseAssignment | None, reason: str = "") -> None:
-        self.instruction = Instruction(action=action, lease=lease, reason=reason, poll_after_seconds=0.2)
+    def instruct(self, action: Action, lease: LeaseAssignment | None, reason: str = "",
+                 prefetch: Prefetch | None = None) -> None:
+        self.instruction = Instruction(action=action, lease=lease, reason=reason, poll_after_seconds=0.2,
+                                       prefetch=prefetch)
         if action == Action.APPLY:
             self.go_ahead_at = time.monotonic()
         self.changed.set()
@@ -97,7 +108,9 @@ class ScriptedCoordinator:
         self.requests.append(f"poll wait={wait:g}")
         mine = self.instruction
         busy = state.lease_id is not None and mine.lease is not None and state.lease_id == mine.lease.lease_id
-        if mine.action == Action.IDLE or busy:
+        hint = mine.prefetch
+        told = hint is None or state.prefetched == hint.artifact.sha256 or state.error is not None
+        if (mine.action == Action.IDLE and told) or busy:
             self.changed.clear()
             try:
                 await asyncio.wait_for(self.changed.wait(), min(wait, 1.0))

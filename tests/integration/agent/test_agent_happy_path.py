@@ -72,4 +72,4 @@ async def test_the_answer_to_staged_is_obeyed_without_polling_again(
     coordinator.instruct(Action.STAGE, lease)  # auto: `staged` is answered with `apply`
     await coordinator.wait_report(AgentPhase.RESTARTED)
     seq = [r for r in coordinator.requests if r != "poll wait=0"]  # heartbeats aside
-    assert seq[seq.index("report staged") + 1] == "report applying", seq
+    assert seq[seq.index("report staged") + 1] == "report restarted", seq  # applied, not polled for

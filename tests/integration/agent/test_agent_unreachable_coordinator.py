@@ -38,7 +38,10 @@ async def test_report_is_retried_and_no_blind_rollback(node: Node, releases, age
     agent = agent_factory(coordinator.url)
     agent.start()
     coordinator.instruct(Action.APPLY, lease)
-    await coordinator.wait_report(AgentPhase.APPLYING)
+    deadline = time.monotonic() + 15
+    while not any(p.phase == AgentPhase.APPLYING for p in coordinator.polls):  # its heartbeat says so
+        assert time.monotonic() < deadline, coordinator.polls[-3:]
+        await asyncio.sleep(0.02)
     await coordinator.stop()
     deadline = time.monotonic() + 20
     while agent.journal_phase() != "restarted":

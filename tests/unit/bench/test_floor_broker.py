@@ -3,8 +3,9 @@
 Aspects: no lease before `start`; `concurrency` leases at a time in node-name order; `staged` is
 answered with `apply`, `restarted` with `finish` while the next node's held poll is woken with its
 `stage`; a `restarted` report sent again gets `finish` again; a report for a lease the node does not
-hold is a 404; an idle poll is held until the wait is over; a bare floor grants as `apply` and hands
-the slot on at `restarted` alone.
+hold is a 404; an idle poll is held until the wait is over; the next `concurrency` nodes are told to
+prefetch (at once, and when they become next) and one that holds the binary is granted as `apply`; a
+bare floor grants as `apply` and hands the slot on at `restarted` alone, and names nothing to prefetch.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from wire.messages import Action, AgentPhase, AgentState, Report
 V = "v1.30.4+k3s1"
 
 
-def state(node: str, phase: AgentPhase = AgentPhase.IDLE, lease_id: str | None = None) -> AgentState:
-    return AgentState(node=node, agent_version="t", arch="amd64", phase=phase, lease_id=lease_id)
+def state(node: str, phase: AgentPhase = AgentPhase.IDLE, lease_id: str | None = None,
+          prefetched: str | None = None) -> AgentState:
+    return AgentState(node=node, agent_version="t", arch="amd64", phase=phase, lease_id=lease_id,
+                      prefetched=prefetched)
 
 
 def report(node: str, phase: AgentPhase) -> Report:
@@ -39,16 +42,21 @@ async def test_leases_go_out_in_name_order_within_concurrency() -> None:
 
 
 async def test_restarted_hands_the_slot_to_the_next_node_and_wakes_its_poll() -> None:
-    broker = FloorBroker(["a", "b"], concurrency=1, version=V)
+    broker = FloorBroker(["a", "b", "c"], concurrency=1, version=V)
     broker.start()
-    waiting = asyncio.create_task(broker.poll(state("b"), 30))
+    hint = await asyncio.wait_for(broker.poll(state("b"), 30), 1)  # b is next: told to prefetch at once
+    assert hint.action is Action.IDLE and hint.prefetch is not None
+    held_c = asyncio.create_task(broker.poll(state("c"), 30))
+    waiting = asyncio.create_task(broker.poll(state("b", prefetched=hint.prefetch.artifact.sha256), 30))
     await asyncio.sleep(0.01)
-    assert not waiting.done()  # held: nothing for b yet
+    assert not waiting.done() and not held_c.done()  # held: nothing for b (it holds the binary) or c yet
     assert (await broker.report(report("a", AgentPhase.STAGED))).action is Action.APPLY
     assert (await broker.report(report("a", AgentPhase.APPLYING))).action is Action.APPLY
     assert (await broker.report(report("a", AgentPhase.RESTARTED))).action is Action.FINISH
-    woken = await asyncio.wait_for(waiting, 1)
-    assert woken.action is Action.STAGE and woken.lease is not None and woken.lease.node == "b"
+    woken = await asyncio.wait_for(waiting, 1)  # prefetched: the grant is the go-ahead
+    assert woken.action is Action.APPLY and woken.lease is not None and woken.lease.node == "b"
+    told = await asyncio.wait_for(held_c, 1)  # c became next: told to prefetch
+    assert told.action is Action.IDLE and told.prefetch is not None
     # The answer to `restarted` was lost and the agent sends it again: the same answer.
     assert (await broker.report(report("a", AgentPhase.RESTARTED))).action is Action.FINISH
     with pytest.raises(BrokerError) as refused:

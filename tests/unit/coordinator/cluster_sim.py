@@ -8,6 +8,7 @@ checked against the invariants of BRIEF section 5 as it lands.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +32,7 @@ from coordinator.engine import (
 from coordinator.leasing import Lease, LeasePhase, LeaseTable, ReportError, apply_report, instruction_for
 from coordinator.nodeviews import NodeViews
 from coordinator.selection import plan_label
-from wire.messages import Action, AgentPhase, AgentState, Artifact, Report
+from wire.messages import Action, AgentPhase, AgentState, Artifact, Prefetch, Report
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SHA = "a" * 64
@@ -58,6 +59,8 @@ class SimNode:
     agent_lease: str | None = None
     previous_version: str | None = None
     healthy_upgrades: bool = True
+    prefetched: str | None = None
+    """The SHA-256 of the binary its agent downloaded ahead of a lease (`Decision.prefetch`)."""
 
 
 class Sim:
@@ -76,6 +79,7 @@ class Sim:
         self.grants: list[tuple[str, str]] = []  # (plan, node) in grant order
         self.views = NodeViews()
         self.labelled: dict[str, Lease] = {}  # kept as the runtime keeps it (`World.labelled`)
+        self.prefetch: Mapping[str, Prefetch] = {}  # the last decision's hints, told with `idle` answers
 
     # -- the World ---------------------------------------------------------------------------------
     def inputs(self) -> tuple[Any, ...]:
@@ -114,6 +118,7 @@ class Sim:
         final = [w for w in decision.writes if isinstance(w, TableWrite)]
         if final and self.table is final[-1].table:
             self.labelled.update(decision.released)
+        self.prefetch = decision.prefetch
         return decision
 
     # -- writes ------------------------------------------------------------------------------------
@@ -122,7 +127,7 @@ class Sim:
             before = {le.lease_id: le for le in self.table.leases}
             self.table = w.table
             for le in w.table.leases:
-                if le.lease_id not in before and le.phase is LeasePhase.GRANTED:
+                if le.lease_id not in before:  # granted (as `staged`, or further, from a prefetch)
                     self.check_grant(le.plan, le.node, world)
                 old = before.get(le.lease_id)
                 if le.phase is LeasePhase.APPLYING and (old is None or old.phase is not LeasePhase.APPLYING):
@@ -200,8 +205,10 @@ class Sim:
         node = self.nodes[name]
         if outcome == "silent":
             return
+        idle = node.agent_lease is None
         state = AgentState(node=name, agent_version="t", arch="amd64", k3s_version=node.version,
-                           lease_id=node.agent_lease, phase=node.agent_phase)
+                           lease_id=node.agent_lease, phase=node.agent_phase,
+                           prefetched=node.prefetched if idle else None)
         self.agents[name] = AgentView(state, self.now)
         ins = instruction_for(name, self.table, state, self.now)
         lease = ins.lease
@@ -209,12 +216,16 @@ class Sim:
             if node.agent_phase in (AgentPhase.DOWNLOADING, AgentPhase.STAGED, AgentPhase.ROLLED_BACK,
                                     AgentPhase.FAILED):
                 node.agent_phase, node.agent_lease = AgentPhase.IDLE, None
+            hint = ins.prefetch or self.prefetch.get(name)  # (the runtime adds the pass's hint)
+            if hint is not None and node.agent_lease is None and outcome != "fail":
+                node.prefetched = hint.artifact.sha256
             return
         assert lease is not None
         if node.agent_lease not in (None, lease.lease_id):
             if node.agent_phase in (AgentPhase.APPLYING, AgentPhase.RESTARTED, AgentPhase.ROLLING_BACK):
                 return
             node.agent_phase, node.agent_lease = AgentPhase.IDLE, None
+        node.prefetched = None  # a lease takes the binary over (or another one is downloaded)
         if ins.action is Action.STAGE:
             node.agent_lease = lease.lease_id
             if outcome == "fail":

@@ -1,19 +1,26 @@
-"""Every decision has one shape, however many leases move: [table] effects [table] afterwards.
+"""Every decision has one shape, however many leases move: [table] effects [table] afterwards, and
+[table] effects [table] cordons [table] afterwards when it grants nodes that prefetched the binary.
 
 Aspects: at most two lease-table writes per pass (so a rollout of 50 nodes at once does not cost 50
-writes per phase); Node patches and failure Events sit between the two; Plan status, grant and upgraded
-Events and StartDrain come after the last table write; a node's slot is handed to the next node in the
-same pass that labels and releases it. Agent reports the pass has not stored yet are stored by its table
-writes: a `restarted` report with the release (not in a write of its own before the label), a failure
-report before the uncordon it causes.
+writes per phase), three when a grant goes ahead at once (a node that holds the binary is granted,
+cordoned after a table write that says so, and told `apply` in the last); Node patches and failure
+Events sit between the first two; Plan status, grant and upgraded Events and StartDrain come after the
+last table write; a node's slot is handed to the next node in the same pass that labels and releases it
+(and, if it prefetched, goes ahead in that pass too). Agent reports the pass has not stored yet are
+stored by its table writes: a `restarted` report with the release (not in a write of its own before the
+label), a failure report before the uncordon it causes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from coordinator.engine import (
+    EngineSettings,
     EventWrite,
     NodePatch,
     PlanStatusWrite,
@@ -53,7 +60,8 @@ def cluster(n: int) -> list[SimNode]:
 
 
 def shape(writes: tuple[Write, ...]) -> str:
-    """T = table, E = effect (Node patch, failure Event), A = afterwards (status, announcements, drains)."""
+    """T = table, C = cordon, E = other effect (Node patch, failure Event), A = afterwards (status,
+    announcements, drains)."""
     out = []
     for w in writes:
         if isinstance(w, TableWrite):
@@ -64,6 +72,8 @@ def shape(writes: tuple[Write, ...]) -> str:
             out.append("A")
         elif isinstance(w, NodePatch) and not w.labels and w.unschedulable is None:
             out.append("A")  # the retry annotation's removal
+        elif isinstance(w, NodePatch) and w.unschedulable is True:
+            out.append("C")
         else:
             out.append("E")
     return "".join(out)
@@ -79,38 +89,50 @@ def run(sim: Sim, steps: int) -> list[str]:
     return shapes
 
 
-def test_at_most_two_table_writes_per_pass_whatever_moves() -> None:
+@pytest.mark.parametrize("waves", [0, 1])
+def test_at_most_two_table_writes_per_pass_whatever_moves(waves: int) -> None:
     for drain in (False, True):
-        sim = Sim(cluster(30), [plan(10, drain)])
+        sim = Sim(cluster(30), [plan(10, drain)], EngineSettings(agent_heartbeat=30, verify=60,
+                                                                  prefetch_waves=waves))
         shapes = run(sim, 40)
-        assert all(s.count("T") <= 2 for s in shapes), shapes
-        # [T] E* [T] A*: effects never follow the last table write, and nothing but T precedes effects.
-        for s in shapes:
-            core = s.rstrip("A")
-            assert "A" not in core, s
-            assert core.lstrip("T").rstrip("T").count("T") == 0, s
-        # Ten leases move at once, and still a pass has at most two table writes.
-        assert any(s.count("E") >= 10 for s in shapes), shapes
+        if waves == 0:
+            # [T] E* [T] A*: effects never follow the last table write, nothing but T precedes effects.
+            assert all(re.fullmatch(r"T?[EC]*T?A*", s) for s in shapes), shapes
+        else:
+            # ... and a third table write, between the cordons of the nodes granted from a prefetch
+            # and their `applying` (with a drain: the drains start afterwards), once a wave held the
+            # binary before its turn: the pass that releases the nodes before it grants and cordons it.
+            assert all(re.fullmatch(r"T?[EC]*(TC+)?T?A*", s) for s in shapes), shapes
+            ahead = r"E+TC+A" if drain else r"E+TC+TA"
+            assert any(re.match(ahead, s) for s in shapes), shapes
+        # Ten leases move at once, and still a pass has at most two (three) table writes.
+        assert any(s.count("E") + s.count("C") >= 10 for s in shapes), shapes
         assert all(n.labels.get("plan.upgrade.cattle.io/p") for n in sim.nodes.values())
 
 
-def test_a_released_slot_is_granted_in_the_same_pass() -> None:
-    sim = Sim(cluster(3), [plan(1)])
+@pytest.mark.parametrize("waves", [0, 1])
+def test_a_released_slot_is_granted_in_the_same_pass(waves: int) -> None:
+    sim = Sim(cluster(3), [plan(1)], EngineSettings(agent_heartbeat=30, verify=60, prefetch_waves=waves))
     for _ in range(20):
         before = {le.node for le in sim.table.leases if le.active}
         sim.step()
         after = {le.node for le in sim.table.leases if le.active}
-        for name in sim.nodes:
-            sim.agent_poll(name)
-        sim.tick(1)
         if before and after and before != after:
             # one pass labelled the old node and granted the next one
             (old,) = before
             (new,) = after
             assert sim.nodes[old].labels.get("plan.upgrade.cattle.io/p")
-            assert sim.table.active_for_node(new) is not None
-            assert sim.table.active_for_node(new).phase in (LeasePhase.GRANTED, LeasePhase.STAGED)  # type: ignore[union-attr]
+            lease = sim.table.active_for_node(new)
+            assert lease is not None
+            if waves == 0:
+                assert lease.phase is LeasePhase.GRANTED
+            else:  # its agent held the binary: cordoned, and told to apply, in that pass
+                assert lease.phase is LeasePhase.APPLYING and lease.cordoned_by_us
+                assert sim.nodes[new].unschedulable
             return
+        for name in sim.nodes:
+            sim.agent_poll(name)
+        sim.tick(1)
     raise AssertionError("no hand-off seen in 20 passes")
 
 
