@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from coordinator.config import DEFAULT_MAX_HELD_POLLS
+from coordinator.config import DEFAULT_MAX_HELD_POLLS, DEFAULT_PREFETCH_WAVES
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 REPEATS = 2 if QUICK else 3
@@ -45,6 +45,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240"), REPEATS),
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--floor"), REPEATS),
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--bare"), REPEATS),
+    ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--prefetch-waves", "0"),
+     REPEATS),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90"), 1),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90",
                        "--max-held-polls", "5000"), 1),
@@ -69,9 +71,10 @@ ANY: Applies = lambda f: True  # noqa: E731
 COORDINATOR: Applies = lambda f: (  # noqa: E731
     not f.get("floor")
     and f.get("coordinator_max_held_polls", DEFAULT_MAX_HELD_POLLS) == DEFAULT_MAX_HELD_POLLS
+    and f.get("coordinator_prefetch_waves", DEFAULT_PREFETCH_WAVES) == DEFAULT_PREFETCH_WAVES
 )
 """The targets are the coordinator's as shipped; `bench.floor` runs, and a coordinator run with another
-`--max-held-polls`, are shown beside them for comparison."""
+`--max-held-polls` or `--prefetch-waves`, are shown beside them for comparison."""
 AT_1000: Applies = lambda f: f.get("nodes") == 1000 and COORDINATOR(f)  # noqa: E731
 AT_5000: Applies = lambda f: f.get("nodes") == 5000 and COORDINATOR(f)  # noqa: E731
 TARGETS: dict[str, tuple[str, Applies, Check]] = {
@@ -97,20 +100,23 @@ are there to tell the coordinator's share from the rest:
   noise. It is a loose bound: it skips what the Plan asks of any coordinator (cordon, seeing the Node
   Ready on the target, label, uncordon, a record that survives a crash). `rollout vs floor` says how
   much the coordinator adds to it, per wave (one node through each of the `concurrency` slots).
-- `--bare`: a floor with one instruction and one report per node (`bench.floor --bare`): the grant
-  comes as `apply`, and the stand-ins send no `staged` or `applying` report. It is not our protocol but
-  the least any coordinator could exchange with an agent: what this machine and harness cost alone. In
-  `rollout vs floor`, `bare_floor_adds_ms_per_wave` is that cost per wave over the ideal and
-  `protocol_adds_ms_per_wave` what the floor's other exchanges add to it (the download reported before
-  the cordon, the `applying` check before the binary is replaced).
+- `--bare`: a floor with one instruction and one report per node (`bench.floor --bare`): every grant
+  comes as `apply`, and nothing is prefetched. It is not our protocol but the least any coordinator
+  could exchange with an agent: what this machine and harness cost alone. In `rollout vs floor`,
+  `bare_floor_adds_ms_per_wave` is that cost per wave over the ideal and `protocol_adds_ms_per_wave`
+  what the floor's other exchanges add to it (the answers naming a binary to prefetch and the polls after
+  them; `stage` and `staged` for the first wave, which nothing was named to).
 - `runs`: the 1,000-node rollouts (the coordinator's and the floors, alternated) run more than once;
   each one's rows are from its run with the median total, and its `runs` row lists every run's total
   and hand-off p50 and p99.
-- two hand-offs: `handoff_ms_*` from the stand-in's `restarted` sent to the next stand-in's `stage`
-  received (the trips to and from the agents included), and `coordinator_handoff_*` as the coordinator
+- two hand-offs: `handoff_ms_*` from the stand-in's `restarted` sent to the next stand-in's first
+  instruction of its lease received (`apply` when it prefetched the binary, so the cordon is included,
+  else `stage`; the trips to and from the agents included), and `coordinator_handoff_*` as the coordinator
   times it, the issue's words "a node verified -> the next lease granted": from the arrival of the last
   evidence of a node's upgrade to the storing of the lease granted in its slot
   (`k3s_upgrade_handoff_seconds`; its p50 and p99 are bounded by the histogram's buckets, `_at_most`).
+- `--prefetch-waves 0`: the 1,000-node rollout with nothing prefetched (a node downloads once granted,
+  and is cordoned after its `staged` report): what prefetching changes.
 - `--max-held-polls 5000`: the 5,000-node rollout with every agent's long-poll held, as the coordinator
   did before it paced the polls beyond 1,000 (its default; docs/protocol.md): what pacing costs and saves.
 - `coordinator memory floor`: the coordinator's RSS once its caches are synced, plus what a bare aiohttp

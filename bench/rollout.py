@@ -8,16 +8,17 @@ this one, which holds the release server (a thread) and `bench.nodesim` stand-in
 Figures: total time from the Plan's creation to the last node's `finish`, against the ideal
 ceil(N / concurrency) x per-node work; hand-off latency, i.e. for the k-th node that sent its `restarted`
 report (its Node already Ready on the target), the time until the (concurrency + k)-th lease was
-received as `stage`: the report's trip, the verification, the label, the release and the grant (and the
-same from the k-th `finish` received, which may come after the next grant: then it is negative); the
-go-ahead latency per node (its `stage` received to its `apply` received: the staged report, the cordon
-and the table writes around it, with no download in between);
+received, as `stage`, or as `apply` by a node that prefetched the binary: the report's trip, the
+verification, the label, the release and the grant (and for `apply` the cordon and the table writes
+around it; and the same from the k-th `finish` received, which may come after the next grant: then it is
+negative); the go-ahead latency per node (its `stage` received to its `apply` received: the staged
+report, the cordon and the table writes around it, with no download in between; 0 after a prefetch);
 Kubernetes API requests during the rollout per upgraded node by verb and resource; the CPU seconds of
 the API server and of the stand-ins during the rollout too, to show where a 2-core machine's time goes;
 the coordinator's RSS once its caches are synced (every Node read) and once every stand-in holds a
 long-poll, before the Plan exists, beside its peak; the means of the hand-off and go-ahead, and of the
-time from `apply` to `restarted` beyond the node's own work (the `applying` report, the Node update).
-the time from the Plan's creation to the first `stage` received, and from the last `restarted` sent to
+time from `apply` to `restarted` beyond the node's own work (the Node update, the report's trip);
+the time from the Plan's creation to the first lease received, and from the last `restarted` sent to
 the last `finish` received; from the coordinator's /metrics, the mean time of one API write by kind,
 the reconcile passes per node and their mean duration, the mean time a pass took to decide (before its
 first write), and the mean time a report waited for the pass that took it up, during the rollout; and
@@ -40,6 +41,7 @@ full collection in the emulator or among the 1,000 stand-ins paused every reques
 pauses were most of the floor's hand-off p99 (111.9-166.6 ms before, 44.6-49.3 ms after, 4 runs each).
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor [--bare]]
+                            [--max-held-polls N] [--prefetch-waves N]
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from agent.client import CoordinatorClient
 from bench.nodesim import ApiClient, SimNode, Timeline, register
 from bench.processes import stop_process
 from coordinator import gc_tuning
-from coordinator.config import DEFAULT_MAX_HELD_POLLS
+from coordinator.config import DEFAULT_MAX_HELD_POLLS, DEFAULT_PREFETCH_WAVES
 from sandbox.apiserver import ApiServer, LoggedRequest, write_kubeconfig
 from sandbox.releases import ReleaseServer
 
@@ -172,7 +174,8 @@ def start_coordinator(argv: list[str], banner: str, log: IO[bytes]) -> tuple[sub
 
 
 def coordinator_argv(
-    kubeconfig: Path, releases: str, max_held_polls: int = DEFAULT_MAX_HELD_POLLS
+    kubeconfig: Path, releases: str, max_held_polls: int = DEFAULT_MAX_HELD_POLLS,
+    prefetch_waves: int = DEFAULT_PREFETCH_WAVES,
 ) -> list[str]:
     return [
         "coordinator",
@@ -188,6 +191,8 @@ def coordinator_argv(
         "WARNING",
         "--max-held-polls",
         str(max_held_polls),
+        "--prefetch-waves",
+        str(prefetch_waves),
     ]
 
 
@@ -357,6 +362,7 @@ async def rollout(
     floor: bool = False,
     max_held_polls: int = DEFAULT_MAX_HELD_POLLS,
     bare: bool = False,
+    prefetch_waves: int = DEFAULT_PREFETCH_WAVES,
 ) -> dict[str, Any]:
     floor = floor or bare
     gc_tuning.tune()  # see the module docstring
@@ -406,7 +412,7 @@ async def rollout(
                 if floor:
                     argv, banner = floor_argv(kubeconfig, nodes, concurrency, bare), "floor listening on"
                 else:
-                    argv = coordinator_argv(kubeconfig, releases.base_url, max_held_polls)
+                    argv = coordinator_argv(kubeconfig, releases.base_url, max_held_polls, prefetch_waves)
                     banner = "coordinator listening on"
                 proc, url = await asyncio.to_thread(start_coordinator, argv, banner, log)
             coordinator = proc
@@ -493,6 +499,7 @@ async def rollout(
         "concurrency": concurrency,
         "work_s": work,
         "coordinator_max_held_polls": None if floor else max_held_polls,
+        "coordinator_prefetch_waves": None if floor else prefetch_waves,
         "setup_s": round(setup_s, 1),
         "finished_nodes": done,
         "complete": done == nodes,
@@ -559,6 +566,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=DEFAULT_MAX_HELD_POLLS,
         help=f"the coordinator's --max-held-polls (default {DEFAULT_MAX_HELD_POLLS}, its own default)",
     )
+    p.add_argument(
+        "--prefetch-waves",
+        type=int,
+        default=DEFAULT_PREFETCH_WAVES,
+        help=f"the coordinator's --prefetch-waves (default {DEFAULT_PREFETCH_WAVES}, its own default)",
+    )
     p.add_argument("--serve-apiserver", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_apiserver:
@@ -575,6 +588,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.floor,
                 args.max_held_polls,
                 args.bare,
+                args.prefetch_waves,
             )
         )
 
