@@ -1,3 +1,3 @@
 """The node agent: upgrades this node's k3s binary when the coordinator says so (see agent.upgrade)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

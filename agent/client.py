@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
-from wire.messages import API_VERSION, AgentState, Instruction, Report
+from wire.messages import API_VERSION, AgentState, Instruction, Report, to_wire
 
 MAX_ANSWER_BYTES = 1024 * 1024
 """An instruction is a few hundred bytes; anything past this is not our coordinator talking."""
@@ -116,7 +116,7 @@ class CoordinatorClient:
             raise CoordinatorUnavailable(f"token file {self.token_file} holds more than one line")
         try:
             async with asyncio.timeout(wait + self.timeout):
-                status, answer = await self._exchange(target, body.model_dump_json().encode(), token)
+                status, answer = await self._exchange(target, to_wire(body).encode(), token)
         except TimeoutError as exc:
             raise CoordinatorUnavailable(f"POST {url}: no answer within {wait + self.timeout:g} s") from exc
         except (OSError, http.client.HTTPException) as exc:

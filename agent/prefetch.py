@@ -48,6 +48,9 @@ class PrefetchRecord(BaseModel):
     """The live k3s binary the file lies next to (under the host root)."""
     sha256: str
     target_version: str
+    verified: bool = False
+    """Written again once the file is complete and ran `--version` with the target's answer: a file
+    found again unverified (the agent was killed before) is removed, not trusted on its checksum alone."""
 
     @property
     def staged(self) -> Path:
@@ -65,9 +68,9 @@ class Prefetcher:
         self.path = config.state_dir / "prefetch.json"
         self.held: PrefetchRecord | None = None
         """The binary downloaded and verified (None while a download runs)."""
-        self.error: str | None = None
         self._named_at = 0.0
-        self._failed: tuple[str, float] | None = None
+        self._failed: tuple[str, float, str] | None = None
+        """(the binary's SHA-256, when, why) of the last prefetch that failed."""
 
     @property
     def prefetched(self) -> str | None:
@@ -77,6 +80,12 @@ class Prefetcher:
     @property
     def failed_lately(self) -> bool:
         return self._failed is not None and time.monotonic() - self._failed[1] < RETRY_SECONDS
+
+    @property
+    def error(self) -> str | None:
+        """Why the last prefetch failed, while it is not tried again (the coordinator then holds the
+        agent's poll instead of naming the binary again at once)."""
+        return self._failed[2] if self._failed is not None and self.failed_lately else None
 
     @property
     def busy(self) -> bool:
@@ -90,8 +99,14 @@ class Prefetcher:
             return None
         except ValueError as exc:
             log.error("prefetch record %s is unreadable, removing it: %s", self.path, exc)
-            remove_durably(self.path)
+            self._forget_record()
             return None
+
+    def _forget_record(self) -> None:
+        try:
+            remove_durably(self.path)
+        except OSError as exc:
+            log.error("removing prefetch record %s: %s", self.path, exc)
 
     async def recover(self, lease_sha256: str | None) -> None:
         """After a start: keep the binary the record names if it verifies and no lease took another one
@@ -100,27 +115,39 @@ class Prefetcher:
         if record is None:
             return
         if record.sha256 == lease_sha256:
-            remove_durably(self.path)
+            self._forget_record()
             return
         staged = record.staged
-        if (lease_sha256 is None and staged.exists()
-                and await asyncio.to_thread(sha256_of, staged) == record.sha256):
+        try:
+            intact = record.verified and staged.exists() and (
+                await asyncio.to_thread(sha256_of, staged) == record.sha256)
+        except OSError as exc:
+            log.error("checking prefetched %s at %s: %s", record.target_version, staged, exc)
+            intact = False
+        if lease_sha256 is None and intact:
             self.held, self._named_at = record, time.monotonic()
             log.info("holding prefetched %s at %s", record.target_version, staged)
             return
         self._discard(record)
 
     def _discard(self, record: PrefetchRecord) -> None:
-        discard(*record.paths())
-        remove_durably(self.path)
+        """Remove the record's files, then the record; an error is logged (what is left is found again by
+        `recover` after the agent's next start)."""
         if self.held is not None and self.held.sha256 == record.sha256:
             self.held = None
+        try:
+            discard(*record.paths())
+            remove_durably(self.path)
+        except OSError as exc:
+            log.error("removing prefetched %s at %s: %s", record.target_version, record.staged, exc)
 
     def drop(self) -> None:
-        """Remove the binary held (a lease of another binary begins, or it is not wanted any more)."""
-        if self.held is not None:
-            log.info("dropping prefetched %s", self.held.target_version)
-            self._discard(self.held)
+        """Remove the binary held (a lease of another binary begins, or it is not wanted any more). A file
+        that cannot be removed is logged and forgotten (its record, if left, is dealt with by `recover`)."""
+        held, self.held = self.held, None
+        if held is not None:
+            log.info("dropping prefetched %s", held.target_version)
+            self._discard(held)
 
     def hand_over(self, binary: Path, sha256: str) -> bool:
         """Whether the binary held is the staged file of a lease of `sha256` on `binary`. If so, the lease
@@ -128,19 +155,15 @@ class Prefetcher:
         held = self.held
         if held is None or held.sha256 != sha256 or held.staged != staging_paths(binary, sha256)[1]:
             return False
-        if not held.staged.exists():
-            self.held = None
-            return False
-        remove_durably(self.path)
         self.held = None
-        return True
+        self._forget_record()  # the lease's journal names the file from now on
+        return held.staged.exists()
 
     async def follow(self, hint: Prefetch | None, binary: Path | None, discovery_error: str | None) -> None:
         """Do what an idle answer asks: hold the binary it names (`hint`), or, named nothing for
         `KEEP_SECONDS`, none. `binary` is the live k3s binary (None: none found, for `discovery_error`)."""
         now = time.monotonic()
         if hint is None:
-            self.error = None
             if self.held is not None and now - self._named_at > KEEP_SECONDS:
                 self.drop()
             return
@@ -149,32 +172,32 @@ class Prefetcher:
             self._named_at = now
             return
         if self._failed is not None and self._failed[0] == sha and self.failed_lately:
-            return
+            return  # (its error is still said: the coordinator holds the poll meanwhile)
         self.drop()
         if binary is None:
             self._fail(sha, f"cannot prefetch {hint.target_version}: {discovery_error or 'no k3s runs'}")
             return
         record = PrefetchRecord(binary=str(binary), sha256=sha, target_version=hint.target_version)
         part, staged = record.paths()
-        write_durably(self.path, record.model_dump_json())
         log.info("prefetching %s from %s", hint.target_version, hint.artifact.url)
         try:
+            write_durably(self.path, record.model_dump_json())
             await download(hint.artifact.url, sha, part, attempts=self.config.download_attempts,
                            backoff=self.config.retry_backoff, max_backoff=self.config.max_backoff,
                            space_margin=self.config.space_margin)
             await asyncio.to_thread(finalize_staged, part, staged)
             version = await binary_version(staged)
+            if version != hint.target_version:
+                raise ValueError(f"the binary reports {version}, expected {hint.target_version}")
+            record = record.model_copy(update={"verified": True})
+            write_durably(self.path, record.model_dump_json())
         except (DownloadError, ValueError, OSError) as exc:
             self._discard(record)
             self._fail(sha, f"prefetching {hint.artifact.name} {hint.target_version} failed: {exc}")
             return
-        if version != hint.target_version:
-            self._discard(record)
-            self._fail(sha, f"prefetched binary reports {version}, expected {hint.target_version}")
-            return
-        self.held, self._named_at, self.error, self._failed = record, time.monotonic(), None, None
+        self.held, self._named_at, self._failed = record, time.monotonic(), None
         log.info("prefetched %s at %s", hint.target_version, staged)
 
     def _fail(self, sha: str, message: str) -> None:
         log.error("%s", message)
-        self.error, self._failed = message, (sha, time.monotonic())
+        self._failed = (sha, time.monotonic(), message)

@@ -282,9 +282,9 @@ class Upgrader:
             self.progress = value
 
         try:
-            if prefetched:  # verified when it was prefetched (or found again); checked again before the swap
-                version = lease.target_version
-            else:
+            if prefetched and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256:
+                version = lease.target_version  # ran `--version` when it was prefetched
+            else:  # (a prefetched file changed since: fetched again)
                 if not (staged.exists()
                         and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256):
                     await download(lease.artifact.url, lease.artifact.sha256, part,

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from agent import __version__
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.loop import next_instruction
 from wire.messages import TOKEN_AUDIENCE, Action, AgentPhase, AgentState, Instruction, Report
@@ -173,7 +174,7 @@ class SimNode:
     def _state(self) -> AgentState:
         return AgentState(
             node=self.name,
-            agent_version="bench-nodesim",
+            agent_version=__version__,  # the agent's: it speaks the same protocol
             arch="amd64",
             k3s_version=self.version,
             lease_id=self.lease_id,

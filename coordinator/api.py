@@ -34,7 +34,16 @@ from pydantic import BaseModel, ValidationError
 
 from coordinator.kube.errors import KubeError
 from coordinator.kube.protocol import TokenIdentity
-from wire.messages import API_VERSION, TOKEN_AUDIENCE, Action, AgentState, ErrorBody, Instruction, Report
+from wire.messages import (
+    API_VERSION,
+    TOKEN_AUDIENCE,
+    Action,
+    AgentState,
+    ErrorBody,
+    Instruction,
+    Report,
+    to_wire,
+)
 
 log = logging.getLogger("coordinator.api")
 M = TypeVar("M", bound=BaseModel)
@@ -196,11 +205,11 @@ POLL_WAIT_MAX = web.AppKey("poll_wait_max", float)
 
 def error(status: int, message: str) -> web.Response:
     body = ErrorBody(error=message, status=status)
-    return web.json_response(text=body.model_dump_json(), status=status)
+    return web.json_response(text=to_wire(body), status=status)
 
 
 def _ok(model: BaseModel) -> web.Response:
-    return web.json_response(text=model.model_dump_json())
+    return web.json_response(text=to_wire(model))
 
 
 async def _parse(request: web.Request, model: type[M]) -> M:

@@ -244,6 +244,12 @@ class World:
     """None: any agent that polled lately may be granted. A set: only these, the nodes whose agents the
     coordinator holds a long-poll of now. Given when more agents poll than the coordinator holds
     (`coordinator.pacing`): a lease granted to an agent that is away keeps its slot idle until it polls."""
+    held: frozenset[str] | None = None
+    """The nodes whose agents' idle polls the coordinator holds at this moment (None: not known, as for the
+    engine alone: any agent that polled lately counts). A node is granted from its prefetch, and so
+    cordoned and told `apply` in the same pass, only if its agent is there now: a poll up to
+    `agent_heartbeat` old proves nothing about an agent that crashed since (its node would be cordoned
+    and held `applying` for nothing). Otherwise it is granted as any node and told `stage`."""
     labelled: Mapping[str, Lease] = field(default_factory=dict)
     """node -> its lease released lately (`Decision.released`, once stored), while its Node view may not
     show the plan label yet: the watch brings the echo of the label patch, possibly after the next pass has
@@ -305,6 +311,11 @@ class Decision:
     released: Mapping[str, Lease] = field(default_factory=dict)
     """node -> the lease this decision releases after labelling the node: once the decision's last table
     write is stored, the caller keeps it in `World.labelled` until the Node view shows the label."""
+    settled: LeaseTable | None = None
+    """The table of the write that stores this decision's releases and grants: its last, or the one
+    before the cordons of the nodes that go ahead at once (`_Decider.go_ahead`). Once it is stored, the
+    announcements (which describe them) may be posted and the releases kept as `World.labelled`, whether
+    or not the writes after it succeed."""
     prefetch: Mapping[str, Prefetch] = field(default_factory=dict)
     """node -> the binary its agent should download now, before its turn: the next nodes in each plan's
     order after the ones it grants (`EngineSettings.prefetch_waves` times its concurrency). A node whose
@@ -740,7 +751,8 @@ class _Decider:
         for n in granted:
             artifact = pi.artifacts[n.arch]
             agent = agents.get(n.name)
-            prefetched = agent is not None and agent.state.prefetched == artifact.sha256
+            prefetched = (agent is not None and agent.state.prefetched == artifact.sha256
+                          and (w.held is None or n.name in w.held))
             lease = Lease(
                 lease_id=_lease_id(plan.name, n.name, pi.hash, w.now),
                 plan=plan.name,
@@ -894,5 +906,5 @@ def decide(world: World) -> Decision:
             progress[pi.name] = (len(nodes), done)
     return Decision(
         writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for),
-        released=d.released, prefetch=d.prefetch,
+        released=d.released, prefetch=d.prefetch, settled=d.mid if d.mid is not None else d.t,
     )

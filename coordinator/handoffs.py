@@ -3,7 +3,8 @@
 A hand-off is the time a Plan's slot stands empty between two nodes: from the moment the coordinator
 had all the evidence that a node was upgraded (its agent's `restarted` report and its Node's update
 showing it Ready on the target, whichever arrived later) to the moment the lease granted in its place was
-stored (the next agent's held poll is answered right then). The runtime times the evidence as it
+stored (the next agent's held poll is answered right then, with `stage`; or, when it prefetched the
+binary, with `apply` once the same pass has cordoned its node). The runtime times the evidence as it
 arrives and calls `slot_handoffs` after each table write; the result feeds
 `k3s_upgrade_handoff_seconds`.
 

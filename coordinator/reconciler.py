@@ -4,16 +4,18 @@ One reconcile path for everything: Plan, Node and Secret events, agent reports, 
 timers only wake the loop; each pass takes the lease table this replica last read or wrote (it is the only
 writer while it leads; every write is conditional on the resourceVersion, so a 409 just means: read again
 and decide again), applies the agent reports that arrived since the last pass, asks the pure engine what
-to do, and performs the writes in the engine's order: at most two table writes per pass, with the Node
-patches and Events between them performed concurrently. The Events after the last table write (a node
-upgraded, a lease granted) describe what is stored: they are posted beside the next passes, which do not
-wait for them (`split_announcements`). Agent heartbeats stay in memory
-(`AgentRegistry`); they are never written to the API.
+to do, and performs the writes in the engine's order: at most two table writes per pass (three when
+nodes that prefetched the binary go ahead at once), with the Node patches and Events between them
+performed concurrently. The Events after the last table write (a node upgraded, a lease granted)
+describe what the write that stored the releases and grants holds (`Decision.settled`): once it is
+stored they are posted beside the next passes, which do not wait for them (`split_announcements`).
+Agent heartbeats stay in memory (`AgentRegistry`); they are never written to the API.
 
 This module also answers agents (`RuntimeBroker`): a poll records the agent's state and returns the
 instruction for its lease; when nothing new is due it waits (long-poll) until the instruction for that
 node changes or `wait` runs out (beyond `--max-held-polls` agents, those furthest from their turn are
-told when to come back instead: `coordinator.pacing`). A report that changes the table is answered once
+told when to come back instead: `coordinator.pacing`); an idle answer names the binary to prefetch to the
+nodes next in a plan's order (`Decision.prefetch`). A report that changes the table is answered once
 the pass that stored it is over (a group commit: every report of that moment shares one table write).
 """
 
@@ -76,7 +78,16 @@ from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
 from coordinator.skew import SkewPolicy
 from coordinator.versions import is_version
-from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, Prefetch, Report
+from wire.messages import (
+    Action,
+    AgentPhase,
+    AgentState,
+    Artifact,
+    Instruction,
+    Prefetch,
+    Report,
+    speaks_prefetch,
+)
 
 log = logging.getLogger("coordinator.reconciler")
 
@@ -233,6 +244,13 @@ def _already_doing(state: AgentState, ins: Instruction) -> bool:
     return state.phase in doing.get(ins.action, ())
 
 
+def _may_prefetch(state: AgentState) -> bool:
+    """Whether the agent takes a binary to prefetch now: a version that knows the field, and no lease it
+    still works on (it would not prefetch, and would be answered again at once)."""
+    ends = (AgentPhase.IDLE, AgentPhase.FAILED, AgentPhase.ROLLED_BACK)
+    return (state.lease_id is None or state.phase in ends) and speaks_prefetch(state.agent_version)
+
+
 class RuntimeBroker:
     """Answers agents for the leader, from the lease table this replica holds."""
 
@@ -262,7 +280,8 @@ class RuntimeBroker:
                 table = await rt.current_table()
                 ins = instruction_for(state.node, table, state, datetime.now(UTC))
                 leased = ins.prefetch is not None  # granted from its prefetch: waits for `apply`
-                if ins.action is Action.IDLE and not leased and (hint := rt.prefetch.get(state.node)):
+                if (ins.action is Action.IDLE and not leased and (hint := rt.prefetch.get(state.node))
+                        and _may_prefetch(state)):
                     # (poll again once it is downloaded: the grant may come any moment from then on)
                     ins = ins.model_copy(update={"prefetch": hint, "poll_after_seconds": 0.0})
                 remaining = deadline - loop.time()
@@ -524,6 +543,7 @@ class Runtime:
                     task.cancel()
             await asyncio.gather(resolving, *announcing, return_exceptions=True)
             self.running = False
+            self.prefetch = {}  # hints of this term: not told by a replica that no longer leads
             await self.drainer.close()
             self.lease_table = None
             for pending in self._reports:
@@ -572,16 +592,23 @@ class Runtime:
             self._note_evidence(table)
             self.waiting_for = decision.waiting_for
             self._hint(decision.prefetch)
-            last = max((i for i, w in enumerate(decision.writes) if isinstance(w, TableWrite)), default=-1)
+            tables = [(i, w.table) for i, w in enumerate(decision.writes) if isinstance(w, TableWrite)]
+            last = tables[-1][0] if tables else -1
+            # The write that stores the pass's releases and grants: the last, or the one before the cordons
+            # of the nodes that go ahead at once (`Decision.settled`).
+            settled = next((i for i, t in tables if t is decision.settled), last)
             writes, announcements = split_announcements(decision.writes, last)
-            done = await self.perform(
-                writes, stored, via=table, after=(last, lambda: self._answer(accepted, stored))
-            )
-            final = decision.writes[last] if last >= 0 else None
-            stored_all = isinstance(final, TableWrite) and self.lease_table is final.table
-            if stored_all:  # the releases are stored: until their labels' echo, not candidates
+            stored_at: list[int] = []
+
+            def on_stored(index: int) -> None:
+                stored_at.append(index)
+                if index == last:  # the reports are stored: answered before the Plan status and Events
+                    self._answer(accepted, stored)
+
+            done = await self.perform(writes, stored, via=table, on_stored=on_stored)
+            if settled in stored_at:  # the releases are stored: until their labels' echo, not candidates
                 self._labelled.update(decision.released)
-            if announcements and stored_all:  # the Events describe the table write they follow
+            if announcements and settled in stored_at:  # the Events describe the table write they follow
                 task = asyncio.create_task(
                     self._perform_group(announcements, self._announce_gate, "event not posted"),
                     name="announcements",
@@ -715,6 +742,7 @@ class Runtime:
         self._views.retain({pi.name for pi in plans})
         if self._labelled:
             self._labelled = still_labelling(self._labelled, self._views, now)
+        held = frozenset(self.holding)
         return World(
             now=now,
             namespace=self.settings.namespace,
@@ -728,7 +756,8 @@ class Runtime:
             node_index=self._views,  # the same views as `nodes`: no await between here and decide
             selections=self._views,
             stored=stored if stored is not None and stored is not table else None,
-            listening=frozenset(self.holding) if self.paced else None,
+            listening=held if self.paced else None,
+            held=held,
             labelled=self._labelled,
         )
 
@@ -776,14 +805,14 @@ class Runtime:
         writes: Sequence[Write],
         stored: StoredLease | None,
         via: LeaseTable | None = None,
-        after: tuple[int, Callable[[], None]] | None = None,
+        on_stored: Callable[[int], None] | None = None,
     ) -> bool:
         """Perform `writes` in order; False at the first that fails (it is logged with its cause).
 
         Table writes are barriers; the writes between two of them touch different objects and are
         performed concurrently (up to `EFFECT_PARALLELISM` at a time), all of them even if one fails.
         `via`: the table the decision started from (reports applied), for phase durations.
-        `after`: (index, callback): call back once the write at that index succeeded."""
+        `on_stored`: called with the index of each table write once it succeeded."""
         group: list[Write] = []
         for i, w in enumerate((*writes, None)):
             if w is not None and not isinstance(w, TableWrite):
@@ -797,8 +826,8 @@ class Runtime:
                 try:
                     await self.write_table(stored, w.table, via=via)
                     via = None
-                    if after is not None and after[0] == i:
-                        after[1]()
+                    if on_stored is not None:
+                        on_stored(i)
                 except LeaseTableConflict:
                     log.info("lease table changed under us; deciding again")
                     return False

@@ -24,6 +24,24 @@ API_VERSION = "v1"
 TOKEN_AUDIENCE = "k3s-upgrade-coordinator"
 """Audience of the projected ServiceAccount token an agent presents (Authorization: Bearer)."""
 
+PREFETCH_SINCE = (0, 2, 0)
+"""The first agent version that takes `Instruction.prefetch` (an older one rejects the field)."""
+
+
+def speaks_prefetch(agent_version: str) -> bool:
+    """Whether an agent of `agent_version` (`AgentState.agent_version`) may be told to prefetch."""
+    core = agent_version.split("+", 1)[0].split("-", 1)[0].split(".")
+    try:
+        return tuple(int(part) for part in core) >= PREFETCH_SINCE
+    except ValueError:
+        return False
+
+
+def to_wire(body: BaseModel) -> str:
+    """A body as sent: fields that are None are left out, so a peer of the version before a field was
+    added (bodies reject unknown fields) reads it as long as the new field is unset."""
+    return body.model_dump_json(exclude_none=True)
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

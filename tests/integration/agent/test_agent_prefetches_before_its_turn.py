@@ -3,9 +3,11 @@
 Aspects: a binary named in an `idle` answer is downloaded once, verified, kept next to the live one (the
 host unchanged) and said in the polls (`prefetched`); `apply` of a lease of that binary then runs with no
 download and no `downloading` report, and leaves nothing behind; a prefetched binary is found again after
-the agent is killed, and one that no longer verifies is removed; naming another binary replaces it; one
-not named for `KEEP_SECONDS` is dropped; a failed prefetch is said in `error`, leaves no file, and is not
-tried again at once.
+the agent is killed, and one that no longer verifies, or was never checked with `--version` (killed
+before), is removed; naming another binary replaces it; one not named for `KEEP_SECONDS` is dropped; a
+failed prefetch is said in `error` until it is tried again (an answer naming nothing meanwhile does not
+clear it), leaves no file, and is not tried again at once; a state directory it cannot write is a failed
+prefetch, not a dead agent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.install import staging_paths
-from agent.prefetch import Prefetcher
+from agent.prefetch import RETRY_SECONDS, Prefetcher, PrefetchRecord
 from sandbox.releases import ReleaseServer
 from tests.integration.agent.conftest import NEW, OLD, Node, ScriptedCoordinator, make_lease, sha
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Prefetch
@@ -124,9 +126,9 @@ async def test_a_failed_prefetch_says_why_and_is_not_tried_again_at_once(
 
 async def test_a_binary_not_named_for_a_while_is_dropped(node: Node, releases, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    config = AgentConfig(node="n1", coordinator_url="http://127.0.0.1:9", host_root=node.root,
-                         state_dir=tmp_path / "state", retry_backoff=0.1, max_backoff=0.5, space_margin=0)
-    prefetcher = Prefetcher(config)
+    prefetcher = Prefetcher(AgentConfig(node="n1", coordinator_url="http://127.0.0.1:9", host_root=node.root,
+                                        state_dir=tmp_path / "state", retry_backoff=0.1, max_backoff=0.5,
+                                        space_margin=0))
     await prefetcher.follow(hint(releases), node.binary, None)
     assert prefetcher.prefetched == releases.sha256(NEW) and len(node.stray_files()) == 1
     await prefetcher.follow(None, node.binary, None)  # not named once: kept
@@ -136,3 +138,49 @@ async def test_a_binary_not_named_for_a_while_is_dropped(node: Node, releases, t
     await prefetcher.follow(None, node.binary, None)
     assert prefetcher.prefetched is None and node.stray_files() == []
     assert not (tmp_path / "state" / "prefetch.json").exists()
+
+
+async def test_a_prefetch_never_checked_with_version_is_not_trusted(node: Node, releases, agent_factory,
+                                                                   coordinator: ScriptedCoordinator) -> None:
+    new_sha = releases.sha256(NEW)
+    staged = staging_paths(node.binary, new_sha)[1]
+    staged.write_bytes(releases.binary(NEW))  # complete, intact, but the agent was killed before `--version`
+    agent = agent_factory(coordinator.url)
+    agent.state_dir.mkdir(parents=True, exist_ok=True)
+    record = PrefetchRecord(binary=str(node.binary), sha256=new_sha, target_version=NEW)
+    (agent.state_dir / "prefetch.json").write_text(record.model_dump_json())
+    agent.start()
+    await wait_poll(coordinator, lambda s: s.k3s_version == OLD)
+    assert coordinator.polls[-1].prefetched is None
+    assert not staged.exists() and not (agent.state_dir / "prefetch.json").exists()
+
+
+def prefetcher(node: Node, state_dir: Path) -> Prefetcher:
+    return Prefetcher(AgentConfig(node="n1", coordinator_url="http://127.0.0.1:9", host_root=node.root,
+                                  state_dir=state_dir, retry_backoff=0.1, max_backoff=0.5, space_margin=0,
+                                  download_attempts=1))
+
+
+async def test_a_failure_is_said_until_it_is_tried_again(node: Node, releases, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    p = prefetcher(node, tmp_path / "state")
+    bad = hint(releases, NEW, sha256="0" * 64)
+    await p.follow(bad, node.binary, None)
+    assert p.error is not None and "failed" in p.error and p.busy
+    tried = downloads(releases, NEW)
+    await p.follow(None, node.binary, None)  # e.g. a replica that does not lead answered
+    await p.follow(bad, node.binary, None)
+    assert p.error is not None and downloads(releases, NEW) == tried  # still said; not tried again
+    monkeypatch.setattr("agent.prefetch.RETRY_SECONDS", 0.0)
+    assert RETRY_SECONDS > 0 and p.error is None  # its time is over: tried again at the next answer
+    await p.follow(hint(releases, NEW), node.binary, None)
+    assert p.prefetched == releases.sha256(NEW) and p.error is None
+
+
+async def test_a_state_dir_it_cannot_write_is_a_failed_prefetch(node: Node, releases, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the state directory should be")
+    p = prefetcher(node, blocked)
+    await p.follow(hint(releases), node.binary, None)  # does not raise
+    assert p.prefetched is None and p.error is not None and "failed" in p.error
+    assert node.stray_files() == []

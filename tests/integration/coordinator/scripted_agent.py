@@ -1,7 +1,8 @@
 """A scripted agent: speaks the real agent HTTP API and plays the node instead of touching a host.
 
 It follows the coordinator's instructions the way the real agent does (stage -> report staged; apply ->
-"restart" the node -> report restarted; rollback -> report rolled_back; finish -> idle), but instead of
+"restart" the node -> report restarted; rollback -> report rolled_back; finish -> idle; idle naming a
+binary -> say it holds it in the next poll, then take `apply` without `stage`), but instead of
 replacing a binary it calls `restart(node, version)`, which a test implements by patching the Node's
 `status.nodeInfo.kubeletVersion` and `Ready` condition through the API server. It records every
 instruction it got with a timestamp so tests can check ordering and concurrency.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from agent import __version__
 from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
 
 Restart = Callable[[str, str], Awaitable[None]]
@@ -47,15 +49,19 @@ class ScriptedAgent:
     statuses: list[int] = field(default_factory=list)
     max_poll_after: float | None = 0.2
     """The longest it sleeps when told `poll_after_seconds` (None: as long as told)."""
+    prefetches: bool = True
+    """Speaks the prefetch (an agent version that does); False: an older agent, never told to."""
+    prefetched: str | None = None
 
     def state(self) -> AgentState:
         return AgentState(
             node=self.node,
-            agent_version="scripted",
+            agent_version=__version__ if self.prefetches else "0.1.0",
             arch=self.arch,
             k3s_version=self.version,
             lease_id=self.lease_id,
             phase=self.phase,
+            prefetched=self.prefetched if self.phase is AgentPhase.IDLE else None,
         )
 
     async def _post(self, session: aiohttp.ClientSession, path: str, body: str) -> Instruction | None:
@@ -102,15 +108,19 @@ class ScriptedAgent:
                         lease.target_version if lease else None,
                     )
                 )
+                assert ins.prefetch is None or self.prefetches, "told to prefetch: it would reject the field"
                 if ins.action is Action.STAGE and lease is not None:
-                    self.lease_id = lease.lease_id
+                    self.lease_id, self.prefetched = lease.lease_id, None
                     await self.report(session, AgentPhase.STAGED)
-                elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.STAGED:
-                    self.lease_id = lease.lease_id
+                elif ins.action is Action.APPLY and lease is not None and (
+                    self.phase is AgentPhase.STAGED
+                    or (self.phase is AgentPhase.IDLE and self.prefetched == lease.artifact.sha256)
+                ):
+                    self.lease_id, self.prefetched = lease.lease_id, None
                     if self.fail_apply:
                         await self.report(session, AgentPhase.FAILED, "scripted failure")
                         continue
-                    await self.report(session, AgentPhase.APPLYING)
+                    self.phase = AgentPhase.APPLYING  # (no report: as the agent, its polls say it)
                     self.version = lease.target_version
                     await self.restart(self.node, lease.target_version)
                     await self.report(session, AgentPhase.RESTARTED)
@@ -129,6 +139,8 @@ class ScriptedAgent:
                     self.phase, self.lease_id = AgentPhase.IDLE, None
                 elif ins.action is Action.IDLE and self.phase in (AgentPhase.ROLLED_BACK, AgentPhase.FAILED):
                     self.phase, self.lease_id = AgentPhase.IDLE, None
+                elif ins.action is Action.IDLE and ins.prefetch is not None and self.phase is AgentPhase.IDLE:
+                    self.prefetched = ins.prefetch.artifact.sha256
                 if ins.poll_after_seconds and ins.action is Action.IDLE:
                     try:
                         async with asyncio.timeout(

@@ -1,0 +1,134 @@
+"""A node whose agent prefetched the binary is granted, cordoned and told `apply` in the pass that frees
+its slot, through the real runtime, broker and HTTP API.
+
+Aspects: the next node is told the binary in an `idle` answer; once its agent says it holds it and its
+poll is held, the pass that verifies the node before it grants it, cordons it and answers its held poll
+`apply` (it is never told `stage`); when the cordon fails after the write that stored the release and
+the grant, the Events of that write are posted all the same (once), the released node is not granted
+again, and the next pass cordons the node and tells it `apply`; an agent whose last poll said it holds
+the binary but whose poll is not held now is granted as any node and told `stage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent import __version__
+from coordinator.kube.errors import KubeError
+from coordinator.kube.resources import PLANS
+from tests.integration.coordinator.harness import Rig, coordinator
+from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
+
+OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
+PLAN = {
+    "apiVersion": "upgrade.cattle.io/v1",
+    "kind": "Plan",
+    "metadata": {"name": "p", "namespace": "system-upgrade"},
+    "spec": {
+        "concurrency": 1,
+        "cordon": True,
+        "version": NEW,
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
+    },
+}
+NODES = [("node-1", False, OLD), ("node-2", False, OLD)]
+
+
+def state(node: str, prefetched: str | None = None) -> AgentState:
+    return AgentState(node=node, agent_version=__version__, arch="amd64", k3s_version=OLD,
+                      prefetched=prefetched)
+
+
+async def poll(rig: Rig, node: str, body: AgentState, wait: float = 0) -> Instruction:
+    headers = {"Authorization": f"Bearer tok-{node}", "Content-Type": "application/json"}
+    url = f"{rig.url}/v1/agents/{node}/poll?wait={wait:g}"
+    async with aiohttp.ClientSession() as s, s.post(url, data=body.model_dump_json(), headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return Instruction.model_validate_json(await r.read())
+
+
+async def first_and_next(rig: Rig) -> tuple[str, str, str, str]:
+    """(the node granted first, its lease id, the node told to prefetch, the binary's SHA-256)."""
+    rig.cluster.put(PLANS, PLAN)
+    first = lease_id = second = sha = None
+    for _ in range(100):
+        for node in ("node-1", "node-2"):
+            ins = await poll(rig, node, state(node))
+            if ins.action is Action.STAGE and ins.lease is not None:
+                first, lease_id = node, ins.lease.lease_id
+            elif ins.action is Action.IDLE and ins.prefetch is not None:
+                second, sha = node, ins.prefetch.artifact.sha256
+        if first and second and lease_id and sha:
+            return first, lease_id, second, sha
+        await asyncio.sleep(0.05)
+    raise AssertionError("no grant and prefetch hint seen")
+
+
+async def upgraded(rig: Rig, node: str, lease_id: str) -> Report:
+    """The first node staged, applied and restarted on the target (its Node says so): its report."""
+    rt = rig.runtime
+    staged = Report(node=node, lease_id=lease_id, phase=AgentPhase.STAGED)
+    assert (await asyncio.wait_for(rt.broker.report(staged), 10)).action is Action.APPLY
+    rig.cluster.set_node_version(node, NEW)
+    for _ in range(100):
+        view = rt._views.get(node)
+        if view is not None and view.kubelet_version == NEW:
+            break
+        await asyncio.sleep(0.05)
+    return Report(node=node, lease_id=lease_id, phase=AgentPhase.RESTARTED, k3s_version=NEW)
+
+
+async def test_held_prefetched_node_goes_ahead_even_when_its_first_cordon_fails(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], NODES) as rig:
+        first, lease_id, second, sha = await first_and_next(rig)
+        restarted = await upgraded(rig, first, lease_id)
+        patch_node, failed = rig.cluster.patch_node, []
+
+        async def cordon_fails_once(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == second and kwargs.get("unschedulable") is True and not failed:
+                failed.append(name)
+                raise KubeError("injected: the API server failed this cordon", 500)
+            return await patch_node(name, *args, **kwargs)
+
+        rig.cluster.patch_node = cordon_fails_once  # type: ignore[method-assign]
+        held = asyncio.create_task(poll(rig, second, state(second, sha), wait=10))
+        for _ in range(100):  # its poll is held now
+            if second in rig.runtime.holding:
+                break
+            await asyncio.sleep(0.02)
+        events = len(rig.cluster.events)
+        answer = await asyncio.wait_for(rig.runtime.broker.report(restarted), 10)
+        assert answer.action is Action.FINISH
+        told = await asyncio.wait_for(held, 10)
+        assert failed == [second], "the cordon was not tried"
+        assert told.action is Action.APPLY and told.lease is not None and told.lease.node == second
+        node = rig.cluster.objects["nodes"][second]
+        assert node["spec"].get("unschedulable") is True
+        for _ in range(100):  # posted after the pass, beside the next ones
+            reasons = [e[3] for e in rig.cluster.events[events:]]
+            if "Upgraded" in reasons and "LeaseGranted" in reasons:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        reasons = [e[3] for e in rig.cluster.events[events:]]
+        assert reasons.count("Upgraded") == 1 and reasons.count("LeaseGranted") == 1, reasons
+        granted = [e[4] for e in rig.cluster.events[events:] if e[3] == "LeaseGranted"]
+        assert second in granted[0]
+        leases = [le for t in rig.cluster.table_history for le in t.leases if le.node == first]
+        assert {le.lease_id for le in leases} == {lease_id}, "the released node was granted again"
+
+
+async def test_a_node_whose_poll_is_not_held_is_told_to_stage(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], NODES) as rig:
+        first, lease_id, second, sha = await first_and_next(rig)
+        await poll(rig, second, state(second, sha))  # says it holds the binary, then goes away a moment
+        restarted = await upgraded(rig, first, lease_id)
+        assert (await asyncio.wait_for(rig.runtime.broker.report(restarted), 10)).action is Action.FINISH
+        ins = await poll(rig, second, state(second, sha))
+        assert ins.action is Action.STAGE and ins.lease is not None and ins.lease.node == second
+        assert rig.cluster.objects["nodes"][second]["spec"].get("unschedulable") is not True
