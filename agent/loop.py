@@ -58,6 +58,9 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
                     delay = config.retry_backoff
                 except (CoordinatorUnavailable, Rejected) as exc:
                     log.warning("poll failed, retrying in %.1f s: %s", delay, exc)
+                    if isinstance(exc, Rejected) and upgrader.prefetcher.held is not None:
+                        # A coordinator of a version before prefetch refuses the field: poll without it.
+                        upgrader.prefetcher.drop()
                     await _sleep(stop, delay)
                     delay = min(config.max_backoff, delay * 2)
                     continue

@@ -97,7 +97,7 @@ class Prefetcher:
             return PrefetchRecord.model_validate_json(self.path.read_text())
         except FileNotFoundError:
             return None
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             log.error("prefetch record %s is unreadable, removing it: %s", self.path, exc)
             self._forget_record()
             return None
@@ -157,7 +157,7 @@ class Prefetcher:
             return False
         self.held = None
         self._forget_record()  # the lease's journal names the file from now on
-        return held.staged.exists()
+        return _exists(held.staged)
 
     async def follow(self, hint: Prefetch | None, binary: Path | None, discovery_error: str | None) -> None:
         """Do what an idle answer asks: hold the binary it names (`hint`), or, named nothing for
@@ -168,12 +168,15 @@ class Prefetcher:
                 self.drop()
             return
         sha = hint.artifact.sha256
-        if self.held is not None and self.held.sha256 == sha and self.held.staged.exists():
+        if self.held is not None and self.held.sha256 == sha and _exists(self.held.staged):
             self._named_at = now
             return
         if self._failed is not None and self._failed[0] == sha and self.failed_lately:
             return  # (its error is still said: the coordinator holds the poll meanwhile)
         self.drop()
+        left = self._load()  # a record whose files could not be removed before: try again, not orphan them
+        if left is not None:
+            self._discard(left)
         if binary is None:
             self._fail(sha, f"cannot prefetch {hint.target_version}: {discovery_error or 'no k3s runs'}")
             return
@@ -201,3 +204,11 @@ class Prefetcher:
     def _fail(self, sha: str, message: str) -> None:
         log.error("%s", message)
         self._failed = (sha, time.monotonic(), message)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # (on Python 3.11, e.g. EACCES on the directory)
+        log.error("cannot look at %s: %s", path, exc)
+        return False

@@ -56,6 +56,13 @@ DISCOVERY_GRACE_SECONDS = 10.0
 """How long staging waits for a k3s process to appear before reporting that none runs."""
 
 
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_of(path)
+    except OSError:
+        return None
+
+
 class Upgrader:
     def __init__(self, config: AgentConfig, client: CoordinatorClient) -> None:
         self.config = config
@@ -282,9 +289,9 @@ class Upgrader:
             self.progress = value
 
         try:
-            if prefetched and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256:
+            if prefetched and await asyncio.to_thread(_sha256_or_none, staged) == lease.artifact.sha256:
                 version = lease.target_version  # ran `--version` when it was prefetched
-            else:  # (a prefetched file changed since: fetched again)
+            else:  # (a prefetched file changed or gone since: fetched again)
                 if not (staged.exists()
                         and await asyncio.to_thread(sha256_of, staged) == lease.artifact.sha256):
                     await download(lease.artifact.url, lease.artifact.sha256, part,

@@ -309,8 +309,8 @@ class Decision:
     """Nodes a plan would have granted a free slot to, had their agents been in `World.listening`: the
     coordinator decides again when one of them is held."""
     released: Mapping[str, Lease] = field(default_factory=dict)
-    """node -> the lease this decision releases after labelling the node: once the decision's last table
-    write is stored, the caller keeps it in `World.labelled` until the Node view shows the label."""
+    """node -> the lease this decision releases after labelling the node: once the write that stores it
+    (`settled`) is stored, the caller keeps it in `World.labelled` until the Node view shows the label."""
     settled: LeaseTable | None = None
     """The table of the write that stores this decision's releases and grants: its last, or the one
     before the cordons of the nodes that go ahead at once (`_Decider.go_ahead`). Once it is stored, the
@@ -319,9 +319,9 @@ class Decision:
     prefetch: Mapping[str, Prefetch] = field(default_factory=dict)
     """node -> the binary its agent should download now, before its turn: the next nodes in each plan's
     order after the ones it grants (`EngineSettings.prefetch_waves` times its concurrency). A node whose
-    agent says it holds that binary (`AgentFacts.prefetched`) is granted as `staged` (no download, no
-    `staged` report between the grant and the cordon), and cordoned and told `apply` in the same pass
-    (`_Decider.go_ahead`)."""
+    agent says it holds that binary (`AgentFacts.prefetched`) and is there now (`World.held`) is granted
+    as `staged` (no download, no `staged` report between the grant and the cordon), and cordoned and
+    told `apply` in the same pass (`_Decider.go_ahead`)."""
 
 
 LABEL_ECHO_GRACE = timedelta(seconds=30)

@@ -14,6 +14,7 @@ Nothing in here performs I/O.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,11 +31,8 @@ PREFETCH_SINCE = (0, 2, 0)
 
 def speaks_prefetch(agent_version: str) -> bool:
     """Whether an agent of `agent_version` (`AgentState.agent_version`) may be told to prefetch."""
-    core = agent_version.split("+", 1)[0].split("-", 1)[0].split(".")
-    try:
-        return tuple(int(part) for part in core) >= PREFETCH_SINCE
-    except ValueError:
-        return False
+    found = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", agent_version)  # 0.2.0, 0.2, 0.3.0rc1, 1.0.0-rc1
+    return found is not None and tuple(int(g or 0) for g in found.groups()) >= PREFETCH_SINCE
 
 
 def to_wire(body: BaseModel) -> str:

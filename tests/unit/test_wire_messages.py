@@ -100,8 +100,9 @@ def test_bodies_without_the_new_fields_set_read_as_before() -> None:
 
 @pytest.mark.parametrize(
     ("version", "speaks"),
-    [("0.2.0", True), ("0.10.1", True), ("1.0.0-rc1", True), ("0.2.0+build.5", True), ("0.1.0", False),
-     ("0.1.9", False), ("scripted", False), ("", False), ("0.2.x", False)],
+    [("0.2.0", True), ("0.10.1", True), ("1.0.0-rc1", True), ("0.2.0+build.5", True), ("0.3.0rc1", True),
+     ("0.2", True), ("v0.2.1", True), ("0.1.0", False), ("0.1.9", False), ("scripted", False), ("", False),
+     ("x.2.0", False)],
 )
 def test_only_agents_that_know_the_field_are_told_to_prefetch(version: str, speaks: bool) -> None:
     assert speaks_prefetch(version) is speaks

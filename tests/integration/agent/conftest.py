@@ -91,6 +91,8 @@ class ScriptedCoordinator:
     restarted_at: float | None = None
     requests: list[str] = field(default_factory=list)
     """Every request in order: `poll wait=W` or `report PHASE`."""
+    refuse_prefetched: bool = False
+    """Answer 400 to a poll that says `prefetched`, as a coordinator of a version before prefetch does."""
 
     def instruct(self, action: Action, lease: LeaseAssignment | None, reason: str = "",
                  prefetch: Prefetch | None = None) -> None:
@@ -102,7 +104,12 @@ class ScriptedCoordinator:
 
     async def _poll(self, request: web.Request) -> web.Response:
         self.tokens.add(request.headers.get("Authorization", ""))
-        state = AgentState.model_validate_json(await request.text())
+        raw = await request.text()
+        if self.refuse_prefetched and '"prefetched"' in raw:
+            self.requests.append("poll refused")
+            return web.json_response({"error": "invalid AgentState: prefetched: extra", "status": 400},
+                                     status=400)
+        state = AgentState.model_validate_json(raw)
         self.polls.append(state)
         wait = float(request.query.get("wait", "0"))
         self.requests.append(f"poll wait={wait:g}")

@@ -7,7 +7,8 @@ the agent is killed, and one that no longer verifies, or was never checked with 
 before), is removed; naming another binary replaces it; one not named for `KEEP_SECONDS` is dropped; a
 failed prefetch is said in `error` until it is tried again (an answer naming nothing meanwhile does not
 clear it), leaves no file, and is not tried again at once; a state directory it cannot write is a failed
-prefetch, not a dead agent.
+prefetch, not a dead agent; a coordinator of a version before prefetch, which refuses the field, makes
+the agent drop the binary and poll without it.
 """
 
 from __future__ import annotations
@@ -184,3 +185,18 @@ async def test_a_state_dir_it_cannot_write_is_a_failed_prefetch(node: Node, rele
     await p.follow(hint(releases), node.binary, None)  # does not raise
     assert p.prefetched is None and p.error is not None and "failed" in p.error
     assert node.stray_files() == []
+
+
+async def test_a_coordinator_that_refuses_the_field_makes_the_agent_drop_the_binary(
+    node: Node, releases, agent_factory, coordinator: ScriptedCoordinator
+) -> None:
+    coordinator.instruct(Action.IDLE, None, prefetch=hint(releases))
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    await wait_poll(coordinator, lambda s: s.prefetched == releases.sha256(NEW))
+    coordinator.refuse_prefetched = True  # rolled back to a coordinator that knows no prefetch
+    coordinator.instruct(Action.IDLE, None)
+    seen = len(coordinator.polls)
+    await wait_poll(coordinator, lambda s: len(coordinator.polls) > seen and s.prefetched is None)
+    assert "poll refused" in coordinator.requests
+    assert node.stray_files() == [] and not (agent.state_dir / "prefetch.json").exists()

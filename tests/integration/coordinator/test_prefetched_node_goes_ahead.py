@@ -6,7 +6,8 @@ poll is held, the pass that verifies the node before it grants it, cordons it an
 `apply` (it is never told `stage`); when the cordon fails after the write that stored the release and
 the grant, the Events of that write are posted all the same (once), the released node is not granted
 again, and the next pass cordons the node and tells it `apply`; an agent whose last poll said it holds
-the binary but whose poll is not held now is granted as any node and told `stage`.
+the binary but whose poll is not held now is granted as any node and told `stage`; an agent of a
+version before prefetch is never named a binary (it would refuse the field) and its idle poll is held.
 """
 
 from __future__ import annotations
@@ -132,3 +133,16 @@ async def test_a_node_whose_poll_is_not_held_is_told_to_stage(tmp_path: Path) ->
         ins = await poll(rig, second, state(second, sha))
         assert ins.action is Action.STAGE and ins.lease is not None and ins.lease.node == second
         assert rig.cluster.objects["nodes"][second]["spec"].get("unschedulable") is not True
+
+
+async def test_an_agent_of_a_version_before_prefetch_is_not_told(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], NODES) as rig:
+        _, _, second, _ = await first_and_next(rig)  # as an agent of this version, it was named the binary
+        loop = asyncio.get_running_loop()
+        for version, told in (("0.1.0", False), (__version__, True)):
+            body = AgentState(node=second, agent_version=version, arch="amd64", k3s_version=OLD)
+            started = loop.time()
+            ins = await poll(rig, second, body, wait=0.5)
+            assert ins.action is Action.IDLE and (ins.prefetch is not None) is told, (version, ins)
+            held = loop.time() - started >= 0.45
+            assert held is not told  # the old one's idle poll is held, as any; the new one is answered
