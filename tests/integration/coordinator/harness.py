@@ -40,6 +40,20 @@ def node(name: str, server: bool, version: str, arch: str = "amd64") -> dict[str
     }
 
 
+def plan_manifest(name: str, version: str, concurrency: int = 1, cordon: bool = False) -> dict[str, Any]:
+    """A Plan for every Node (any arch), `concurrency` at a time, cordoned if asked."""
+    spec: dict[str, Any] = {
+        "concurrency": concurrency,
+        "version": version,
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
+    }
+    if cordon:
+        spec["cordon"] = True
+    return {"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+            "metadata": {"name": name, "namespace": "system-upgrade"}, "spec": spec}
+
+
 @dataclass
 class Rig:
     cluster: MemoryCluster

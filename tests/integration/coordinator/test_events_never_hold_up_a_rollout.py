@@ -19,21 +19,10 @@ import pytest
 
 from coordinator.kube.resources import PLANS
 from coordinator.reconciler import ANNOUNCE_GRACE, ANNOUNCE_PARALLELISM
-from tests.integration.coordinator.harness import condition, coordinator, drive
+from tests.integration.coordinator.harness import condition, coordinator, drive, plan_manifest
 
 OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
-PLAN: dict[str, Any] = {
-    "apiVersion": "upgrade.cattle.io/v1",
-    "kind": "Plan",
-    "metadata": {"name": "rollout", "namespace": "system-upgrade"},
-    "spec": {
-        "concurrency": 1,
-        "cordon": True,
-        "version": NEW,
-        "upgrade": {"image": "rancher/k3s-upgrade"},
-        "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
-    },
-}
+PLAN: dict[str, Any] = plan_manifest("rollout", NEW, cordon=True)
 
 
 @pytest.mark.parametrize(

@@ -21,22 +21,11 @@ import aiohttp
 from agent import __version__
 from coordinator.kube.errors import KubeError
 from coordinator.kube.resources import PLANS
-from tests.integration.coordinator.harness import Rig, coordinator
+from tests.integration.coordinator.harness import Rig, coordinator, plan_manifest
 from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
 
 OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
-PLAN = {
-    "apiVersion": "upgrade.cattle.io/v1",
-    "kind": "Plan",
-    "metadata": {"name": "p", "namespace": "system-upgrade"},
-    "spec": {
-        "concurrency": 1,
-        "cordon": True,
-        "version": NEW,
-        "upgrade": {"image": "rancher/k3s-upgrade"},
-        "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
-    },
-}
+PLAN = plan_manifest("p", NEW, cordon=True)
 NODES = [("node-1", False, OLD), ("node-2", False, OLD)]
 
 

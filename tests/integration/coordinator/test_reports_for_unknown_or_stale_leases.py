@@ -25,7 +25,7 @@ from coordinator.kube.errors import KubeError
 from coordinator.kube.resources import PLANS
 from coordinator.leasing import TABLE_ANNOTATION, LeasePhase, LeaseTable
 from coordinator.reconciler import PendingReport
-from tests.integration.coordinator.harness import Rig, coordinator
+from tests.integration.coordinator.harness import Rig, coordinator, plan_manifest
 from wire.messages import Action, AgentPhase, AgentState, ErrorBody, Instruction, Report
 
 OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
@@ -37,17 +37,7 @@ async def post(url: str, body: str, node: str = "node-1") -> tuple[int, bytes]:
         return r.status, await r.read()
 
 
-PLAN = {
-    "apiVersion": "upgrade.cattle.io/v1",
-    "kind": "Plan",
-    "metadata": {"name": "p", "namespace": "system-upgrade"},
-    "spec": {
-        "concurrency": 1,
-        "version": NEW,
-        "upgrade": {"image": "rancher/k3s-upgrade"},
-        "nodeSelector": {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "Exists"}]},
-    },
-}
+PLAN = plan_manifest("p", NEW)
 STATE = AgentState(node="node-1", agent_version="t", arch="amd64", k3s_version=OLD)
 
 
