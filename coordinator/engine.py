@@ -692,6 +692,7 @@ class _Decider:
         if plan.prepare_plan:
             other = self.plans.get(plan.prepare_plan)
             if other is None or not self.complete(other):
+                self.prefetch_first(pi)
                 return [], f"waiting for plan {plan.prepare_plan} to complete"
         failures = [le for le in self.t.failures_for_plan(plan.name) if le.plan_hash == pi.hash]
         if len(failures) > plan.failure_budget:
@@ -811,6 +812,21 @@ class _Decider:
                 self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
         for lease, drain in drains:  # after the cordon: evicted pods must not come back
             self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
+
+    def prefetch_first(self, pi: PlanInput) -> None:
+        """A plan that waits for its prepare plan: its first nodes download its binary meanwhile, so its
+        first wave goes ahead once the prepare plan completes. Before the skew rules, which hold them
+        back until then (an agent node is not upgraded past its servers, upgrading now); a download
+        changes nothing on the node."""
+        ahead = max(pi.plan.spec.concurrency, 1) * self.w.settings.prefetch_waves if pi.plan else 0
+        if not ahead:
+            return
+        busy = self.t.active_nodes()
+        alive_since = self.w.now - timedelta(seconds=self.w.settings.agent_heartbeat)
+        pool = [n for n in self.pending(pi) if n.name not in busy and n.ready and n.arch in pi.artifacts
+                and (agent := self.w.agents.get(n.name)) is not None and agent.at >= alive_since]
+        assert pi.plan is not None and pi.hash is not None
+        self.prefetch_upcoming(pi, candidate_order(pool, pi.plan.uid, pi.hash, first=ahead))
 
     def prefetch_upcoming(self, pi: PlanInput, upcoming: list[NodeView]) -> None:
         """Ask the agents of the nodes next in the plan's order to download its binary now."""

@@ -4,7 +4,9 @@ Aspects: a decision names the `concurrency` x `prefetch_waves` nodes that follow
 the plan's candidate order, with the plan's binary for their arch (none with `prefetch_waves` 0, none
 for a plan that may not grant now); a node whose agent says it holds that binary is granted `staged`
 and, in the same pass, cordoned and told `apply` (it is never told `stage`); one holding another
-binary, or none, is granted as before and told `stage`; the agent of a node granted from its prefetch is
+binary, or none, is granted as before and told `stage`; a plan waiting for its prepare plan names its
+first nodes (skew rules aside: a download changes nothing), which go ahead at once when it may grant; the
+agent of a node granted from its prefetch is
 told `idle` with the binary until the go-ahead, and `stage` if it lost the binary; a poll is answered at
 once with a binary to prefetch unless the agent holds it or says why it could not.
 """
@@ -20,7 +22,8 @@ from coordinator.reconciler import _already_doing
 from coordinator.selection import candidate_order
 from wire.messages import Action, AgentPhase, AgentState, Artifact, Instruction, Prefetch
 
-from .cluster_sim import ARTIFACTS, Sim, SimNode, pool_plan
+from .cluster_sim import ARTIFACTS, Sim, SimNode, pool_plan, seed_cluster
+from .test_seed_plans_complete_servers_first import seed_plans
 
 OTHER = "f" * 64
 
@@ -129,3 +132,29 @@ def test_a_poll_naming_a_binary_is_answered_unless_the_agent_holds_it_or_could_n
     assert _already_doing(fresh.model_copy(update={"prefetched": OTHER}), plain)
     busy = AgentState(node="n0", agent_version="t", arch="amd64", lease_id="x", phase=AgentPhase.APPLYING)
     assert not _already_doing(busy, ins)
+
+
+def test_a_plan_waiting_for_its_prepare_plan_names_its_first_nodes() -> None:
+    plans = seed_plans()
+    s = Sim(seed_cluster(servers=3, agents=5), plans)  # agent-plan waits for server-plan
+    (concurrency,) = [p["spec"]["concurrency"] for p in plans if p["metadata"]["name"] == "agent-plan"]
+    agents = {n for n in s.nodes if n.startswith("agent-")}
+    for name in s.nodes:
+        s.agent_poll(name)
+    named = set(s.step().prefetch)
+    assert len(named & agents) == concurrency  # its first wave, while the servers are upgraded
+    first_wave: set[str] = set()
+    for _ in range(60):
+        before = {le.node for le in s.table.leases if le.active}
+        s.step()
+        granted = {le.node for le in s.table.leases if le.active and le.plan == "agent-plan"} - before
+        if granted:
+            first_wave = granted
+            for name in granted:  # they held the binary: cordoned and told apply in that pass
+                lease = s.table.active_for_node(name)
+                assert lease is not None and lease.phase is LeasePhase.APPLYING, lease
+            break
+        for name in s.nodes:
+            s.agent_poll(name)
+        s.tick(1)
+    assert first_wave == named & agents
