@@ -54,7 +54,7 @@ class PrefetchRecord(BaseModel):
 
     @property
     def staged(self) -> Path:
-        return staging_paths(Path(self.binary), self.sha256)[1]
+        return self.paths()[1]
 
     def paths(self) -> tuple[Path, Path]:
         return staging_paths(Path(self.binary), self.sha256)

@@ -785,6 +785,7 @@ class _Decider:
         so the go-ahead follows the grant without another pass. A drain is started afterwards, as for any
         lease (its outcome moves the lease on)."""
         drains: list[tuple[Lease, Drain]] = []
+        cordoned: list[Lease] = []  # to store `applying` once the cordons are done
         for lease_id in self.ready:
             lease = self.t.by_id(lease_id)
             assert lease is not None
@@ -802,14 +803,12 @@ class _Decider:
             self.t = self.t.put(lease)
             if spec.drain is not None:
                 drains.append((lease, spec.drain))
+            else:
+                cordoned.append(lease)
         if self.effects_after:
             self.mid = self.t
-        draining = {le.lease_id for le, _ in drains}
-        for lease_id in self.ready:
-            lease = self.t.by_id(lease_id)
-            assert lease is not None
-            if lease.phase is LeasePhase.DRAINING and lease_id not in draining:
-                self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
+        for lease in cordoned:
+            self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
         for lease, drain in drains:  # after the cordon: evicted pods must not come back
             self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
 

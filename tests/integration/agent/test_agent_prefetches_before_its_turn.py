@@ -127,9 +127,7 @@ async def test_a_failed_prefetch_says_why_and_is_not_tried_again_at_once(
 
 async def test_a_binary_not_named_for_a_while_is_dropped(node: Node, releases, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    prefetcher = Prefetcher(AgentConfig(node="n1", coordinator_url="http://127.0.0.1:9", host_root=node.root,
-                                        state_dir=tmp_path / "state", retry_backoff=0.1, max_backoff=0.5,
-                                        space_margin=0))
+    prefetcher = make_prefetcher(node, tmp_path / "state")
     await prefetcher.follow(hint(releases), node.binary, None)
     assert prefetcher.prefetched == releases.sha256(NEW) and len(node.stray_files()) == 1
     await prefetcher.follow(None, node.binary, None)  # not named once: kept
@@ -156,7 +154,7 @@ async def test_a_prefetch_never_checked_with_version_is_not_trusted(node: Node, 
     assert not staged.exists() and not (agent.state_dir / "prefetch.json").exists()
 
 
-def prefetcher(node: Node, state_dir: Path) -> Prefetcher:
+def make_prefetcher(node: Node, state_dir: Path) -> Prefetcher:
     return Prefetcher(AgentConfig(node="n1", coordinator_url="http://127.0.0.1:9", host_root=node.root,
                                   state_dir=state_dir, retry_backoff=0.1, max_backoff=0.5, space_margin=0,
                                   download_attempts=1))
@@ -164,7 +162,7 @@ def prefetcher(node: Node, state_dir: Path) -> Prefetcher:
 
 async def test_a_failure_is_said_until_it_is_tried_again(node: Node, releases, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    p = prefetcher(node, tmp_path / "state")
+    p = make_prefetcher(node, tmp_path / "state")
     bad = hint(releases, NEW, sha256="0" * 64)
     await p.follow(bad, node.binary, None)
     assert p.error is not None and "failed" in p.error and p.busy
@@ -181,7 +179,7 @@ async def test_a_failure_is_said_until_it_is_tried_again(node: Node, releases, t
 async def test_a_state_dir_it_cannot_write_is_a_failed_prefetch(node: Node, releases, tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the state directory should be")
-    p = prefetcher(node, blocked)
+    p = make_prefetcher(node, blocked)
     await p.follow(hint(releases), node.binary, None)  # does not raise
     assert p.prefetched is None and p.error is not None and "failed" in p.error
     assert node.stray_files() == []
