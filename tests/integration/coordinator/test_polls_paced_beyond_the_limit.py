@@ -9,8 +9,9 @@ agents poll before the Plans exist, as in a cluster where a Plan is created late
 
 Aspects covered:
 - both Plans reach Complete=True and every node carries its plan's hash label;
-- at no moment (sampled every 50 ms) were more than 3 idle polls held, and every plan kept within its
-  concurrency over every lease-table write;
+- at no moment (sampled every 50 ms) were more than 3 idle polls held, but for the loop turns in which a
+  poll displaced by a better-placed one leaves, and every plan kept within its concurrency over every
+  lease-table write;
 - polls were answered at once with a time to come back (`k3s_upgrade_agent_polls_paced` > 0), and the
   held-polls gauge ends at the number of agents held then;
 - every lease went to an agent whose poll the coordinator held at that moment (the engine grants only
@@ -19,6 +20,7 @@ Aspects covered:
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,7 @@ async def test_seed_plans_complete_with_three_polls_held_for_eight_agents(
         for w in decision.writes:
             if isinstance(w, TableWrite):
                 for le in w.table.leases:
-                    if le.phase is LeasePhase.GRANTED and le.lease_id not in before:
+                    if le.lease_id not in before:  # granted, or `staged` if its agent prefetched the binary
                         before.add(le.lease_id)
                         grants.append((le.node, world.listening is not None and le.node in world.listening))
         return decision
@@ -69,12 +71,26 @@ async def test_seed_plans_complete_with_three_polls_held_for_eight_agents(
         plans = rig.cluster.objects["plans"]
 
         def complete() -> bool:
-            nonlocal most_held
-            most_held = max(most_held, len(rig.runtime.holding))
             return all(condition(p, "Complete").get("status") == "True" for p in plans.values())
 
+        async def sample() -> None:
+            nonlocal most_held
+            while True:
+                held = len(rig.runtime.holding)
+                for _ in range(3):  # a poll displaced by a better-placed one leaves on the loop's next turns
+                    if held <= 3:
+                        break
+                    await asyncio.sleep(0)
+                    held = len(rig.runtime.holding)
+                most_held = max(most_held, held)
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
         agents = rig.agents(names, OLD, max_poll_after=None)
-        await drive(rig, agents, complete, 60, "the seed Plans did not complete")
+        try:
+            await drive(rig, agents, complete, 60, "the seed Plans did not complete")
+        finally:
+            sampler.cancel()
         text = rig.runtime.metrics.render().decode()
         held_now = len(rig.runtime.holding)
 
