@@ -1,13 +1,13 @@
 """`Cluster` over the official kubernetes client's configuration and auth, with aiohttp as the transport.
 
 The client loads the kubeconfig or the in-cluster ServiceAccount (server, CA, client certificate, token
-and its refresh) and gives the auth headers (`auth_settings`); requests go out on an aiohttp session, on
-the event loop (`_acall`). The client's own synchronous transport (urllib3) costs about 0.45 ms of CPU per
-request on this path, several times aiohttp's, and a pass that labels, cordons and reports on dozens of
-nodes at once waits for all of it. Watches still go through the client (`_open_watch`), each streamed by
-a thread of its own. We talk JSON dicts at the REST level, so that custom resources, merge patches and
-watches all go through one small path and the engine never sees client models. Library exceptions
-become `coordinator.kube.errors`.
+and its refresh) and gives the auth headers (`auth_settings`, asked again after `AUTH_REUSE_SECONDS`);
+requests go out on an aiohttp session, on the event loop (`_acall`). The client's own synchronous
+transport (urllib3) costs about 0.45 ms of CPU per request on this path, several times aiohttp's, and a
+pass that labels, cordons and reports on dozens of nodes at once waits for all of it. Watches still go
+through the client (`_open_watch`), each streamed by a thread of its own. We talk JSON dicts at the REST
+level, so that custom resources, merge patches and watches all go through one small path and the engine
+never sees client models. Library exceptions become `coordinator.kube.errors`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 MERGE_PATCH = "application/merge-patch+json"
 KUBE_CONNECTIONS = 32
 """Concurrent API requests (pooled connections) of one coordinator."""
+AUTH_REUSE_SECONDS = 1.0
+"""How long the auth headers the client gave are reused. The client's refresh hook re-reads the in-cluster
+token at most once a minute anyway, but for a kubeconfig it rebuilds the configuration on every call: a
+fifth of the CPU a Node patch costs the coordinator, which patches dozens of Nodes at once in a pass."""
 
 
 def _error(status: int, what: str, detail: str) -> errors.KubeError:
@@ -74,6 +78,8 @@ class KubeCluster:
         self._ssl = _ssl_context(cfg) if self._base.startswith("https:") else None
         self._server_name: str | None = getattr(cfg, "tls_server_name", None) or None
         self._session: aiohttp.ClientSession | None = None
+        self._auth: tuple[float, dict[str, str]] | None = None
+        """(when, the auth headers the client gave then): see `AUTH_REUSE_SECONDS`."""
 
     @classmethod
     def connect(cls, kubeconfig: str | None) -> KubeCluster:
@@ -129,15 +135,9 @@ class KubeCluster:
         request_timeout: float | None = None,
     ) -> Any:
         """One request on the aiohttp session: the JSON answer, or the `errors` class of its status."""
-        headers = {**self._api.default_headers, "Accept": "application/json"}
+        headers = {**self._api.default_headers, "Accept": "application/json", **self._auth_headers(what)}
         if body is not None:
             headers["Content-Type"] = content_type
-        try:  # auth as the client sends it (for the in-cluster token, its refresh hook re-reads the file)
-            for auth in self._api.configuration.auth_settings().values():
-                if auth["in"] == "header" and auth["value"]:
-                    headers[auth["key"]] = auth["value"]
-        except Exception as exc:
-            raise errors.Invalid(f"{what}: cannot build the request's credentials: {exc}") from exc
         url = self._base + path + (f"?{urlencode(query)}" if query else "")
         payload = json.dumps(body).encode() if body is not None else None
         if self._session is None or self._session.closed:
@@ -160,6 +160,23 @@ class KubeCluster:
         if not 200 <= status < 300:
             raise _error(status, what, _detail(raw))
         return json.loads(raw) if raw else {}
+
+    def _auth_headers(self, what: str) -> dict[str, str]:
+        """The auth headers as the client sends them (for the in-cluster token, its refresh hook re-reads
+        the file), reused for `AUTH_REUSE_SECONDS`."""
+        now = time.monotonic()
+        if self._auth is not None and now - self._auth[0] < AUTH_REUSE_SECONDS:
+            return self._auth[1]
+        try:
+            headers = {
+                auth["key"]: auth["value"]
+                for auth in self._api.configuration.auth_settings().values()
+                if auth["in"] == "header" and auth["value"]
+            }
+        except Exception as exc:
+            raise errors.Invalid(f"{what}: cannot build the request's credentials: {exc}") from exc
+        self._auth = (now, headers)
+        return headers
 
     # -- Cluster ------------------------------------------------------------------------------
     async def review_token(self, token: str, audience: str) -> TokenIdentity | None:

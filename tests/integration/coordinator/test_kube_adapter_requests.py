@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from coordinator.kube import client as kube_client
 from coordinator.kube import errors
 from coordinator.kube.client import KubeCluster
 from coordinator.kube.resources import NODES, PLANS
@@ -185,3 +186,27 @@ async def test_unreachable_api_server_is_temporary(tmp_path: Path) -> None:
         assert info.value.temporary
     finally:
         await cluster.aclose()
+
+
+async def test_auth_headers_reused_for_a_moment_then_asked_again(
+    api: tuple[KubeCluster, Seen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's refresh hook (which, for a kubeconfig, rebuilds the configuration) runs at most once per
+    `AUTH_REUSE_SECONDS`; a token it returns later (rotated) is sent once that time is over."""
+    cluster, seen = api
+    monkeypatch.setattr(kube_client, "AUTH_REUSE_SECONDS", 0.3)
+    token = ["Bearer first"]
+    asked: list[str] = []
+
+    def hook(cfg: Any) -> None:
+        asked.append(token[0])
+        cfg.api_key["BearerToken"] = token[0]
+
+    cluster._api.configuration.refresh_api_key_hook = hook
+    await cluster.list_objects(PLANS, "system-upgrade")
+    token[0] = "Bearer second"
+    await cluster.list_objects(PLANS, "system-upgrade")
+    await asyncio.sleep(0.35)
+    await cluster.list_objects(PLANS, "system-upgrade")
+    assert [s[2] for s in seen[-3:]] == ["Bearer first", "Bearer first", "Bearer second"]
+    assert asked == ["Bearer first", "Bearer second"]
