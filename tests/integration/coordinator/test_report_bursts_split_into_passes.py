@@ -1,0 +1,61 @@
+"""A burst of agent reports is stored by several passes, each taking at most `reports_per_pass` of them,
+through the real runtime and broker: the nodes a pass hands off together come back together, so a pass
+that took every report of a wave would keep that wave's last node waiting behind all the others.
+
+Aspects: ten leases of a plan with ten slots (four reports per pass) reported `staged` at the same moment:
+every report is answered (`apply`: the plan does not cordon), no pass took more than four, and the passes
+right after the first took the rest without waiting for anything else to wake the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import coordinator.reconciler as reconciler
+from coordinator.engine import Decision, World
+from coordinator.kube.resources import PLANS
+from coordinator.leasing import LeasePhase
+from tests.integration.coordinator.harness import coordinator, plan_manifest
+from wire.messages import Action, AgentPhase, AgentState, Report
+
+OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
+NAMES = [f"node-{i}" for i in range(10)]
+
+
+async def test_ten_reports_at_once_take_three_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with coordinator(tmp_path, [NEW], [(n, False, OLD) for n in NAMES]) as rig:
+        rt = rig.runtime
+        rig.cluster.put(PLANS, plan_manifest("p", NEW, concurrency=len(NAMES)))
+        leases: dict[str, str] = {}
+        for _ in range(100):  # the grants need the agents seen alive and the checksum fetched
+            for n in NAMES:
+                state = AgentState(node=n, agent_version="t", arch="amd64", k3s_version=OLD)
+                ins = await rt.broker.poll(state, 0)
+                if ins.action is Action.STAGE and ins.lease is not None:
+                    leases[n] = ins.lease.lease_id
+            if len(leases) == len(NAMES):
+                break
+            await asyncio.sleep(0.05)
+        assert len(leases) == len(NAMES), leases
+        assert reconciler.reports_per_pass(rt._slots) == 4
+
+        taken: list[int] = []  # reports each pass applied: its leases `staged` in the World it decides on
+        decide = reconciler.decide
+
+        def counting_decide(world: World) -> Decision:
+            taken.append(sum(1 for le in world.table.leases if le.phase is LeasePhase.STAGED))
+            return decide(world)
+
+        monkeypatch.setattr(reconciler, "decide", counting_decide)
+        reports = [Report(node=n, lease_id=leases[n], phase=AgentPhase.STAGED) for n in NAMES]
+        answers = await asyncio.wait_for(asyncio.gather(*(rt.broker.report(r) for r in reports)), 10)
+
+        assert [a.action for a in answers] == [Action.APPLY] * len(NAMES)
+        table = await rt.current_table()
+        assert {le.node: le.phase for le in table.leases} == dict.fromkeys(NAMES, LeasePhase.APPLYING)
+        burst = [k for k in taken if k]
+        assert sum(burst) == len(NAMES) and max(burst) <= 4, taken
+        assert len(burst) == 3, taken  # 4 + 4 + 2: each pass wakes the next while reports wait
