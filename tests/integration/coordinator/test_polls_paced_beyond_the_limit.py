@@ -31,7 +31,6 @@ import coordinator.reconciler as reconciler
 from coordinator import engine
 from coordinator.engine import Decision, TableWrite, World
 from coordinator.kube.resources import PLANS
-from coordinator.leasing import LeasePhase
 from tests.integration.coordinator.harness import condition, coordinator, drive
 
 ROOT = Path(__file__).resolve().parents[3]
