@@ -1,14 +1,15 @@
 """The coordinator's runtime loop: watch-fed caches -> World -> engine.decide -> ordered writes -> repeat.
 
-One reconcile path for everything: Plan, Node and Secret events, agent reports, drain outcomes and
-timers only wake the loop; each pass takes the lease table this replica last read or wrote (it is the only
-writer while it leads; every write is conditional on the resourceVersion, so a 409 just means: read again
-and decide again), applies the agent reports that arrived since the last pass, asks the pure engine what
-to do, and performs the writes in the engine's order: at most two table writes per pass (three when
-nodes that prefetched the binary go ahead at once), with the Node patches and Events between them
-performed concurrently. The Events after the last table write (a node upgraded, a lease granted)
-describe what the write that stored the releases and grants holds (`Decision.settled`): once it is
-stored they are posted beside the next passes, which do not wait for them (`split_announcements`).
+One reconcile path for everything: Plan, Node and Secret events, agent reports, drain outcomes and timers
+only wake the loop; each pass takes the lease table this replica last read or wrote (it is the only writer
+while it leads; every write is conditional on the resourceVersion, so a 409 just means: read again and
+decide again), applies the agent reports that arrived since the last pass (up to `reports_per_pass` of them:
+the others get a pass of their own right after), asks the pure engine what to do, and performs the writes in
+the engine's order: at most two table writes per pass (three when nodes that prefetched the binary go ahead
+at once), with the Node patches and Events between them performed concurrently. The Events after the last
+table write (a node upgraded, a lease granted) describe what the write that stored the releases and grants
+holds (`Decision.settled`): once it is stored they are posted beside the next passes, which do not wait for
+them (`split_announcements`).
 Agent heartbeats stay in memory (`AgentRegistry`); they are never written to the API.
 
 This module also answers agents (`RuntimeBroker`): a poll records the agent's state and returns the
@@ -388,7 +389,7 @@ ANNOUNCE_GRACE = 2.0
 REPORT_PASSES = 8
 """A report not stored after this many passes (each failed on a conflict or an API error) gets a 503."""
 
-SLOTS_PER_PASS_REPORT = 8
+SLOTS_PER_REPORT = 8
 """A pass takes at most one report per this many slots of the plans (the sum of their concurrency), and
 at least `MIN_REPORTS_PER_PASS`: see `reports_per_pass`."""
 MIN_REPORTS_PER_PASS = 4
@@ -406,7 +407,7 @@ def reports_per_pass(slots: int) -> int:
     cores: 1,000 nodes at concurrency 50 took 1.042 times the ideal (median of 9 runs) taking 6 reports per
     pass, 1.047 (10 runs) taking 7, 1.040 (5 runs) taking 4, and 1.057 (7 runs) taking every report; 5,000
     nodes at concurrency 200 took 32.2-32.6 s taking 25 or 50, 33.3 s taking all, and 38.4 s taking 6."""
-    return max(MIN_REPORTS_PER_PASS, -(-slots // SLOTS_PER_PASS_REPORT))
+    return max(MIN_REPORTS_PER_PASS, -(-slots // SLOTS_PER_REPORT))
 
 
 class Runtime:
@@ -548,6 +549,8 @@ class Runtime:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("reconcile failed; retrying")
                     await asyncio.sleep(1.0)
+                    if self._reports:  # their agents wait for an answer: not until the next resync
+                        self._wake.set()
                 try:
                     async with asyncio.timeout(
                         self.settings.timeouts.resync
@@ -594,7 +597,8 @@ class Runtime:
         stored, table = await self.stored_table()
         as_stored = table
         take = reports_per_pass(self._slots)
-        reports, self._reports = self._reports[:take], self._reports[take:]
+        waiting = [p for p in self._reports if not p.answer.done()]  # (not those whose agents gave up)
+        reports, self._reports = waiting[:take], waiting[take:]
         if self._reports:  # the rest: a pass of their own right after this one
             self.wake()
         now = datetime.now(UTC)
@@ -646,8 +650,9 @@ class Runtime:
             self._pace(world, decision)
         finally:
             self._answer(accepted, stored)
-        # No pass of its own after a success: a lease takes one round of effects per pass and then waits for
-        # something outside (its agent's report, its Node's watch event, a drain, a timer), which wakes us.
+        # No pass of its own after a success (but for reports left waiting, above): a lease takes one round of
+        # effects per pass and then waits for something outside (its agent's report, its Node's watch event,
+        # a drain, a timer), which wakes us.
         if not done:
             await asyncio.sleep(0.05)  # a lost race or a failed write: decide again on fresh state
             self.wake()
