@@ -1,22 +1,17 @@
-"""`python -m agent` / `k3s-upgrade-agent`: parse settings, log JSON lines, run the loop until SIGTERM.
-
-When the loop asks for a fresh process (a lease is over and its download's modules are still loaded, see
-`agent.loop`), the agent re-executes itself with the same command line and environment, keeping its pid.
-"""
+"""`python -m agent` / `k3s-upgrade-agent`: parse settings, log JSON lines, run the loop until SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
 
 from agent.config import parse_args
-from agent.loop import UPGRADE_ONLY_MODULES, run
+from agent.loop import run
 
 log = logging.getLogger("agent")
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -38,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=config.log_level, handlers=[handler])
 
-    async def amain() -> bool:
-        """True when the loop asked for a fresh process; False after SIGTERM/SIGINT."""
+    async def amain() -> None:
+        """Run the loop until SIGTERM/SIGINT."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -52,28 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-            return False
-        return task.result() and not stop.is_set()
+            return
+        task.result()
 
-    while asyncio.run(amain()):
-        if argv is None:  # our own command line: start afresh (returns only if the exec failed)
-            _reexec()
-        # Called with explicit arguments (in-process): carry on in this process.
+    asyncio.run(amain())
     return 0
-
-
-def _reexec() -> None:
-    command = [sys.executable, *sys.orig_argv[1:]]
-    log.info("lease over: starting the agent afresh to drop the download's modules (%s)",
-             ", ".join(UPGRADE_ONLY_MODULES))
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(command[0], command)
-    except OSError as exc:
-        log.warning("could not start afresh (%s); carrying on in this process", exc)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ loaded the interpreter alone is at ~43 MiB). Each exchange is one small JSON POS
 (`Connection: close`) over asyncio streams (TLS through `ssl` when the URL is https); the answer is read
 to the end (at most `MAX_ANSWER_BYTES`) and parsed by the standard library's `http.client`, which handles
 the status line, headers and chunked or length-delimited bodies. A long-poll costs one TCP connection per
-`--poll-wait` seconds. Downloads still use aiohttp (`agent.download`, imported only when a binary is
-fetched): they need its streaming and throughput.
+`--poll-wait` seconds. Downloads use `http.client` too (`agent.download`).
 """
 
 from __future__ import annotations

@@ -5,20 +5,12 @@ Idle it sits in one long-poll at a time (the coordinator holds the request up to
 uses next to no CPU. An unreachable coordinator is retried with exponential backoff, forever. A report's
 answer is the coordinator's next instruction once the report is stored: when it asks for the next step
 (`staged` -> `apply`, `restarted` -> `finish`) the agent takes it at once instead of polling for it.
-
-Once a lease is over (and no prefetched binary waits for one, `agent.prefetch`) and the coordinator has
-no more work, `run` returns True when the download left modules loaded that an idle agent never needs
-(`UPGRADE_ONLY_MODULES`: aiohttp, about 11 MiB resident). Python cannot unload them, so `agent.__main__`
-then starts the agent afresh (re-executes it, same pid): the journal is empty at that point, so there is
-nothing to resume, and the agent is back at its idle footprint (issue #6: under 40 MiB idle) instead of
-carrying the download's imports until its next restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.config import AgentConfig
@@ -27,20 +19,9 @@ from wire.messages import Action, Instruction
 
 log = logging.getLogger(__name__)
 
-UPGRADE_ONLY_MODULES = ("aiohttp",)
-"""Imported only when a binary is downloaded (`agent.download`); an idle agent never uses them."""
-
-
-def upgrade_modules_loaded() -> bool:
-    return any(name in sys.modules for name in UPGRADE_ONLY_MODULES)
-
-
-async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
-    """Poll and obey until `stop` is set (False), or until the agent is idle again after a lease with
-    `UPGRADE_ONLY_MODULES` loaded (True: the caller should start the agent afresh)."""
+async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Poll and obey until `stop` is set."""
     stop = stop or asyncio.Event()
-    # A fresh process only helps if it starts without them (else it would start afresh after every poll).
-    can_shed = not upgrade_modules_loaded()
     client = CoordinatorClient(config.coordinator_url, config.node, config.token_file,
                                timeout=config.request_timeout)
     upgrader = Upgrader(config, client)
@@ -74,11 +55,6 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
             done, instruction = instruction, next_instruction(instruction, answer)
             if done.action == Action.IDLE:
                 instruction = None
-                # Not while a prefetched binary waits for its lease (due soon: the agent must not be
-                # starting afresh then), nor after a failed prefetch (a fresh agent would not wait).
-                if (can_shed and upgrader.entry is None and not upgrader.prefetcher.busy
-                        and upgrade_modules_loaded()):
-                    return True
                 await _sleep(stop, done.poll_after_seconds)
             elif answer is None and upgrader.entry is before:
                 # Nothing done and nothing said (an instruction this agent cannot take, a report refused):
@@ -86,7 +62,6 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> bool:
                 await _sleep(stop, done.poll_after_seconds)
     finally:
         await client.close()
-    return False
 
 
 def next_instruction(done: Instruction, answer: Instruction | None) -> Instruction | None:

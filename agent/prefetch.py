@@ -87,11 +87,6 @@ class Prefetcher:
         agent's poll instead of naming the binary again at once)."""
         return self._failed[2] if self._failed is not None and self.failed_lately else None
 
-    @property
-    def busy(self) -> bool:
-        """A binary is held (its lease is due), or a failure is remembered: not a moment to start afresh."""
-        return self.held is not None or self.failed_lately
-
     def _load(self) -> PrefetchRecord | None:
         try:
             return PrefetchRecord.model_validate_json(self.path.read_text())

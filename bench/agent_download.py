@@ -4,18 +4,18 @@ Download: a 70 MB random file is served by `python -m http.server` (its own proc
 not share a GIL with the client). In the same run, `curl` fetches the URL to a file and, in a fresh
 process, `agent.download.download` fetches and SHA-256-verifies it (the agent's real code path); each is
 timed over the same number of rounds, interleaved. `agent_over_curl` is agent MB/s over curl MB/s, each
-from its best round; the same from the median rounds is reported beside it, because curl's rounds here
-are bimodal (near 640 or near 1,130 MB/s, from one run to the next). Two costs that curl does not have
-and the agent cannot skip are timed apart: `sha256_ms`, hashlib's SHA-256 of the artifact in memory
-(the verification), and `fsync_ms`, the fsync of the artifact freshly written to a file in the same
-directory (the staged binary must survive a power cut before it replaces the live one). The agent
-writes and hashes in a thread beside the loop that receives, and starts the file's writeback as it grows,
-so on an idle core both costs overlap the transfer; the CPU time of curl, of the agent (all its threads)
-and of the server in each one's best round show how busy the two cores were.
-The agent imports aiohttp only when a download starts; that one-time import is timed on its own
-(`agent_download_import_s`) and left out of the throughput, as interpreter start-up is (curl's run
-includes its own start-up). The child first imports what the running agent has imported
-(`agent.__main__`) and nothing of this benchmark's own (aiohttp.web, the sandbox), so its VmHWM (kernel
+from its best round; the same from the median rounds is reported beside it. Both are timed from the
+start of the transfer to its end: the agent inside its process, curl by its own `time_total` (so neither
+pays for its start-up; timing curl from outside through `subprocess.run` saw its end only at the parent's
+next poll of the child, 63.5 ms, then 113.5 ms after its start, which made curl look bimodal). Two costs
+that curl does not have and the agent cannot skip are timed apart: `sha256_ms`, hashlib's SHA-256 of
+the artifact in memory (the verification), and `fsync_ms`, the fsync of the artifact freshly written to
+a file in the same directory (the staged binary must survive a power cut before it replaces the live
+one). The agent writes and hashes in a thread beside the one that receives, and starts the file's
+writeback as it grows, so on an idle core both costs overlap the transfer; the CPU time of curl, of the
+agent (all its threads) and of the server in each one's best round show how busy the two cores were.
+The child first imports what the running agent has imported (`agent.__main__`, which the download needs
+nothing beyond) and nothing of this benchmark's own (aiohttp, the sandbox), so its VmHWM (kernel
 high-water mark of its resident set) is the agent's peak RSS while downloading.
 
 Idle: `bench.agent_idle` (the agent's RSS, USS and CPU while idle, before and after an upgrade).
@@ -74,21 +74,17 @@ def serve_files(directory: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def child(url: str, sha256: str, part: Path) -> None:
-    """Run in a fresh process: download + verify once, print seconds, the one-time aiohttp import (which
-    `download` would otherwise do on its first call) and this process's peak RSS."""
+    """Run in a fresh process: download + verify once, print seconds, CPU seconds and this process's peak
+    RSS."""
     import agent.__main__  # noqa: F401 - what the running agent has imported
     from agent.download import download
 
-    t0 = time.perf_counter()
-    import aiohttp  # noqa: F401 - what the agent's first download imports
-
-    imported = time.perf_counter() - t0
     t0, cpu0 = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     asyncio.run(download(url, sha256, part))
     elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(resource.RUSAGE_SELF) - cpu0
     hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
     peak = int(hwm.split()[1]) / 1024
-    figures = {"seconds": elapsed, "cpu_seconds": cpu, "import_seconds": imported, "peak_rss_mib": peak}
+    figures = {"seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mib": peak}
     print(json.dumps(figures))
 
 
@@ -112,12 +108,15 @@ def agent_round(url: str, sha256: str, part: Path) -> dict[str, float]:
 
 
 def curl_round(url: str, dest: Path) -> tuple[float, float]:
-    """(seconds, CPU seconds of curl)."""
+    """(seconds, CPU seconds of curl). The seconds are curl's own `time_total` (from the start of the
+    transfer to its end, as the agent's are timed inside its process): timed from here, `subprocess.run`
+    with a timeout would see curl's end only at its next poll of the child (at 63.5 ms, then 113.5 ms, ...),
+    and curl's start-up would be counted against it."""
     dest.unlink(missing_ok=True)
     cpu0 = _cpu_seconds(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True, timeout=300)
-    return time.perf_counter() - t0, _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+    out = subprocess.run(["curl", "-sSf", "-o", str(dest), "-w", "%{time_total}", url], check=True,
+                         timeout=300, capture_output=True, text=True)
+    return float(out.stdout.strip()), _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
 
 
 def _server_cpu(server: subprocess.Popen[str]) -> float:
@@ -138,7 +137,7 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
     server, base = serve_files(served)
     try:
         url = f"{base}/k3s"
-        curl_s, agent_s, import_s, rss = [], [], [], []
+        curl_s, agent_s, rss = [], [], []
         curl_cpu, agent_cpu, server_cpu_curl, server_cpu_agent = [], [], [], []
         for _ in range(rounds):  # interleaved, so both see the same machine state
             before = _server_cpu(server)
@@ -151,7 +150,6 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
             server_cpu_agent.append(_server_cpu(server) - before)
             agent_s.append(got["seconds"])
             agent_cpu.append(got["cpu_seconds"])
-            import_s.append(got["import_seconds"])
             rss.append(got["peak_rss_mib"])
     finally:
         server.terminate()
@@ -194,7 +192,6 @@ def measure_download(megabytes: int, rounds: int, tmp: Path) -> dict[str, Any]:
         "server_cpu_ms_best_agent_round": round(server_cpu_agent[best_agent] * 1000, 1),
         "sha256_ms": round(min(hash_s) * 1000, 1),
         "fsync_ms": round(min(fsync_s) * 1000, 1),
-        "agent_download_import_s": round(min(import_s), 3),
         "agent_download_peak_rss_mib": round(max(rss), 1),
     }
 

@@ -6,8 +6,8 @@ and answers `idle` (the coordinator's answer when there is no work). Its RSS, it
 process holds) at the end of the window and its CPU seconds over the window are reported. Then the
 stand-in grants one lease (stage -> apply -> finish, the node upgraded to a new stand-in release) and,
 once the agent is idle again, the same figures are taken over a second window (`agent_after_upgrade_*`),
-with whether aiohttp (loaded by the download) is still mapped in the process. Run by
-`bench.agent_download` (`--idle SECONDS`).
+with whether aiohttp is mapped in the process (the agent never imports it: its download is
+`http.client`). Run by `bench.agent_download` (`--idle SECONDS`).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ async def measure_idle(seconds: float, tmp: Path) -> dict[str, Any]:
         await asyncio.wait_for(coordinator.finished.wait(), 120)
         if coordinator.failure:
             raise RuntimeError(f"the bench upgrade did not succeed: {coordinator.failure}")
-        await asyncio.sleep(3.0)  # the agent may start afresh after its lease: start-up is not idle time
+        await asyncio.sleep(3.0)  # the lease's last exchanges are over: not idle time
         figures.update(await window(p, seconds, "agent_after_upgrade"))
         maps = await asyncio.to_thread(Path(f"/proc/{proc.pid}/maps").read_text)
         figures["agent_after_upgrade_aiohttp_loaded"] = "/aiohttp/" in maps

@@ -165,7 +165,7 @@ async def test_a_failure_is_said_until_it_is_tried_again(node: Node, releases, t
     p = make_prefetcher(node, tmp_path / "state")
     bad = hint(releases, NEW, sha256="0" * 64)
     await p.follow(bad, node.binary, None)
-    assert p.error is not None and "failed" in p.error and p.busy
+    assert p.error is not None and "failed" in p.error and p.failed_lately
     tried = downloads(releases, NEW)
     await p.follow(None, node.binary, None)  # e.g. a replica that does not lead answered
     await p.follow(bad, node.binary, None)

@@ -3,7 +3,9 @@
 Aspects: a large artifact arriving in uneven pieces lands byte for byte and verified, and the kernel is
 asked to start its writeback piece by piece over contiguous ranges (so the final fsync has little left);
 a download cancelled mid-stream leaves on disk exactly the bytes received, with the writer thread gone,
-and the next call resumes from there with `Range`.
+and the next call resumes from there with `Range`; a slow body reaches the file while it arrives;
+redirects are followed (relative ones too, the `Range` kept), and endless ones are an error; a 5xx answer
+is tried again and a 4xx is not; a write that the kernel takes only in part is finished.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from agent import download as download_module
-from agent.download import download
+from agent.download import DownloadError, download
 
 MIB = 1024 * 1024
 
@@ -124,3 +126,118 @@ async def test_a_cancelled_download_keeps_what_it_received_and_resumes(
     await download(url, digest, part)
     assert part.read_bytes() == artifact.data
     assert artifact.ranges == [None, f"bytes={10 * MIB}-"]
+
+
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_slow_body_reaches_the_file_while_it_arrives(tmp_path: Path) -> None:
+    data = os.urandom(4096)
+    done = asyncio.Event()
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        for at in range(0, len(data), 128):  # 32 pieces, 1.6 s in all
+            await response.write(data[at:at + 128])
+            await asyncio.sleep(0.05)
+        await done.wait()
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/k3s", trickle)
+    part = tmp_path / "k3s.part"
+    async for base in serve(app):
+        task = asyncio.create_task(download(f"{base}/k3s", hashlib.sha256(data).hexdigest(), part))
+        await asyncio.sleep(1.0)
+        landed = part.stat().st_size if part.exists() else 0
+        assert 0 < landed < len(data), "bytes received 0.2 s ago or more are in the file"
+        assert part.read_bytes() == data[:landed]
+        done.set()
+        await asyncio.wait_for(task, 10)
+    assert part.read_bytes() == data
+
+
+async def test_redirects_are_followed_with_the_range(tmp_path: Path) -> None:
+    data = os.urandom(3 * MIB + 17)
+    seen: list[tuple[str, str | None]] = []
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.headers.get("Range")))
+        raise web.HTTPFound("../../storage/k3s-blob")  # relative, as some servers answer
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Range")
+        seen.append((request.path, header))
+        start = int(header.removeprefix("bytes=").rstrip("-")) if header else 0
+        return web.Response(body=data[start:], status=206 if start else 200)
+
+    app = web.Application()
+    app.router.add_get("/download/v1/k3s", moved)
+    app.router.add_get("/storage/k3s-blob", blob)
+    part = tmp_path / "k3s.part"
+    part.write_bytes(data[:MIB + 5])  # left by an earlier attempt
+    async for base in serve(app):
+        await download(f"{base}/download/v1/k3s", hashlib.sha256(data).hexdigest(), part)
+    assert part.read_bytes() == data
+    assert seen == [("/download/v1/k3s", f"bytes={MIB + 5}-"), ("/storage/k3s-blob", f"bytes={MIB + 5}-")]
+
+
+async def test_endless_redirects_are_an_error(tmp_path: Path) -> None:
+    hops = 0
+
+    async def again(request: web.Request) -> web.StreamResponse:
+        nonlocal hops
+        hops += 1
+        raise web.HTTPFound(f"/k3s/{hops}")
+
+    app = web.Application()
+    app.router.add_get("/k3s", again)
+    app.router.add_get("/k3s/{n}", again)
+    async for base in serve(app):
+        with pytest.raises(DownloadError, match="more than 10 redirects"):
+            await download(f"{base}/k3s", "0" * 64, tmp_path / "k3s.part", attempts=1)
+    assert hops == 11
+
+
+async def test_a_5xx_is_tried_again_and_a_4xx_is_not(tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    answers = [503, 502]
+    asked: list[str] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        if request.path == "/missing":
+            raise web.HTTPNotFound(text="no such release asset")
+        if answers:
+            return web.Response(status=answers.pop(0), text="busy")
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/k3s", flaky)
+    app.router.add_get("/missing", flaky)
+    async for base in serve(app):
+        await download(f"{base}/k3s", hashlib.sha256(data).hexdigest(), tmp_path / "k3s.part", backoff=0.01)
+        with pytest.raises(DownloadError, match="answered 404: no such release asset"):
+            await download(f"{base}/missing", "0" * 64, tmp_path / "other.part", backoff=0.01)
+    assert (tmp_path / "k3s.part").read_bytes() == data
+    assert asked == ["/k3s"] * 3 + ["/missing"]
+
+
+def test_a_short_write_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.write
+    monkeypatch.setattr(download_module.os, "write", lambda fd, data: real(fd, bytes(data)[:1000]))
+    data = os.urandom(10_000)
+    with open(tmp_path / "out", "wb", buffering=0) as handle:
+        download_module._write_all(handle.fileno(), memoryview(data))
+    assert (tmp_path / "out").read_bytes() == data
