@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
@@ -123,10 +123,13 @@ async def _run(transfer: _Transfer) -> None:
         await asyncio.shield(future)
     except asyncio.CancelledError:
         transfer.abort()
-        try:
-            await future
-        except (_Interrupted, DownloadError, OSError) as exc:  # what the abort broke; we are cancelled
-            log.info("download of %s stopped at byte %d: %s", transfer.url, transfer.got.offset, exc)
+        while not future.done():  # the file must be closed before we return: wait, even if cancelled again
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue
+            except Exception as exc:  # what the abort broke; we are cancelled all the same
+                log.info("download of %s stopped at byte %d: %r", transfer.url, transfer.got.offset, exc)
         raise
 
 
@@ -168,17 +171,19 @@ class _Transfer:
         sock = self._sock
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)  # a blocked read returns at once
+                # A blocked read returns at once. The plain socket's shutdown, also under TLS: the
+                # SSLSocket's own would first drop its TLS state, and the reads after it would return
+                # the raw records queued on the socket as if they were the body.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError as exc:  # not connected (any more): nothing is blocked on it
                 log.debug("download of %s: shutdown: %s", self.url, exc)
 
     def run(self) -> None:
         response, conn, url = self._open()
         try:
-            if self._stopped.is_set():
-                raise _Interrupted("stopped")
             self._take(response, url)
         finally:
+            response.close()
             conn.close()
 
     def _open(self) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
@@ -188,19 +193,29 @@ class _Transfer:
             headers["Range"] = f"bytes={self.got.offset}-"
         url = self.url
         for _ in range(_MAX_REDIRECTS + 1):
-            conn = _connection(url, self._timeout)
+            if self._stopped.is_set():
+                raise _Interrupted("stopped")
+            conn, path = _connection(url, self._timeout)
             try:
-                target = urlsplit(url)
-                conn.request("GET", (target.path or "/") + (f"?{target.query}" if target.query else ""),
-                             headers=headers)
+                conn.connect()
                 self._sock = conn.sock
+                if self._stopped.is_set():
+                    raise _Interrupted("stopped")
+                conn.request("GET", path, headers=headers)
                 response = conn.getresponse()
+            except http.client.InvalidURL as exc:
+                conn.close()
+                raise DownloadError(f"cannot download {url}: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise _Interrupted(f"GET {url}: {exc!r}") from exc
+            except BaseException:
+                conn.close()
+                raise
             location = response.getheader("Location")
             if response.status not in _REDIRECTS or not location:
                 return response, conn, url
+            response.close()
             conn.close()
             url = urljoin(url, location)
         raise DownloadError(f"GET {self.url}: more than {_MAX_REDIRECTS} redirects")
@@ -210,7 +225,10 @@ class _Transfer:
         if response.status == 416 and got.offset:
             return  # we already have every byte
         if response.status not in (200, 206):
-            text = response.read(200).decode(errors="replace")
+            try:
+                text = response.read(200).decode(errors="replace")
+            except (OSError, http.client.HTTPException) as exc:
+                text = f"(its body could not be read: {exc!r})"
             if response.status >= 500:
                 raise _Interrupted(f"GET {url} answered {response.status}: {text}")
             raise DownloadError(f"GET {url} answered {response.status}: {text}")
@@ -229,7 +247,7 @@ class _Transfer:
                 finally:
                     sink.close()  # every byte received is on disk (or failed) before the file closes
         except OSError as exc:  # the file's: the network's are `_Interrupted`
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._part.unlink(missing_ok=True)
                 where = self._part.parent
                 raise NoSpace(f"file system of {where} is full writing the new k3s: {exc}") from exc
@@ -256,7 +274,7 @@ class _Transfer:
                         sink.put(buffer, filled)
                     raise _Interrupted(f"reading {self.url} at byte {received + filled}: {exc!r}") from exc
                 filled += n
-                if not n or time.monotonic() - first >= _HAND_OVER_AFTER:
+                if not n or self._stopped.is_set() or time.monotonic() - first >= _HAND_OVER_AFTER:
                     break
             if filled:
                 sink.put(buffer, filled)
@@ -290,14 +308,28 @@ def _body_reader(response: http.client.HTTPResponse) -> Callable[[memoryview], i
     return read
 
 
-def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
+def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the URL's host (not yet opened) and the request target (path and query)."""
     target = urlsplit(url)
     if target.scheme not in ("http", "https") or not target.hostname:
         raise DownloadError(f"cannot download {url}: not an http(s) URL")
+    try:
+        port = target.port or (443 if target.scheme == "https" else 80)  # (an IPv6 literal needs it given)
+    except ValueError as exc:
+        raise DownloadError(f"cannot download {url}: {exc}") from exc
+    path = quote(target.path or "/", safe=_PATH_SAFE) + (f"?{quote(target.query, safe=_QUERY_SAFE)}"
+                                                          if target.query else "")
     if target.scheme == "https":
-        return http.client.HTTPSConnection(target.hostname, target.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    return http.client.HTTPConnection(target.hostname, target.port, timeout=timeout)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            target.hostname, port, timeout=timeout, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(target.hostname, port, timeout=timeout)
+    return conn, path
+
+
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+"""What a path may hold as it is: percent escapes are kept, anything else (spaces, non-ASCII) escaped."""
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 
 class _Sink:

@@ -9,7 +9,7 @@ a slot a node frees goes to one that is ready at once.
 
 Nothing on the host changes but a file next to the binary. A record (`prefetch.json` in the state dir),
 written before the download starts, names that file, so one left by an agent killed meanwhile, or held
-when the agent starts afresh, is found again: kept if it still verifies, else removed (`recover`). The
+when the agent restarts, is found again: kept if it still verifies, else removed (`recover`). The
 file is dropped when the coordinator names another binary, when it has not named it for `KEEP_SECONDS`
 (the plan changed or went away, or this node is no longer next), and when a lease of another binary
 begins. A failed prefetch is said in the agent's `error` and not tried again for `RETRY_SECONDS`.

@@ -3,7 +3,8 @@
 Aspects: a large artifact arriving in uneven pieces lands byte for byte and verified, and the kernel is
 asked to start its writeback piece by piece over contiguous ranges (so the final fsync has little left);
 a download cancelled mid-stream leaves on disk exactly the bytes received, with the writer thread gone,
-and the next call resumes from there with `Range`; a slow body reaches the file while it arrives;
+and the next call resumes from there with `Range`, over https too (the file never holds TLS records);
+a slow body reaches the file while it arrives;
 redirects are followed (relative ones too, the `Range` kept), and endless ones are an error; a 5xx answer
 is tried again and a 4xx is not; a write that the kernel takes only in part is finished.
 """
@@ -13,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from agent import download as download_module
@@ -241,3 +245,98 @@ def test_a_short_write_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with open(tmp_path / "out", "wb", buffering=0) as handle:
         download_module._write_all(handle.fileno(), memoryview(data))
     assert (tmp_path / "out").read_bytes() == data
+
+
+async def test_a_cancelled_https_download_keeps_only_the_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while TLS records are still queued on its socket: the file holds a prefix of the body,
+    never the records' raw bytes."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    monkeypatch.setattr(download_module.ssl, "create_default_context", lambda: client_tls)
+    block, blocks = os.urandom(MIB), 512
+    listener = socket.create_server(("127.0.0.1", 0))
+    handlers: list[threading.Thread] = []
+
+    def handle(conn: socket.socket) -> None:  # sends as fast as the socket takes it, until the client goes
+        with conn:
+            conn.settimeout(10)
+            try:
+                with server_tls.wrap_socket(conn, server_side=True) as tls:
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        request += tls.recv(4096)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(block) * blocks))
+                    for _ in range(blocks):
+                        tls.sendall(block)
+            except OSError:
+                pass  # the client went away: what the test does
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            handlers.append(threading.Thread(target=handle, args=(conn,)))
+            handlers[-1].start()
+
+    acceptor = threading.Thread(target=accept)
+    acceptor.start()
+    url = f"https://localhost:{listener.getsockname()[1]}/k3s"
+    try:
+        for trial in range(8):
+            part = tmp_path / f"k3s-{trial}.part"
+            task = asyncio.create_task(download(url, "0" * 64, part))
+            while not part.exists() or part.stat().st_size < (trial + 1) * MIB:
+                await asyncio.sleep(0.001)
+                assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            kept = part.read_bytes()
+            assert len(kept) < len(block) * blocks
+            assert kept == (block * (len(kept) // MIB + 1))[:len(kept)], f"trial {trial}: not a prefix"
+            assert sink_threads() == []
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # the blocked accept returns
+        listener.close()
+        acceptor.join(10)
+        for handler in handlers:
+            handler.join(10)
+
+
+async def test_a_5xx_whose_body_breaks_is_tried_again(tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    broken = [True]
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        if broken.pop() if broken else False:
+            response = web.StreamResponse(status=503)  # chunked: cut short, reading it fails
+            await response.prepare(request)
+            await response.write(b"overloaded")
+            assert request.transport is not None
+            request.transport.close()  # the rest of the error page never comes
+            return response
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/k3s", flaky)
+    async for base in serve(app):
+        await download(f"{base}/k3s", hashlib.sha256(data).hexdigest(), tmp_path / "k3s.part", backoff=0.01)
+    assert (tmp_path / "k3s.part").read_bytes() == data
+
+
+@pytest.mark.parametrize(("url", "host", "port", "target"), [
+    ("http://[::1]/k3s", "::1", 80, "/k3s"),
+    ("https://[2001:db8::7]/a/k3s?x=1", "2001:db8::7", 443, "/a/k3s?x=1"),
+    ("http://releases.example:8080/v1.30.1%2Bk3s1/k3s", "releases.example", 8080, "/v1.30.1%2Bk3s1/k3s"),
+    ("http://h/a b/k\u00e9", "h", 80, "/a%20b/k%C3%A9"),
+])
+def test_the_connection_is_to_the_urls_host_and_port(url: str, host: str, port: int, target: str) -> None:
+    conn, path = download_module._connection(url, 5.0)
+    assert (conn.host, conn.port, path) == (host, port, target)
