@@ -128,8 +128,11 @@ async def _run(transfer: _Transfer) -> None:
                 await asyncio.shield(future)
             except asyncio.CancelledError:
                 continue
-            except Exception as exc:  # what the abort broke; we are cancelled all the same
-                log.info("download of %s stopped at byte %d: %r", transfer.url, transfer.got.offset, exc)
+            except Exception:  # taken from the future below
+                break
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            # what the abort broke (or what failed as it came); we are cancelled all the same
+            log.info("download of %s stopped at byte %d: %r", transfer.url, transfer.got.offset, exc)
         raise
 
 
@@ -140,7 +143,6 @@ def _hash_prefix(part: Path, hasher: hashlib._Hash) -> int:
             hasher.update(chunk)
             size += len(chunk)
     return size
-
 
 
 @dataclass
