@@ -25,8 +25,13 @@ first write), and the mean time a report waited for the pass that took it up, du
 the coordinator's own count of hand-offs (`k3s_upgrade_handoff_seconds`: from the arrival of the last
 evidence that a node was upgraded to the storing of the next grant, the issue's "a node verified -> the
 next lease granted" as the coordinator sees it, without the trips to and from the stand-ins), their mean
-and the histogram buckets that hold their p50 and p99 (`_at_most`). The stand-ins open one connection
-per request and close it: they use `agent.client` itself.
+and the histogram buckets that hold their p50 and p99 (`_at_most`); and where the slow hand-offs are:
+the first wave's (the first `concurrency` slots freed: nodes that went ahead together and come back
+within a few ms of each other, the burst a rollout of equal nodes starts with) against the rest's. The
+stand-ins open one connection per request and close it: they use `agent.client` itself.
+
+`--api-latency-ms` makes the emulator wait that long before it handles each request but a watch: the
+round trip to an API server across a network, where the hand-off costs what the pass waits for in turn.
 
 `--floor` runs the same stand-ins and measurements against `bench.floor` instead of the coordinator:
 the agent API with a scheduler that writes nothing to Kubernetes (`POST /start` replaces the Plan). What
@@ -41,7 +46,7 @@ full collection in the emulator or among the 1,000 stand-ins paused every reques
 pauses were most of the floor's hand-off p99 (111.9-166.6 ms before, 44.6-49.3 ms after, 4 runs each).
 
     python -m bench.rollout [--nodes 1000] [--concurrency 50] [--work 1.0] [--floor [--bare]]
-                            [--max-held-polls N] [--prefetch-waves N]
+                            [--max-held-polls N] [--prefetch-waves N] [--api-latency-ms MS]
 """
 
 from __future__ import annotations
@@ -99,11 +104,13 @@ def classify(req: LoggedRequest) -> str:
     return f"{verb} {resource}"
 
 
-async def serve_apiserver() -> None:
+async def serve_apiserver(latency: float = 0.0) -> None:
     """Serve the emulator; print its URL; on each stdin line print the request counts seen since the last
-    line as JSON (a `freeze` line freezes what is alive first: see the module docstring); stop at EOF."""
+    line as JSON (a `freeze` line freezes what is alive first: see the module docstring); stop at EOF.
+    `latency`: seconds every request but a watch waits (`Faults.latency`)."""
     gc_tuning.tune()
     server = ApiServer(bookmark_interval=5.0)
+    server.faults.latency = latency
     await server.start("127.0.0.1", 0)
     print(server.url, flush=True)
     loop = asyncio.get_running_loop()
@@ -119,9 +126,9 @@ async def serve_apiserver() -> None:
 
 
 class ApiServerProcess:
-    def __init__(self) -> None:
+    def __init__(self, latency_ms: float = 0.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.rollout", "--serve-apiserver"],
+            [sys.executable, "-m", "bench.rollout", "--serve-apiserver", "--api-latency-ms", str(latency_ms)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -353,6 +360,22 @@ def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[
     return [(gi - ai) * 1000 for ai, gi in zip(a, g, strict=False)]
 
 
+def first_wave(handoffs_ms: list[float], restarted: list[float], concurrency: int) -> dict[str, Any]:
+    """Where the slow hand-offs are: those of the first wave (the first `concurrency` slots freed, by
+    nodes that went ahead together and come back within a few ms: the one burst a rollout of equal
+    nodes starts with) against the rest, and within how many ms the first wave came back."""
+    first, rest = handoffs_ms[:concurrency], handoffs_ms[concurrency:]
+    back = sorted(restarted)[:concurrency]
+    return {
+        "first_wave_back_within_ms": round((back[-1] - back[0]) * 1000, 1) if back else None,
+        "handoff_ms_first_wave_p50": percentile(first, 0.5),
+        "handoff_ms_first_wave_max": percentile(first, 1.0),
+        "handoff_ms_p99_after_first_wave": percentile(rest, 0.99),
+        "handoffs_over_50_ms": sum(1 for h in handoffs_ms if h > 50),
+        "handoffs_over_50_ms_in_first_wave": sum(1 for h in first if h > 50),
+    }
+
+
 async def rollout(
     nodes: int,
     concurrency: int,
@@ -363,10 +386,11 @@ async def rollout(
     max_held_polls: int = DEFAULT_MAX_HELD_POLLS,
     bare: bool = False,
     prefetch_waves: int = DEFAULT_PREFETCH_WAVES,
+    api_latency_ms: float = 0.0,
 ) -> dict[str, Any]:
     floor = floor or bare
     gc_tuning.tune()  # see the module docstring
-    api_proc = ApiServerProcess()
+    api_proc = ApiServerProcess(api_latency_ms)
     releases = ReleaseServer([NEW], tmp / "releases")
     coordinator: subprocess.Popen[str] | None = None
     stop = asyncio.Event()
@@ -500,6 +524,7 @@ async def rollout(
         "work_s": work,
         "coordinator_max_held_polls": None if floor else max_held_polls,
         "coordinator_prefetch_waves": None if floor else prefetch_waves,
+        "api_latency_ms": api_latency_ms,
         "setup_s": round(setup_s, 1),
         "finished_nodes": done,
         "complete": done == nodes,
@@ -517,6 +542,7 @@ async def rollout(
         "handoff_from_finish_ms_p50": percentile(from_finish, 0.5),
         "handoff_from_finish_ms_p99": percentile(from_finish, 0.99),
         "handoff_ms_mean": mean_ms(from_restarted),
+        **first_wave(from_restarted, list(timeline.restarted.values()), concurrency),
         "grant_to_apply_ms_mean": mean_ms(go_ahead),
         "apply_to_restarted_ms_mean_beyond_work": mean_ms(beyond_work),
         "grant_to_apply_ms_p50": percentile(go_ahead, 0.5),
@@ -572,10 +598,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=DEFAULT_PREFETCH_WAVES,
         help=f"the coordinator's --prefetch-waves (default {DEFAULT_PREFETCH_WAVES}, its own default)",
     )
+    p.add_argument(
+        "--api-latency-ms",
+        type=float,
+        default=0.0,
+        help="ms every API request but a watch waits in the emulator (an API server across a network; 0)",
+    )
     p.add_argument("--serve-apiserver", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_apiserver:
-        asyncio.run(serve_apiserver())
+        asyncio.run(serve_apiserver(args.api_latency_ms / 1000))
         return {}
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         return asyncio.run(
@@ -589,6 +621,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.max_held_polls,
                 args.bare,
                 args.prefetch_waves,
+                args.api_latency_ms,
             )
         )
 

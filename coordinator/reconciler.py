@@ -79,6 +79,7 @@ from coordinator.pacing import Pacing, pace, plan_queues, turns
 from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
 from coordinator.skew import SkewPolicy
+from coordinator.statuslane import StatusLane
 from coordinator.versions import is_version
 from wire.messages import (
     Action,
@@ -350,14 +351,17 @@ def holds(table: LeaseTable, report: Report, now: datetime) -> bool:
         return True
 
 
-def split_announcements(writes: Sequence[Write], last: int) -> tuple[list[Write], list[Write]]:
-    """(the writes a pass performs, the Events it may post after it ended): the Events after the last
-    table write (`last`) describe what is stored and nothing waits for them, so the next pass need not."""
-    if last < 0:
-        return list(writes), []
+def split_announcements(
+    writes: Sequence[Write], last: int
+) -> tuple[list[Write], list[PlanStatusWrite], list[Write]]:
+    """(the writes a pass performs, the Plan statuses and the Events it leaves to be written after it):
+    what follows the last table write (`last`) describes what is stored and nothing waits for it, so the
+    next pass need not. Events before any table write stay in the pass (with none, all of them)."""
     tail = writes[last + 1 :]
-    events: list[Write] = [w for w in tail if isinstance(w, EventWrite)]
-    return [*writes[: last + 1], *(w for w in tail if not isinstance(w, EventWrite))], events
+    statuses = [w for w in tail if isinstance(w, PlanStatusWrite)]
+    events: list[Write] = [w for w in tail if isinstance(w, EventWrite)] if last >= 0 else []
+    leave = (PlanStatusWrite, EventWrite) if last >= 0 else PlanStatusWrite
+    return [*writes[: last + 1], *(w for w in tail if not isinstance(w, leave))], statuses, events
 
 
 @dataclass
@@ -421,7 +425,7 @@ class Runtime:
         self.agents = AgentRegistry()
         self._wake = asyncio.Event()
         ns = settings.namespace
-        self.plans = Informer(cluster, PLANS, ns, self._on_event)
+        self.plans = Informer(cluster, PLANS, ns, self._on_plan_event)
         self.nodes = Informer(cluster, NODES, None, self._on_node_event, transform=slim_node)
         self.secrets = Informer(cluster, SECRETS, ns, self._on_event)
         self.table: StoredLease | None = None
@@ -453,6 +457,8 @@ class Runtime:
         self._announcing: set[asyncio.Task[bool]] = set()
         """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
         self._announce_gate = asyncio.Semaphore(ANNOUNCE_PARALLELISM)
+        self.statuses = StatusLane(self._perform_one, self._status_failed)
+        """The Plan statuses the passes decided, written after them (`coordinator.statuslane`)."""
         self.pacing = Pacing()
         """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
         self.paced = False
@@ -490,6 +496,19 @@ class Runtime:
     # -- caches ---------------------------------------------------------------------------------
     def _on_event(self, kind: str, obj: Obj) -> None:
         self._wake.set()
+
+    def _on_plan_event(self, kind: str, obj: Obj) -> None:
+        self.statuses.seen(str((obj.get("metadata") or {}).get("name")))
+        self._wake.set()
+
+    def _status_failed(self, w: PlanStatusWrite, exc: Exception) -> None:
+        """A Plan status write failed: logged, and decided again (and so put back) a second later."""
+        if isinstance(exc, KubeError):
+            log.warning("plan status not written, deciding again: %s", exc, extra={"plan": w.plan})
+        else:
+            log.error("plan status not written, deciding again", extra={"plan": w.plan}, exc_info=exc)
+        self.last_error = f"status of plan {w.plan} not written: {exc}"
+        asyncio.get_running_loop().call_later(1.0, self.wake)
 
     def _on_node_event(self, kind: str, obj: Obj) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
@@ -561,12 +580,15 @@ class Runtime:
         finally:
             resolving.cancel()
             announcing = list(self._announcing)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ANNOUNCE_GRACE
             try:
                 if announcing:  # let the last passes' Events out, unless the API server does not answer
                     await asyncio.wait(announcing, timeout=ANNOUNCE_GRACE)
             finally:
                 for task in announcing:
                     task.cancel()
+                await self.statuses.close(max(0.0, deadline - loop.time()))  # (same grace, all in all)
             await asyncio.gather(resolving, *announcing, return_exceptions=True)
             self.running = False
             self.prefetch = {}  # hints of this term: not told by a replica that no longer leads
@@ -628,7 +650,7 @@ class Runtime:
             # The write that stores the pass's releases and grants: the last, or the one before the cordons
             # of the nodes that go ahead at once (`Decision.settled`).
             settled = next((i for i, t in tables if t is decision.settled), last)
-            writes, announcements = split_announcements(decision.writes, last)
+            writes, statuses, announcements = split_announcements(decision.writes, last)
             stored_at: list[int] = []
 
             def on_stored(index: int) -> None:
@@ -639,6 +661,9 @@ class Runtime:
             done = await self.perform(writes, stored, via=table, on_stored=on_stored)
             if settled in stored_at:  # the releases are stored: until their labels' echo, not candidates
                 self._labelled.update(decision.released)
+            if done:  # (after a failed write, the next pass decides them again)
+                for status in statuses:
+                    self.statuses.put(status)
             if announcements and settled in stored_at:  # the Events describe the table write they follow
                 task = asyncio.create_task(
                     self._perform_group(announcements, self._announce_gate, "event not posted"),

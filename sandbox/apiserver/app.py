@@ -72,8 +72,12 @@ class _Fault:
 
 @dataclass
 class Faults:
-    """Injected failures: the next N requests matching a method and a path regex get a status."""
+    """Injected failures: the next N requests matching a method and a path regex get a status; and a
+    latency for every request."""
 
+    latency: float = 0.0
+    """Seconds every request but a watch waits before it is handled: the round trip to an API server
+    across a network (the events of a watch come without it)."""
     _faults: list[_Fault] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -160,6 +164,8 @@ class Api:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500
         try:
+            if self.faults.latency and request.query.get("watch") not in ("true", "1"):
+                await asyncio.sleep(self.faults.latency)
             fault = self.faults.take(request.method, request.path)
             if fault is not None:
                 code, message = fault

@@ -9,13 +9,14 @@ Aspects covered:
 - watch: replay from a resourceVersion, selector transitions as ADDED/DELETED, timeoutSeconds ends it;
 - bad input: malformed JSON -> 400, unknown resource -> 404, body over the limit -> 413, annotations over
   256 KiB -> 422 (as a real API server);
-- fault injection and the request log;
+- fault injection and the request log; an injected latency delays every request but a watch's events;
 - TokenRequest bound to a Pod and TokenReview (user, extra, audiences, deleted pod).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -230,6 +231,24 @@ def test_bad_input_faults_and_request_log(apiserver: Any, kube_api: Any) -> None
     assert [(e.method, e.path, e.status) for e in apiserver.request_log] == [
         ("GET", "/api/v1/nodes", 503)
     ] * 2 + [("GET", "/api/v1/nodes", 200)]
+
+
+def test_injected_latency_delays_requests_but_not_watch_events(apiserver: Any, kube_api: Any) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_node(_node("l1", {}))
+    rv = core.list_node().metadata.resource_version
+    apiserver.faults.latency = 0.4
+    started = time.monotonic()
+    core.patch_node("l1", {"metadata": {"labels": {"step": "1"}}})
+    patched = time.monotonic() - started
+    started = time.monotonic()
+    events = watch.Watch().stream(core.list_node, resource_version=rv, timeout_seconds=2)
+    first = next(iter(events))
+    replayed = time.monotonic() - started
+    events.close()
+    assert first["type"] == "MODIFIED" and first["object"].metadata.labels == {"step": "1"}
+    assert 0.4 <= patched < 1.5
+    assert replayed < 0.3
 
 
 def test_token_request_and_review(kube_api: Any) -> None:

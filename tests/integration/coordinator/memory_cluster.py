@@ -53,6 +53,9 @@ class MemoryCluster:
         self.events_waiting = 0
         self.events_waiting_max = 0
         """Event posts waiting for `events_gate` now, and at most at once."""
+        self.status_gate: asyncio.Event | None = None
+        """When set to an Event, every status patch waits for it before it is stored."""
+        self.status_waiting = 0
 
     # -- helpers for tests -----------------------------------------------------------------------
     def _key(self, obj: Obj) -> str:
@@ -170,6 +173,12 @@ class MemoryCluster:
         return self.put(NODES, node)
 
     async def patch_status(self, res: Resource, namespace: str, name: str, status: Mapping[str, Any]) -> Obj:
+        if self.status_gate is not None:
+            self.status_waiting += 1
+            try:
+                await self.status_gate.wait()
+            finally:
+                self.status_waiting -= 1
         obj = copy.deepcopy(await self.get(res, namespace, name))
         _merge(obj.setdefault("status", {}), status)
         self._count("status")
