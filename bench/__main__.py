@@ -47,6 +47,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--bare"), REPEATS),
     ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--prefetch-waves", "0"),
      REPEATS),
+    ("bench.rollout", ("--nodes", "1000", "--concurrency", "50", "--limit", "240", "--api-latency-ms", "2"),
+     1),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90"), 1),
     ("bench.rollout", ("--nodes", "5000", "--concurrency", "200", "--limit", "90",
                        "--max-held-polls", "5000"), 1),
@@ -72,9 +74,11 @@ COORDINATOR: Applies = lambda f: (  # noqa: E731
     not f.get("floor")
     and f.get("coordinator_max_held_polls", DEFAULT_MAX_HELD_POLLS) == DEFAULT_MAX_HELD_POLLS
     and f.get("coordinator_prefetch_waves", DEFAULT_PREFETCH_WAVES) == DEFAULT_PREFETCH_WAVES
+    and not f.get("api_latency_ms")
 )
-"""The targets are the coordinator's as shipped; `bench.floor` runs, and a coordinator run with another
-`--max-held-polls` or `--prefetch-waves`, are shown beside them for comparison."""
+"""The targets are the coordinator's as shipped, against the emulator as it is; `bench.floor` runs, a
+coordinator run with another `--max-held-polls` or `--prefetch-waves`, and one with `--api-latency-ms`,
+are shown beside them for comparison."""
 AT_1000: Applies = lambda f: f.get("nodes") == 1000 and COORDINATOR(f)  # noqa: E731
 AT_5000: Applies = lambda f: f.get("nodes") == 5000 and COORDINATOR(f)  # noqa: E731
 TARGETS: dict[str, tuple[str, Applies, Check]] = {
@@ -115,6 +119,14 @@ are there to tell the coordinator's share from the rest:
   times it, the issue's words "a node verified -> the next lease granted": from the arrival of the last
   evidence of a node's upgrade to the storing of the lease granted in its slot
   (`k3s_upgrade_handoff_seconds`; its p50 and p99 are bounded by the histogram's buckets, `_at_most`).
+- the first wave: the nodes granted first go ahead together and, their work being equal, come back
+  within a few ms of each other (`first_wave_back_within_ms`), so the coordinator must hand off all of
+  their slots at once: `handoff_ms_first_wave_*` are those `concurrency` hand-offs,
+  `handoff_ms_p99_after_first_wave` the others' p99, `handoffs_over_50_ms(_in_first_wave)` how many took
+  longer than 50 ms. Later waves come back spread over the time the first one's hand-offs took.
+- `--api-latency-ms 2`: the 1,000-node rollout with the emulator waiting 2 ms before each request but a
+  watch, as an API server across a network would: the hand-off then costs the round trips a pass waits
+  for in turn.
 - `--prefetch-waves 0`: the 1,000-node rollout with nothing prefetched (a node downloads once granted,
   and is cordoned after its `staged` report): what prefetching changes.
 - `--max-held-polls 5000`: the 5,000-node rollout with every agent's long-poll held, as the coordinator
@@ -198,6 +210,9 @@ def against_floor(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, 
                     "coordinator_over_floor": round(real["total_s"] / floor["total_s"], 3),
                     "coordinator_adds_ms_per_wave": round(extra / waves * 1000, 1),
                     "floor_handoff_ms_p99": floor["handoff_ms_p99"],
+                    "floor_handoff_ms_first_wave_p50": floor.get("handoff_ms_first_wave_p50"),
+                    "floor_handoff_ms_first_wave_max": floor.get("handoff_ms_first_wave_max"),
+                    "floor_first_wave_back_within_ms": floor.get("first_wave_back_within_ms"),
                 }
                 if bare is not None:
                     machine, protocol = bare["total_s"] - bare["ideal_s"], floor["total_s"] - bare["total_s"]
@@ -219,7 +234,8 @@ def memory_floor(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, d
     polls = [f for _, f in results if f.get("benchmark") == "longpoll_memory" and "per_longpoll_kib" in f]
     out = []
     for _, real in results:
-        if real.get("benchmark") == "rollout" and real.get("coordinator_rss_mib_synced") and polls:
+        if (real.get("benchmark") == "rollout" and real.get("coordinator_rss_mib_synced") and polls
+                and not real.get("api_latency_ms")):
             limit = real.get("coordinator_max_held_polls") or real["nodes"]
             held = min(real["nodes"], limit) * polls[0]["per_longpoll_kib"] / 1024
             figures = {
@@ -255,7 +271,14 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Every run's total and hand-off latencies, in the order they ran."""
-    keys = ("total_s", "handoff_ms_p50", "handoff_ms_p99", "coordinator_handoff_ms_p99_at_most")
+    keys = (
+        "total_s",
+        "handoff_ms_p50",
+        "handoff_ms_p99",
+        "coordinator_handoff_ms_p99_at_most",
+        "handoffs_over_50_ms_in_first_wave",
+        "handoff_ms_p99_after_first_wave",
+    )
     return {"runs": len(runs), **{f"{key}_runs": [f.get(key) for f in runs] for key in keys}}
 
 

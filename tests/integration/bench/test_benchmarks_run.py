@@ -75,6 +75,11 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table(tmp_path: Path) -
     # Every node but the 5 of the last wave handed its slot on; the coordinator timed each hand-off.
     assert r["coordinator_handoffs"] == 20 - 5 and r["coordinator_handoff_ms_mean"] > 0
     assert r["coordinator_handoff_ms_p50_at_most"] <= r["coordinator_handoff_ms_p99_at_most"]
+    # The first wave's 5 hand-offs apart from the other 10.
+    assert 0 < r["handoff_ms_first_wave_p50"] <= r["handoff_ms_first_wave_max"] <= r["handoff_ms_max"]
+    assert 0 < r["handoff_ms_p99_after_first_wave"] <= r["handoff_ms_max"]
+    assert r["handoffs_over_50_ms_in_first_wave"] <= min(5, r["handoffs_over_50_ms"])
+    assert r["first_wave_back_within_ms"] >= 0 and r["api_latency_ms"] == 0
 
     # The rollouts ran twice each, alternated; the line of each is its run with the median total (of 2:
     # the shorter), and a `runs` row lists both.

@@ -1,9 +1,10 @@
 """`bench.__main__.against_floor`: each `--floor` rollout beside the coordinator's rollout of the same size.
 
-Aspects: only the coordinator as shipped is compared (a run with another `--max-held-polls` is not), per
-size; a floor or a rollout that did not finish is not compared; the per-wave figure is the difference
-of the totals over ceil(nodes / concurrency) waves; a bare floor of the same size splits the floor's
-total into the machine's share (over the ideal) and the protocol's (over the bare floor).
+Aspects: only the coordinator as shipped is compared (a run with another `--max-held-polls`, or against an
+API server with a latency, is not), per size, with the floor's first-wave hand-offs; a floor or a
+rollout that did not finish is not compared; the per-wave figure is the difference of the totals over
+ceil(nodes / concurrency) waves; a bare floor of the same size splits the floor's total into the
+machine's share (over the ideal) and the protocol's (over the bare floor).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from coordinator.config import DEFAULT_MAX_HELD_POLLS
 
 
 def rollout(nodes: int, total: float, *, floor: bool = False, held: int | None = None,
-            complete: bool = True, bare: bool = False) -> dict[str, Any]:
+            complete: bool = True, bare: bool = False, latency: float = 0.0) -> dict[str, Any]:
     concurrency = 50 if nodes == 1000 else 200
     floor = floor or bare
     return {
@@ -31,6 +32,10 @@ def rollout(nodes: int, total: float, *, floor: bool = False, held: int | None =
         "total_s": total,
         "total_over_ideal": round(total / (nodes / concurrency), 3),
         "handoff_ms_p99": 40.0 if floor else 60.0,
+        "handoff_ms_first_wave_p50": 30.0 if floor else 55.0,
+        "handoff_ms_first_wave_max": 41.0 if floor else 75.0,
+        "first_wave_back_within_ms": 20.0 if floor else 50.0,
+        "api_latency_ms": latency,
     }
 
 
@@ -38,6 +43,7 @@ def test_each_floor_is_compared_with_the_shipped_coordinator_of_its_size() -> No
     results = [
         ("c1000", rollout(1000, 22.0)),
         ("f1000", rollout(1000, 21.0, floor=True)),
+        ("c1000 2ms", rollout(1000, 25.0, latency=2.0)),
         ("c5000", rollout(5000, 34.0)),
         ("c5000 held all", rollout(5000, 36.0, held=5000)),
         ("f5000", rollout(5000, 29.5, floor=True)),
@@ -45,7 +51,10 @@ def test_each_floor_is_compared_with_the_shipped_coordinator_of_its_size() -> No
     rows = against_floor(results)
     assert [name for name, _ in rows] == ["rollout vs floor, 1000 nodes", "rollout vs floor, 5000 nodes"]
     small, large = rows[0][1], rows[1][1]
-    assert small["coordinator_adds_ms_per_wave"] == 50.0  # 1 s over 20 waves
+    assert small["coordinator_adds_ms_per_wave"] == 50.0  # 1 s over 20 waves (not the run with a latency)
+    assert small["floor_handoff_ms_first_wave_p50"] == 30.0
+    assert small["floor_handoff_ms_first_wave_max"] == 41.0
+    assert small["floor_first_wave_back_within_ms"] == 20.0
     assert large["coordinator_total_s"] == 34.0  # not the run holding every poll
     assert large["coordinator_adds_ms_per_wave"] == 180.0  # 4.5 s over 25 waves
     assert large["coordinator_over_floor"] == round(34.0 / 29.5, 3)
