@@ -65,8 +65,8 @@ class Metrics:
         self.reconciles = Counter("k3s_upgrade_reconciles", "Reconcile passes run", registry=r)
         self.reconcile_seconds = Histogram(
             "k3s_upgrade_reconcile_duration_seconds",
-            "Time one reconcile pass took, its writes included (a report that arrives during a pass waits "
-            "for the next one)",
+            "Time one reconcile pass took, its writes included but for the Plan statuses and Events written "
+            "after it (a report that arrives during a pass waits for the next one)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -79,6 +79,7 @@ from coordinator.pacing import Pacing, pace, plan_queues, turns
 from coordinator.plans import Drain, parse_duration
 from coordinator.resolver import Resolver
 from coordinator.skew import SkewPolicy
+from coordinator.status import STATUS_KEYS
 from coordinator.statuslane import StatusLane
 from coordinator.versions import is_version
 from wire.messages import (
@@ -457,7 +458,7 @@ class Runtime:
         self._announcing: set[asyncio.Task[bool]] = set()
         """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
         self._announce_gate = asyncio.Semaphore(ANNOUNCE_PARALLELISM)
-        self.statuses = StatusLane(self._perform_one, self._status_failed)
+        self.statuses = StatusLane(self._perform_one, self._status_failed, self._cached_status)
         """The Plan statuses the passes decided, written after them (`coordinator.statuslane`)."""
         self.pacing = Pacing()
         """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
@@ -498,16 +499,20 @@ class Runtime:
         self._wake.set()
 
     def _on_plan_event(self, kind: str, obj: Obj) -> None:
-        self.statuses.seen(str((obj.get("metadata") or {}).get("name")))
+        if kind == "DELETED":
+            self.statuses.forget(str((obj.get("metadata") or {}).get("name")))
         self._wake.set()
 
+    def _cached_status(self, plan: str) -> Mapping[str, Any]:
+        return (self.plans.cache.get(f"{self.settings.namespace}/{plan}") or {}).get("status") or {}
+
     def _status_failed(self, w: PlanStatusWrite, exc: Exception) -> None:
-        """A Plan status write failed: logged, and decided again (and so put back) a second later."""
+        """A Plan status write failed: logged (and shown in /status until one succeeds), and decided again
+        (and so put back) a second later."""
         if isinstance(exc, KubeError):
             log.warning("plan status not written, deciding again: %s", exc, extra={"plan": w.plan})
         else:
             log.error("plan status not written, deciding again", extra={"plan": w.plan}, exc_info=exc)
-        self.last_error = f"status of plan {w.plan} not written: {exc}"
         asyncio.get_running_loop().call_later(1.0, self.wake)
 
     def _on_node_event(self, kind: str, obj: Obj) -> None:
@@ -930,8 +935,10 @@ class Runtime:
                     unschedulable=w.unschedulable,
                 )
         elif isinstance(w, PlanStatusWrite):
-            old = (self.plans.cache.get(f"{ns}/{w.plan}") or {}).get("status") or {}
-            patch: dict[str, Any] = {k: None for k in old if k not in w.status}
+            # The whole status is ours: what the new one leaves out goes, whether the cache shows it yet or
+            # not (the echo of the lane's last write may still be on its way).
+            old = self._cached_status(w.plan)
+            patch: dict[str, Any] = {k: None for k in {*old, *STATUS_KEYS} if k not in w.status}
             patch.update(w.status)
             with self.metrics.api_write("plan_status"):
                 await self.cluster.patch_status(PLANS, ns, w.plan, patch)
@@ -1095,7 +1102,7 @@ class Runtime:
             "namespace": self.settings.namespace,
             "started_at": self.started_at.isoformat(),
             "ready": self.ready()[0],
-            "last_error": self.last_error,
+            "last_error": self.last_error or self.statuses.failure,
             "plans": plans,
             "agents": {
                 n: {

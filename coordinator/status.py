@@ -41,6 +41,10 @@ def _condition(cond: Cond, previous: Mapping[str, Any] | None, now: datetime) ->
     return out
 
 
+STATUS_KEYS = ("conditions", "latestVersion", "latestHash", "applying")
+"""The keys of `.status` that `plan_status` writes (each may be left out of a status it makes)."""
+
+
 def plan_status(
     previous: Mapping[str, Any],
     conditions: Sequence[Cond],

@@ -2,7 +2,10 @@
 
 Aspects: with the Plan's status patches left unanswered, its nodes are upgraded and labelled one after
 another (no pass waits for a status write, and only one is out at a time); once the API server answers,
-the status written is the latest one decided (`Complete`, every node's label), not each pass's in turn.
+the status written is the latest one decided (`Complete`, every node's label), not each pass's in turn;
+a status written before the echo of the one before it reached the cache still removes what it leaves
+out (`applying`); a status write that fails shows in /status (`last_error`) until one succeeds, and the
+status is written once the API server answers again.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from coordinator.kube.errors import KubeUnavailable
 from coordinator.kube.resources import PLANS
 from tests.integration.coordinator.harness import condition, coordinator, drive, plan_manifest
 
@@ -42,3 +46,72 @@ async def test_an_unanswered_status_patch_holds_up_no_hand_off(tmp_path: Path) -
         await drive(rig, [], complete, 10, "the Plan's status did not become Complete")
     assert rig.cluster.writes["status"] - writes <= 2  # the first one out, then the latest (not one per pass)
     assert all(nodes[n]["metadata"]["labels"][label] for n in names)
+
+
+async def test_a_status_written_before_the_last_ones_echo_drops_what_it_leaves_out(tmp_path: Path) -> None:
+    """The write naming the node `applying` is answered late, once the node is done; the `Complete` status
+    follows it before its echo reached the cache, and must remove `applying` all the same (not only once
+    a later pass sees the mix in the cache)."""
+    async with coordinator(tmp_path, [NEW], [("node-1", False, OLD)]) as rig:
+        cluster = rig.cluster
+        plain = cluster.patch_status
+        release, naming = asyncio.Event(), asyncio.Event()
+        stored_wrong: list[Any] = []
+
+        async def patch_status(res: Any, namespace: str, name: str, status: Any) -> Any:
+            if status.get("applying") and not naming.is_set():
+                naming.set()
+                await release.wait()
+                return await plain(res, namespace, name, status)
+            out = await plain(res, namespace, name, status)
+            if condition(out, "Complete").get("status") == "True" and "applying" in out["status"]:
+                stored_wrong.append(out["status"]["applying"])
+            if naming.is_set():
+                await asyncio.sleep(0.05)  # its echo reaches the cache before its answer reaches the lane
+            return out
+
+        cluster.patch_status = patch_status  # type: ignore[method-assign]
+        cluster.put(PLANS, plan_manifest("rollout", NEW))
+        def upgraded() -> bool:
+            labels = cluster.objects["nodes"]["node-1"]["metadata"].get("labels", {})
+            return naming.is_set() and "plan.upgrade.cattle.io/rollout" in labels
+
+        await drive(rig, rig.agents(["node-1"], OLD), upgraded, 30, "the node was not upgraded")
+        release.set()
+
+        def complete() -> bool:
+            plan = cluster.objects["plans"]["system-upgrade/rollout"]
+            done = condition(plan, "Complete").get("status") == "True"
+            return done and "applying" not in plan["status"]
+
+        await drive(rig, [], complete, 1.5, "the Plan's status did not become Complete without `applying`")
+    assert stored_wrong == []  # not even for a moment
+
+
+async def test_a_failing_status_write_shows_in_status_until_one_succeeds(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], [("node-1", False, OLD)]) as rig:
+        cluster = rig.cluster
+        plain = cluster.patch_status
+        refusing = True
+
+        async def patch_status(res: Any, namespace: str, name: str, status: Any) -> Any:
+            if refusing:
+                raise KubeUnavailable("patch plans/rollout/status: the API server is away")
+            return await plain(res, namespace, name, status)
+
+        cluster.patch_status = patch_status  # type: ignore[method-assign]
+        cluster.put(PLANS, plan_manifest("rollout", NEW))
+
+        def shown() -> bool:
+            return "status of plan rollout not written" in (rig.runtime.status()["last_error"] or "")
+
+        await drive(rig, [], shown, 10, "the failed status write was not shown")
+        await asyncio.sleep(1.5)  # passes that succeed meanwhile do not hide it
+        assert shown()
+        refusing = False
+
+        def written() -> bool:
+            plan = cluster.objects["plans"]["system-upgrade/rollout"]
+            return "latestHash" in plan.get("status", {}) and rig.runtime.status()["last_error"] is None
+
+        await drive(rig, [], written, 10, "the status was not written again once the API server answered")

@@ -2,28 +2,36 @@
 
 Aspects: statuses are written in the order their Plans were put, one write at a time; a newer status put
 while an older one of its Plan waits replaces it (the older one is never written), and keeps the Plan's
-place; a status equal to the one being written, or written and not seen in the cache since, is not written
-again, and is once the Plan's change is seen (but not a change seen while the write is out, which may be
-an older echo); a failed write is reported with its status and cause, the Plan's status may be put again,
-and the lane goes on with the other Plans; `close` waits at most its grace for a write that does not end,
-then cancels it and drops what waits.
+place; the same status is not written again while it is being written, nor for `ECHO_WAIT` after while
+the cache shows what it showed before that write, and is once the cache moved (an echo of an older write,
+someone else's write) or that time is over; a failed write is reported with its status and cause, kept
+as `failure` until a write succeeds, the Plan's status may be put again, and the lane goes on with the
+other Plans; a deleted Plan's waiting status is dropped; `close` writes nothing more, waits at most its
+grace for the write out, then cancels it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
+
+from coordinator import statuslane
 from coordinator.engine import PlanStatusWrite
 from coordinator.statuslane import StatusLane
 
 
 class Recorder:
-    """The lane's write: records each status, waits for `gate` while it is set to an Event."""
+    """The lane's write (records each status, stores it in `cache` unless `echo` is off, waits for `gate`
+    while it is set to an Event) and the Plan cache it reads."""
 
     def __init__(self) -> None:
         self.written: list[PlanStatusWrite] = []
         self.failed: list[tuple[PlanStatusWrite, Exception]] = []
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.echo = True
         self.gate: asyncio.Event | None = None
         self.fail: set[str] = set()
         self.writing = 0
@@ -39,11 +47,16 @@ class Recorder:
             if w.plan in self.fail:
                 raise RuntimeError(f"status of {w.plan} refused")
             self.written.append(w)
+            if self.echo:
+                self.cache[w.plan] = dict(w.status)
         finally:
             self.writing -= 1
 
     def lane(self) -> StatusLane:
-        return StatusLane(self.write, lambda w, exc: self.failed.append((w, exc)))
+        def failed(w: PlanStatusWrite, exc: Exception) -> None:
+            self.failed.append((w, exc))
+
+        return StatusLane(self.write, failed, lambda p: self.cache.get(p, {}))
 
 
 def status(plan: str, n: int) -> PlanStatusWrite:
@@ -73,23 +86,29 @@ async def test_the_latest_status_of_each_plan_is_written_in_order_one_at_a_time(
     assert rec.writing_max == 1
 
 
-async def test_a_status_being_written_or_not_seen_back_yet_is_not_written_again() -> None:
+async def test_a_status_is_not_written_again_before_its_echo(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder()
-    rec.gate = asyncio.Event()
+    rec.gate, rec.echo = asyncio.Event(), False
     lane = rec.lane()
     lane.put(status("p", 1))
     await asyncio.sleep(0.01)
     lane.put(status("p", 1))  # the same, being written
-    lane.seen("p")  # a change seen while it is out: maybe the echo of an older write
     rec.gate.set()
     await settle(lane)
-    lane.put(status("p", 1))  # written, its echo not seen yet: a pass decided it from the old cache
+    lane.put(status("p", 1))  # written, no echo yet: a pass decided it again from the old cache
     await settle(lane)
     assert rec.written == [status("p", 1)]
-    lane.seen("p")  # its echo (or someone else's write): the passes decide from the cache again
+    rec.cache["p"] = {"applying": ["node-0"]}  # someone else wrote (or an older write's echo came)
     lane.put(status("p", 1))
     await settle(lane)
-    assert rec.written == [status("p", 1), status("p", 1)]
+    assert rec.written == [status("p", 1)] * 2
+    lane.put(status("p", 1))  # the cache as it was before that write: no echo yet
+    await settle(lane)
+    assert len(rec.written) == 2
+    monkeypatch.setattr(statuslane, "ECHO_WAIT", 0.0)  # no echo in time: written again
+    lane.put(status("p", 1))
+    await settle(lane)
+    assert rec.written == [status("p", 1)] * 3
 
 
 async def test_a_failed_write_is_reported_and_the_lane_goes_on() -> None:
@@ -102,13 +121,30 @@ async def test_a_failed_write_is_reported_and_the_lane_goes_on() -> None:
     assert rec.written == [status("q", 1)]
     ((w, exc),) = rec.failed
     assert w == status("p", 1) and "status of p refused" in str(exc)
-    rec.fail = set()
-    lane.put(status("p", 1))  # decided again by a later pass: not taken for written
+    assert lane.failure is None  # q's write succeeded after it
+    lane.put(status("p", 2))
     await settle(lane)
-    assert rec.written == [status("q", 1), status("p", 1)]
+    assert lane.failure == "status of plan p not written: status of p refused"
+    rec.fail = set()
+    lane.put(status("p", 2))  # decided again by a later pass: not taken for written
+    await settle(lane)
+    assert rec.written == [status("q", 1), status("p", 2)] and lane.failure is None
 
 
-async def test_close_waits_its_grace_for_a_write_that_does_not_end_then_gives_up() -> None:
+async def test_a_deleted_plans_waiting_status_is_dropped() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    lane = rec.lane()
+    lane.put(status("q", 1))
+    await asyncio.sleep(0.01)
+    lane.put(status("p", 1))
+    lane.forget("p")
+    rec.gate.set()
+    await settle(lane)
+    assert rec.written == [status("q", 1)]
+
+
+async def test_close_writes_nothing_more_and_gives_up_a_write_that_does_not_end() -> None:
     rec = Recorder()
     rec.gate = asyncio.Event()  # never set
     lane = rec.lane()
@@ -126,3 +162,15 @@ async def test_close_waits_its_grace_for_a_write_that_does_not_end_then_gives_up
     lane.put(status("p", 1))  # (its write was cancelled: maybe never stored)
     await settle(lane)
     assert rec.written == [status("q", 2), status("p", 1)]
+
+
+async def test_close_lets_the_write_out_finish_but_not_those_waiting() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    lane = rec.lane()
+    lane.put(status("p", 1))
+    lane.put(status("q", 1))
+    await asyncio.sleep(0.01)
+    asyncio.get_running_loop().call_later(0.05, rec.gate.set)
+    await lane.close(2.0)
+    assert rec.written == [status("p", 1)]  # q's was decided in a term that is over
