@@ -522,10 +522,11 @@ class Runtime:
             self._arches[old.arch] -= 1
         if kind != "DELETED":
             view = node_view(obj)
-            if view != old:  # (an update to what a view leaves out keeps the view and when it was seen)
-                self._views.put(view)
-                self._view_seen_at[name] = time.monotonic()
             self._arches[view.arch] += 1
+            if view == old:  # an update to what a view leaves out (a heartbeat, the images): no pass
+                return
+            self._views.put(view)
+            self._view_seen_at[name] = time.monotonic()
         else:
             self._view_seen_at.pop(name, None)
         self._wake.set()
