@@ -459,6 +459,9 @@ class Runtime:
         """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
         self._announce_gate = asyncio.Semaphore(ANNOUNCE_PARALLELISM)
         self.statuses = StatusLane(self._perform_one, self._status_failed, self._cached_status)
+        self._plan_shapes: dict[str, tuple[dict[str, Any], Any]] = {}
+        """plan -> its metadata (but the resourceVersion) and spec as last seen: a status echo of ours that
+        comes with no other change wakes no pass."""
         """The Plan statuses the passes decided, written after them (`coordinator.statuslane`)."""
         self.pacing = Pacing()
         """Whose idle long-polls are held, and when the others poll again (`coordinator.pacing`)."""
@@ -499,8 +502,17 @@ class Runtime:
         self._wake.set()
 
     def _on_plan_event(self, kind: str, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
         if kind == "DELETED":
-            self.statuses.forget(str((obj.get("metadata") or {}).get("name")))
+            self.statuses.forget(name)
+            self._plan_shapes.pop(name, None)
+        else:
+            shape = ({k: v for k, v in meta.items() if k not in ("resourceVersion", "managedFields")},
+                     obj.get("spec"))
+            before, self._plan_shapes[name] = self._plan_shapes.get(name), shape
+            if kind == "MODIFIED" and shape == before and self.statuses.echo(name, obj.get("status")):
+                return  # the echo of our own status write: nothing a pass did not decide
         self._wake.set()
 
     def _cached_status(self, plan: str) -> Mapping[str, Any]:

@@ -85,6 +85,12 @@ class StatusLane:
             return True
         return time.monotonic() - sent.done_at < ECHO_WAIT and self._cached(w.plan) == sent.before
 
+    def echo(self, plan: str, status: object) -> bool:
+        """Whether `status`, seen on the Plan in a watch event, is the one this lane last wrote (or is
+        writing): the echo of its own write, which tells a pass nothing it did not decide."""
+        sent = self._sent.get(plan)
+        return sent is not None and sent.status == status
+
     def forget(self, plan: str) -> None:
         """The Plan was deleted: its statuses not out yet are dropped (a new Plan of that name starts
         afresh)."""

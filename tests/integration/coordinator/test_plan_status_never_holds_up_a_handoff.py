@@ -5,7 +5,8 @@ another (no pass waits for a status write, and only one is out at a time); once 
 the status written is the latest one decided (`Complete`, every node's label), not each pass's in turn;
 a status written before the echo of the one before it reached the cache still removes what it leaves
 out (`applying`); a status write that fails shows in /status (`last_error`) until one succeeds, and the
-status is written once the API server answers again.
+status is written once the API server answers again; the echo of its own status write wakes no pass, but
+the same status with a changed spec or annotation does, as does another status.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from coordinator import config
+from coordinator.engine import PlanStatusWrite
 from coordinator.kube.errors import KubeUnavailable
 from coordinator.kube.resources import PLANS
+from coordinator.metrics import Metrics
+from coordinator.reconciler import Runtime
 from tests.integration.coordinator.harness import condition, coordinator, drive, plan_manifest
+from tests.integration.coordinator.memory_cluster import MemoryCluster
 
 OLD, NEW = "v1.30.3+k3s1", "v1.30.4+k3s1"
 PLAN: dict[str, Any] = plan_manifest("rollout", NEW, cordon=True)
@@ -115,3 +121,34 @@ async def test_a_failing_status_write_shows_in_status_until_one_succeeds(tmp_pat
             return "latestHash" in plan.get("status", {}) and rig.runtime.status()["last_error"] is None
 
         await drive(rig, [], written, 10, "the status was not written again once the API server answered")
+
+
+async def test_the_echo_of_its_own_status_write_alone_wakes_no_pass() -> None:
+    settings = config.load(["--release-base-url", "http://127.0.0.1:9"], env={})
+    cluster = MemoryCluster({})
+    runtime = Runtime(cluster, settings, Metrics())
+    plan = cluster.put(PLANS, plan_manifest("rollout", NEW))
+    runtime._on_plan_event("ADDED", plan)
+    assert runtime._wake.is_set()
+    written = {"applying": ["node-1"], "latestHash": "h"}
+    runtime.statuses.put(PlanStatusWrite("rollout", written))
+    assert runtime.statuses._task is not None
+    await asyncio.wait_for(runtime.statuses._task, 5.0)
+    echo = cluster.objects["plans"]["system-upgrade/rollout"]
+    assert echo["status"] == written
+    runtime._wake.clear()
+    runtime._on_plan_event("MODIFIED", echo)
+    assert not runtime._wake.is_set()
+    for change in ("spec", "annotation", "status"):
+        other = copy.deepcopy(echo)
+        if change == "spec":
+            other["spec"]["concurrency"] = 2
+        elif change == "annotation":
+            other["metadata"].setdefault("annotations", {})["upgrade.cattle.io/failure-budget"] = "1"
+        else:
+            other["status"]["applying"] = []
+        runtime._on_plan_event("MODIFIED", other)
+        assert runtime._wake.is_set(), change
+        runtime._wake.clear()
+        runtime._on_plan_event("MODIFIED", echo)  # (back as it was: a change again, but for the status)
+        runtime._wake.clear()
