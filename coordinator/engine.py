@@ -707,18 +707,22 @@ class _Decider:
 
     def finish_released(self) -> None:
         """Patch the nodes whose finished record says `finishing` (the coordinator stopped or a write
-        failed between their release and their patch, `go_ahead`); until then, they take no lease."""
+        failed between their release and their patch, `place_releases`). Such a node takes no lease until
+        its Node view shows the patch done (its labels, and schedulable if the record still holds the
+        licence to uncordon): the record says `finishing` until then, as a node released by the last
+        leader is in no `World.labelled` of this one."""
         for name, record in self.base.finished.items():
             if not record.finishing:
                 continue
             node = self.nodes.get(name)
             patch = self.done_patch(record, node) if node is not None else None
-            done = replace(record, finishing=False)
             if patch is None:
+                done = replace(record, finishing=False, cordoned_by_us=False)
                 self.t, self.before = self.t.with_finished(done), self.before.with_finished(done)
                 continue
             self.effect(record.lease_id, patch)
-            self.t = self.t.with_finished(done)
+            if record.cordoned_by_us:  # spent once the patch is done
+                self.t = self.t.with_finished(replace(record, cordoned_by_us=False))
             self.busy.add(name)
 
     def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
@@ -847,19 +851,25 @@ class _Decider:
             self.mid = self.t
         for lease in cordoned:
             self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
-        if self.mid is None or not cordoned or not self.releasing:
-            self.effects.extend(self.releasing)  # before the release (and `mid`), as ever
+        for lease, drain in drains:  # after the cordon: evicted pods must not come back
+            self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
+        self.place_releases(bool(cordoned))
+
+    def place_releases(self, applying: bool) -> None:
+        """Where the patches of the nodes this decision releases go: before the write that releases them,
+        or, when a table write follows the cordons anyway (`applying`: a lease goes on to `applying`
+        there), in the round of the cordons. Then the nodes are released in `mid`, which grants their
+        slots, with their finished records `finishing` (one round of patches less before `apply`), and
+        those records are finished, the licence to uncordon spent, in the last write."""
+        if self.mid is None or not applying:
+            self.effects.extend(self.releasing)  # before the release, as ever
             return
-        # With a table write after the cordons anyway (`applying`): the nodes released in `mid`, which
-        # grants their slots, are stored `finishing` there, so that their patch goes in the same round as
-        # the cordons (one round of patches less before `apply`), and finished in the last write.
         for patch in self.releasing:
             assert isinstance(patch, NodePatch)
             record = self.t.finished[patch.node]
             self.mid = self.mid.with_finished(replace(record, finishing=True))
+            self.t = self.t.with_finished(replace(record, cordoned_by_us=False))
         self.effects_after.extend(self.releasing)
-        for lease, drain in drains:  # after the cordon: evicted pods must not come back
-            self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
 
     def prefetch_first(self, pi: PlanInput) -> None:
         """A plan that waits for its prepare plan: its first nodes download its binary meanwhile, so its

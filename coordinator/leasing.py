@@ -135,7 +135,7 @@ class Lease:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "leaseId": self.lease_id,
             "plan": self.plan,
             "node": self.node,
@@ -150,10 +150,12 @@ class Lease:
             "cause": self.cause,
             "announced": self.announced,
             "verifiedAt": self.verified_at.isoformat() if self.verified_at else None,
-            "finishing": self.finishing,
             "restartStableSeconds": self.restart_stable_seconds,
             "restartTimeoutSeconds": self.restart_timeout_seconds,
         }
+        if self.finishing:  # (rare: absent otherwise)
+            out["finishing"] = True
+        return out
 
     @cached_property
     def json_text(self) -> str:
