@@ -10,24 +10,18 @@ leases it moves, so a pass costs at most two lease-table writes (three, below):
 `before` holds every lease change that must be stored before its node is touched (`cordonedByUs` before
 we cordon, a phase change before the node is patched for it); the effects (Node patches, Events) touch
 different nodes and may run concurrently; `after` holds the changes that may only be stored once those
-effects happened (a lease is released only after its node was labelled and uncordoned, but for
-`finishing` below; `APPLYING` only after the cordon; `announced` only after the Events) plus every new
-grant (a grant may use a slot freed in `after`); `afterwards` are writes that describe the stored table
-(Plan status, grant Events) or must follow the cordon (`StartDrain`). A decision that grants nodes whose
-agents prefetched the binary makes them go ahead at once (`_Decider.go_ahead`), with one more table
-write and round of effects:
+effects happened (a lease is released only after its node was labelled and uncordoned; `APPLYING` only
+after the cordon; `announced` only after the Events) plus every new grant (a grant may use a slot freed
+in `after`); `afterwards` are writes that describe the stored table (Plan status, grant Events) or must
+follow the cordon (`StartDrain`). A decision that grants nodes whose agents prefetched the binary makes
+them go ahead at once (`_Decider.go_ahead`), with one more table write and round of effects:
 
     [TableWrite(before)]  effects...  [TableWrite(mid)]  cordons...  [TableWrite(after)]  afterwards...
 
 `mid` is `after` with those grants as `draining` (`cordonedByUs`), written before their cordon; the last
-write holds them `applying`. The nodes released in `mid` (whose slots it grants) are patched with the
-cordons, not before `mid`: their finished records say `finishing` there (the licence to label and uncordon
-them after a crash, `finish_released`) and no longer in the last write. So a hand-off costs one round of
-patches (the done labels and the cordons together) between two table writes.
-
-Agent reports not stored yet (`World.stored`) go with `before`, so a report is stored before the effects
-it causes, except a `restarted` report that verifies its node: that one is stored with the release
-(`after`, or `mid`). A lease takes at most one round of effects per pass. `StartDrain` is
+write holds them `applying`. Agent reports not stored yet (`World.stored`) go with `before`, so a
+report is stored before the effects it causes, except a `restarted` report that verifies its node: that
+one is stored with the release (`after`). A lease takes at most one round of effects per pass. `StartDrain` is
 repeated on every pass until `drains[lease_id]` holds its outcome: the runtime runs at most one drain per
 lease id.
 
@@ -381,17 +375,16 @@ def prune_finished(table: LeaseTable, agents: Mapping[str, AgentView], nodes: Co
     kept while its node exists and its agent is unknown (e.g. after a coordinator restart), last polled
     before the lease was granted (it was idle then, but has taken the lease since: reports do not update
     `agents`, and a lease can go from grant to release without another poll), or still says it is on
-    that lease; once the agent is idle or on another lease, the entry is dropped. An entry that says
-    `finishing` is kept until its node was patched (`_Decider.finish_released`).
+    that lease; once the agent is idle or on another lease, the entry is dropped.
     """
     keep = {}
     for node, done in table.finished.items():
         view = agents.get(node)
-        if done.finishing or (node in nodes and (
+        if node in nodes and (
             view is None
             or view.at < done.granted_at
             or (view.state.lease_id == done.lease_id and view.state.phase is not AgentPhase.IDLE)
-        )):
+        ):
             keep[node] = done
     return table if len(keep) == len(table.finished) else replace(table, finished=keep)
 
@@ -447,10 +440,6 @@ class _Decider:
         self.mid: LeaseTable | None = None
         """The table with those grants as `draining`, written before their cordon (`effects_after`)."""
         self.effects_after: list[Write] = []
-        self.releasing: list[Write] = []
-        """The patches that label (and uncordon) the nodes this decision releases (`finish`)."""
-        self.busy: set[str] = set()
-        """Nodes released before this decision whose patch it makes again (`finish_released`)."""
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -668,62 +657,31 @@ class _Decider:
         if lease.phase is LeasePhase.VERIFIED:
             self.finish(lease, node)
 
-    def done_patch(self, lease: Lease, node: NodeView) -> NodePatch | None:
-        """The patch that labels `node` done for `lease` (and uncordons it if we cordoned it), or None."""
+    def finish(self, lease: Lease, node: NodeView) -> None:
         pi = self.plans.get(lease.plan)
         labels: dict[str, str | None] = {plan_label(lease.plan): lease.plan_hash}
+        delay = 0.0
         if pi is not None and pi.plan is not None and pi.hash == lease.plan_hash:
             for k, v in (pi.plan.spec.post_complete_labels or {}).items():
                 labels[k] = _substitute(v, lease.target_version, lease.plan_hash)
-        uncordon = lease.cordoned_by_us and self.is_unschedulable(node)
-        if uncordon:
-            self.uncordoned.add(node.name)
-        elif all(node.labels.get(k) == v for k, v in labels.items()):
-            return None
-        return NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None)
-
-    def finish(self, lease: Lease, node: NodeView) -> None:
-        pi = self.plans.get(lease.plan)
-        delay = 0.0
-        if pi is not None and pi.plan is not None and pi.hash == lease.plan_hash:
             delay = pi.plan.post_complete_delay_seconds
+        unlabelled = any(node.labels.get(k) != v for k, v in labels.items())
+        uncordon = lease.cordoned_by_us and self.is_unschedulable(node)
         verified = lease.verified_at or lease.updated_at
         release = self.w.now >= verified + timedelta(seconds=delay)
-        patch = self.done_patch(lease, node)
-        if patch is not None:
+        if unlabelled or uncordon:
+            patch = NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None)
+            self.effect(lease.lease_id, patch)
+            if uncordon:
+                self.uncordoned.add(node.name)
             # An announcement: after the table write, so the next grant does not wait for it.
             msg = f"plan {lease.plan}: node {node.name} verified on {lease.target_version}"
             self.announce("Node", node.name, "Upgraded", msg)
-            if release:  # its patch goes with the cordons of the grants in its slot, or before (`go_ahead`)
-                self.store_after_effects(lease.lease_id)
-                self.releasing.append(patch)
-            else:
-                self.effect(lease.lease_id, patch)
-                if lease.cordoned_by_us:
-                    self.update(lease, cordoned_by_us=False)
-        if release:  # stored after the patch: the slot is free for a grant of this same pass
+            if not release and lease.cordoned_by_us:
+                self.update(lease, cordoned_by_us=False)
+        if release:  # stored after the patch above: the slot is free for a grant of this same pass
             self.remove(lease.lease_id, finished=True)
             self.released[node.name] = lease
-
-    def finish_released(self) -> None:
-        """Patch the nodes whose finished record says `finishing` (the coordinator stopped or a write
-        failed between their release and their patch, `place_releases`). Such a node takes no lease until
-        its Node view shows the patch done (its labels, and schedulable if the record still holds the
-        licence to uncordon): the record says `finishing` until then, as a node released by the last
-        leader is in no `World.labelled` of this one."""
-        for name, record in self.base.finished.items():
-            if not record.finishing:
-                continue
-            node = self.nodes.get(name)
-            patch = self.done_patch(record, node) if node is not None else None
-            if patch is None:
-                done = replace(record, finishing=False, cordoned_by_us=False)
-                self.t, self.before = self.t.with_finished(done), self.before.with_finished(done)
-                continue
-            self.effect(record.lease_id, patch)
-            if record.cordoned_by_us:  # spent once the patch is done
-                self.t = self.t.with_finished(replace(record, cordoned_by_us=False))
-            self.busy.add(name)
 
     def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
         """Grant what the plan may; returns (messages about blocked nodes, why the plan waits or None)."""
@@ -758,7 +716,7 @@ class _Decider:
         blocked: list[str] = []
         skew = checker(pi.version, self.server_versions(), w.settings.skew)
         # Failed, released by this very pass, or holding a lease: not a candidate.
-        busy = {le.node for le in failures} | self.released.keys() | self.busy
+        busy = {le.node for le in failures} | self.released.keys()
         busy.update(self.t.active_nodes())
         alive_since = w.now - timedelta(seconds=w.settings.agent_heartbeat)
         agents, listening, artifacts = w.agents, w.listening, pi.artifacts
@@ -853,23 +811,6 @@ class _Decider:
             self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
         for lease, drain in drains:  # after the cordon: evicted pods must not come back
             self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
-        self.place_releases(bool(cordoned))
-
-    def place_releases(self, applying: bool) -> None:
-        """Where the patches of the nodes this decision releases go: before the write that releases them,
-        or, when a table write follows the cordons anyway (`applying`: a lease goes on to `applying`
-        there), in the round of the cordons. Then the nodes are released in `mid`, which grants their
-        slots, with their finished records `finishing` (one round of patches less before `apply`), and
-        those records are finished, the licence to uncordon spent, in the last write."""
-        if self.mid is None or not applying:
-            self.effects.extend(self.releasing)  # before the release, as ever
-            return
-        for patch in self.releasing:
-            assert isinstance(patch, NodePatch)
-            record = self.t.finished[patch.node]
-            self.mid = self.mid.with_finished(replace(record, finishing=True))
-            self.t = self.t.with_finished(replace(record, cordoned_by_us=False))
-        self.effects_after.extend(self.releasing)
 
     def prefetch_first(self, pi: PlanInput) -> None:
         """A plan that waits for its prepare plan: its first nodes download its binary meanwhile, so its
@@ -965,7 +906,6 @@ def decide(world: World) -> Decision:
     """Everything the coordinator should write now, in order. Pure."""
     d = _Decider(world)
     d.retries()
-    d.finish_released()
     for lease_id in sorted(le.lease_id for le in world.table.leases):
         d.advance(lease_id)
     outcome: dict[str, tuple[list[str], str | None]] = {}

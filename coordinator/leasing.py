@@ -110,11 +110,6 @@ class Lease:
     announced: bool = False
     """The failure was published as Events (so it is published once)."""
     verified_at: datetime | None = None
-    finishing: bool = False
-    """Set on a finished record (`LeaseTable.finished`) whose lease was released before its node was
-    labelled (and uncordoned, if `cordoned_by_us`): in the write that grants its slot to a node that goes
-    ahead at once, so that its patch goes in the same round as that node's cordon. The record is the
-    licence to do that patch after a crash, and its node takes no lease until it is done."""
     restart_stable_seconds: float = 10.0
     restart_timeout_seconds: float = 120.0
 
@@ -135,7 +130,7 @@ class Lease:
         )
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        return {
             "leaseId": self.lease_id,
             "plan": self.plan,
             "node": self.node,
@@ -153,9 +148,6 @@ class Lease:
             "restartStableSeconds": self.restart_stable_seconds,
             "restartTimeoutSeconds": self.restart_timeout_seconds,
         }
-        if self.finishing:  # (rare: absent otherwise)
-            out["finishing"] = True
-        return out
 
     @cached_property
     def json_text(self) -> str:
@@ -180,7 +172,6 @@ class Lease:
             cause=str(d.get("cause", "")),
             announced=bool(d.get("announced", False)),
             verified_at=datetime.fromisoformat(verified) if verified else None,
-            finishing=bool(d.get("finishing", False)),
             restart_stable_seconds=float(d.get("restartStableSeconds", 10.0)),
             restart_timeout_seconds=float(d.get("restartTimeoutSeconds", 120.0)),
         )
@@ -260,10 +251,6 @@ class LeaseTable:
         if finished and gone is not None:
             done[gone.node] = gone
         return LeaseTable(leases=leases, finished=done)
-
-    def with_finished(self, record: Lease) -> LeaseTable:
-        """The table with `record` as its node's finished record."""
-        return LeaseTable(leases=self.leases, finished={**self.finished, record.node: record})
 
     def to_json(self) -> str:
         """`json.dumps({"leases": [...], "finished": {...}}, sort_keys=True)`, put together from each

@@ -141,9 +141,6 @@ class Sim:
                 if k.startswith("plan.upgrade.cattle.io/") and v is not None and node.labels.get(k) != v:
                     lease = next((le for le in self.table.leases if le.node == node.name
                                   and plan_label(le.plan) == k), None)
-                    done = self.table.finished.get(node.name)
-                    if lease is None and done is not None and done.finishing and plan_label(done.plan) == k:
-                        lease = done  # released in the write before its patch (`_Decider.go_ahead`)
                     target = lease.target_version if lease else None
                     if target is None or target not in node.seen_ready_on:
                         raise InvariantBroken(f"{node.name} labelled {k}={v} without being seen Ready on "

@@ -110,9 +110,7 @@ def play(sim: Sim, act: tuple[Any, ...]) -> None:
         sim.nodes[act[1]].healthy_upgrades = act[2]
     elif kind == "admin_cordon" and act[1] in sim.nodes:
         node = sim.nodes[act[1]]
-        record = sim.table.finished.get(node.name)  # (a `finishing` one may still uncordon it)
-        if not any(le.node == node.name for le in sim.table.leases) and not node.we_cordoned and not (
-                record is not None and record.finishing):
+        if not any(le.node == node.name for le in sim.table.leases) and not node.we_cordoned:
             node.unschedulable = act[2]
 
 
