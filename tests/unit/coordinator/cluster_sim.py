@@ -156,6 +156,7 @@ class Sim:
                     node.annotations[k] = v
             if w.unschedulable is True and not node.unschedulable:
                 node.unschedulable, node.we_cordoned = True, True
+                self.check_cordons(node.name)
             elif w.unschedulable is False and node.unschedulable:
                 if not node.we_cordoned:
                     raise InvariantBroken(f"{node.name} uncordoned although we did not cordon it")
@@ -185,6 +186,19 @@ class Sim:
             sel = [n for n in world.nodes if _selected(self.plans[other], n.labels)]
             if pi.hash is None or any(n.labels.get(plan_label(other)) != pi.hash for n in sel):
                 raise InvariantBroken(f"{node} granted for {plan} before {other} was complete")
+
+    def check_cordons(self, name: str) -> None:
+        """Per plan, never more nodes cordoned by us than its concurrency, even for the length of one round
+        of patches (a node we cordoned and hold no lease of counts against every plan)."""
+        lease = next((le for le in self.table.leases if le.node == name and le.active), None)
+        if lease is None:
+            raise InvariantBroken(f"{name} cordoned without an active lease")
+        plans = {n: {le.plan for le in self.table.leases if le.node == n} for n in self.nodes}
+        ours = sorted(n for n, node in self.nodes.items()
+                      if node.we_cordoned and (lease.plan in plans[n] or not plans[n]))
+        limit = max(int(self.plans[lease.plan]["spec"].get("concurrency", 1)), 1)
+        if len(ours) > limit:
+            raise InvariantBroken(f"plan {lease.plan}: {ours} cordoned at once, concurrency {limit}")
 
     def check_table(self) -> None:
         for name, p in self.plans.items():

@@ -136,6 +136,27 @@ def test_a_released_slot_is_granted_in_the_same_pass(waves: int) -> None:
     raise AssertionError("no hand-off seen in 20 passes")
 
 
+def test_nodes_that_go_ahead_at_once_start_their_drain_in_that_pass() -> None:
+    sim = Sim(cluster(3), [plan(1, drain=True)], EngineSettings(agent_heartbeat=30, verify=60,
+                                                                 prefetch_waves=1))
+    for _ in range(20):  # up to the pass that releases a node and lets the next, which prefetched, go ahead
+        world = sim.world()
+        restarted = [le for le in world.table.leases if le.phase is LeasePhase.RESTARTED]
+        if restarted and any(n.prefetched for n in sim.nodes.values()):
+            break
+        sim.step()
+        for name in sim.nodes:
+            sim.agent_poll(name)
+        sim.tick(1)
+    else:
+        raise AssertionError("no hand-off seen in 20 passes")
+    writes = decide(world).writes
+    last = [w for w in writes if isinstance(w, TableWrite)][-1]
+    (new,) = [le for le in last.table.leases if le.node != restarted[0].node]
+    assert new.phase is LeasePhase.DRAINING and new.cordoned_by_us
+    assert [w.node for w in writes if isinstance(w, StartDrain)] == [new.node]
+
+
 def test_one_grant_event_per_plan_and_pass_naming_the_nodes() -> None:
     sim = Sim(cluster(30), [plan(10)])
     for name in sim.nodes:

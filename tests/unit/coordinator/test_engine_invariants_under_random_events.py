@@ -10,6 +10,7 @@ The simulator (cluster_sim) checks on every write:
   * a node is labelled only after it was seen Ready on the target kubelet version (also when a bad
     release restarts "successfully" on the old version);
   * a node is uncordoned only if we cordoned it;
+  * per plan, never more nodes cordoned by us than its concurrency, not even within one round of patches;
   * an exclusive plan never overlaps another plan.
 After the random history, a calm period (everything healthy) lets every plan complete.
 """
