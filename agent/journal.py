@@ -10,12 +10,15 @@ k3s look new (`on_this_boot`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from wire.messages import AgentPhase, LeaseAssignment
+
+log = logging.getLogger(__name__)
 
 
 class JournalEntry(BaseModel):
@@ -87,6 +90,48 @@ class Journal:
 
     def save(self, entry: JournalEntry) -> None:
         write_durably(self.path, entry.model_dump_json())
+
+    def clear(self) -> None:
+        remove_durably(self.path)
+
+
+class RunningK3s(BaseModel):
+    """The k3s the agent last saw start from a binary it swapped in, and that binary's checksum.
+
+    While this very process (pid and start time, on this boot) runs, k3s runs that binary: a lease whose
+    target it is (a Plan changed, but not its version) needs no restart, as k3s-upgrade skips one when
+    the binary in place is the new one already (`Upgrader.apply`). Any other process, even one started
+    from the same file since, is restarted as for any lease: nothing else tells what it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    binary: str
+    sha256: str
+    pid: int
+    create_time: float
+    """Seconds since boot `boot_id` when it started (`process_clock`)."""
+    boot_id: str
+
+
+class RunningRecord:
+    """`RunningK3s` on disk, next to the journal. It is removed before every swap or restore begins."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "running.json"
+
+    def load(self) -> RunningK3s | None:
+        """The record; None when there is none, or when it is unreadable (logged: then k3s is restarted,
+        the safe side)."""
+        try:
+            return RunningK3s.model_validate_json(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("record of the running k3s %s is unreadable, ignored: %s", self.path, exc)
+            return None
+
+    def save(self, record: RunningK3s) -> None:
+        write_durably(self.path, record.model_dump_json())
 
     def clear(self) -> None:
         remove_durably(self.path)

@@ -45,7 +45,7 @@ from agent.install import (
     staging_paths,
     swap_in,
 )
-from agent.journal import Journal, JournalEntry, on_this_boot
+from agent.journal import Journal, JournalEntry, RunningK3s, RunningRecord, on_this_boot
 from agent.prefetch import Prefetcher
 from agent.restart import TICK, RestartFailed, restart, wait_for_new_process
 from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssignment, Report
@@ -68,6 +68,8 @@ class Upgrader:
         self.config = config
         self.client = client
         self.journal = Journal(config.state_dir)
+        self.running = RunningRecord(config.state_dir)
+        """The k3s this agent saw start from the binary it swapped in (`RunningK3s`)."""
         self.boot_id = boot_id()
         loaded = self.journal.load()
         self.entry: JournalEntry | None = (
@@ -322,6 +324,7 @@ class Upgrader:
         retried, or while the agent was down before a resume) started after it and still runs the old file.
         """
         running = await self.observe()
+        self.running.clear()  # (before the binary in place changes)
         entry = entry.model_copy(update={
             "swap_started_at": process_clock(),
             "old_process": (running.pid, running.create_time) if running else None,
@@ -361,8 +364,10 @@ class Upgrader:
         elif live != lease.artifact.sha256:
             await self._fail(entry, f"{binary} has an unexpected checksum {live}; not touching it")
             return
-        elif entry.swap_started_at is None:  # the target was live already: a k3s started from now runs it
-            entry = await self._mark_swap(entry)
+        elif entry.swap_started_at is None:  # the target was live already
+            if await self._runs_target(entry):
+                return
+            entry = await self._mark_swap(entry)  # a k3s started from now runs it
         assert entry.swap_started_at is not None
         proc = await self.observe()
         if proc is None or proc.create_time < entry.swap_started_at - TICK or (
@@ -386,13 +391,40 @@ class Upgrader:
             await self.rollback(f"{binary} reports {version} after the swap, expected {lease.target_version}")
             return
         self.k3s_version = version
+        self.running.save(RunningK3s(binary=str(binary), sha256=lease.artifact.sha256, pid=new.pid,
+                                     create_time=new.create_time, boot_id=self.boot_id))
         self._save(entry.model_copy(update={"phase": AgentPhase.RESTARTED, "observed_version": version}))
         log.info("k3s %s runs as pid %d", version, new.pid)
         await self.report(AgentPhase.RESTARTED, version=version, detail=f"pid {new.pid}")
 
+    async def _runs_target(self, entry: JournalEntry) -> bool:
+        """When the binary in place is the lease's target already: if the k3s running is the one this agent
+        saw start from it (`RunningK3s`), report `restarted` without a restart and say True."""
+        lease, binary = entry.lease, Path(entry.binary)
+        record, proc = self.running.load(), await self.observe()
+        if record is None or proc is None or not (
+                record.boot_id == self.boot_id and record.sha256 == lease.artifact.sha256
+                and record.binary == str(binary) and record.pid == proc.pid
+                and abs(record.create_time - proc.create_time) < TICK):
+            return False
+        try:
+            version = await binary_version(binary)
+        except (ValueError, OSError) as exc:
+            log.warning("%s --version failed, restarting k3s as for any lease: %s", binary, exc)
+            return False
+        if version != lease.target_version:
+            return False
+        self.k3s_version = version
+        self._save(entry.model_copy(update={"phase": AgentPhase.RESTARTED, "observed_version": version}))
+        detail = f"k3s {version} already runs as pid {proc.pid}, started from this binary: not restarted"
+        log.info("lease %s: %s", lease.lease_id, detail)
+        await self.report(AgentPhase.RESTARTED, version=version, detail=detail)
+        return True
+
     async def rollback(self, cause: str) -> None:
         entry = self.entry
         assert entry is not None
+        self.running.clear()  # (before the binary in place changes, or k3s is restarted)
         binary = Path(entry.binary)
         if entry.phase != AgentPhase.ROLLING_BACK:
             entry = entry.model_copy(update={"phase": AgentPhase.ROLLING_BACK, "error": cause,
