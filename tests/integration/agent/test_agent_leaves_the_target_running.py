@@ -20,7 +20,8 @@ from wire.messages import Action, AgentPhase, Report
 
 async def _lease_through(coordinator: ScriptedCoordinator, agent: AgentProcess, lease_id: str,
                          releases) -> Report:
-    """Stage, apply and finish a lease to NEW (the scripted coordinator answers each step); its `restarted`."""
+    """Stage, apply and finish a lease to NEW (the scripted coordinator answers each step): its `restarted`.
+    """
     coordinator.reports.clear()
     coordinator.instruct(Action.STAGE, make_lease(releases, lease_id=lease_id))
     restarted = await coordinator.wait_report(AgentPhase.RESTARTED)
