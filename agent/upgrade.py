@@ -391,8 +391,12 @@ class Upgrader:
             await self.rollback(f"{binary} reports {version} after the swap, expected {lease.target_version}")
             return
         self.k3s_version = version
-        self.running.save(RunningK3s(binary=str(binary), sha256=lease.artifact.sha256, pid=new.pid,
-                                     create_time=new.create_time, boot_id=self.boot_id))
+        if not new.wrapper:  # (a wrapper seen before its k3s child runs no binary of its own)
+            try:
+                self.running.save(RunningK3s(binary=str(binary), sha256=lease.artifact.sha256, pid=new.pid,
+                                             create_time=new.create_time, boot_id=self.boot_id))
+            except OSError as exc:  # only the next lease to this binary's skip of a restart is lost
+                log.warning("recording the running k3s in %s failed: %s", self.running.path, exc)
         self._save(entry.model_copy(update={"phase": AgentPhase.RESTARTED, "observed_version": version}))
         log.info("k3s %s runs as pid %d", version, new.pid)
         await self.report(AgentPhase.RESTARTED, version=version, detail=f"pid {new.pid}")
@@ -402,7 +406,7 @@ class Upgrader:
         saw start from it (`RunningK3s`), report `restarted` without a restart and say True."""
         lease, binary = entry.lease, Path(entry.binary)
         record, proc = self.running.load(), await self.observe()
-        if record is None or proc is None or not (
+        if record is None or proc is None or proc.wrapper or not (
                 record.boot_id == self.boot_id and record.sha256 == lease.artifact.sha256
                 and record.binary == str(binary) and record.pid == proc.pid
                 and abs(record.create_time - proc.create_time) < TICK):

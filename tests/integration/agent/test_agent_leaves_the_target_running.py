@@ -2,8 +2,8 @@
 
 Aspects: after an upgrade, a second lease to the same binary is `restarted` at once, with the k3s that
 this agent saw start from that binary still running (as k3s-upgrade exits without killing k3s when the
-binary in place is the new one); a k3s that restarted on its own since, or a record from a restore, is
-restarted as for any lease (nothing else tells which file it runs); an unreadable record counts as none.
+binary in place is the new one); a k3s that restarted on its own since is restarted as for any lease
+(nothing else tells which file it runs); an unreadable record counts as none.
 """
 
 from __future__ import annotations
