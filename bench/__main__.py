@@ -124,6 +124,11 @@ are there to tell the coordinator's share from the rest:
   their slots at once: `handoff_ms_first_wave_*` are those `concurrency` hand-offs,
   `handoff_ms_p99_after_first_wave` the others' p99, `handoffs_over_50_ms(_in_first_wave)` how many took
   longer than 50 ms. Later waves come back spread over the time the first one's hand-offs took.
+  `first_wave_cpu_ms` is what each process spent from the first node of that wave back to the end of its
+  last hand-off (`first_wave_window_ms`), read from the scheduler's own account at those two moments;
+  `first_wave_coordinator_busy` the coordinator's share of its one thread (1.0: never idle),
+  `first_wave_coordinator_cpu_ms_per_handoff` its CPU per hand-off of the wave, `first_wave_cores_busy`
+  all three processes' share of the machine's cores.
 - `--api-latency-ms 2`: the 1,000-node rollout with the emulator waiting 2 ms before each request but a
   watch, as an API server across a network would: the hand-off then costs the round trips a pass waits
   for in turn.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,30 @@ class Timeline:
     expected: int = 0
     """`all_finished` is set once this many nodes have received `finish`."""
     all_finished: asyncio.Event = field(default_factory=asyncio.Event)
+    wave: int = 0
+    """The plan's concurrency: the first wave is the first `wave` nodes back, and its hand-offs are over
+    once `2 * wave` nodes have received their first instruction."""
+    probe: Callable[[], dict[str, float | None]] | None = None
+    """Called when the first wave's first node is back and when its last hand-off is over (the CPU
+    seconds of each process, say); what it returns is kept in `probes`."""
+    probes: dict[str, tuple[float, dict[str, float | None]]] = field(default_factory=dict)
+    """`first_wave_back` and `first_wave_handed_off`: (monotonic time, what `probe` returned)."""
+
+    def _probe(self, moment: str) -> None:
+        if self.probe is not None and moment not in self.probes:
+            self.probes[moment] = (time.monotonic(), self.probe())
+
+    def stage(self, node: str, now: float) -> None:
+        """`node` received the first instruction of its lease at `now`."""
+        self.staged.setdefault(node, now)
+        if self.wave and len(self.staged) == 2 * self.wave:
+            self._probe("first_wave_handed_off")
+
+    def restart(self, node: str) -> None:
+        """`node` is back on the target (its `restarted` report goes out now)."""
+        self.restarted.setdefault(node, time.monotonic())
+        if len(self.restarted) == 1:
+            self._probe("first_wave_back")
 
     def finish(self, node: str) -> None:
         self.finished.setdefault(node, time.monotonic())
@@ -209,7 +233,7 @@ class SimNode:
         await asyncio.sleep(self.work)
         self.version = target
         await self.api.set_node(self.name, target)
-        self.timeline.restarted.setdefault(self.name, time.monotonic())
+        self.timeline.restart(self.name)
         return await self._report(AgentPhase.RESTARTED)
 
     async def _obey(self, ins: Instruction) -> Instruction | None:
@@ -217,12 +241,12 @@ class SimNode:
         lease = ins.lease
         answer = None
         if ins.action is Action.STAGE and lease is not None:
-            self.timeline.staged.setdefault(self.name, time.monotonic())
+            self.timeline.stage(self.name, time.monotonic())
             self.lease_id, self.prefetched = lease.lease_id, None
             answer = await self._report(AgentPhase.STAGED)
         elif ins.action is Action.APPLY and lease is not None and self.phase is AgentPhase.IDLE:
             now = time.monotonic()  # granted `staged` from its prefetch (or bare): the grant and the go-ahead
-            self.timeline.staged.setdefault(self.name, now)
+            self.timeline.stage(self.name, now)
             self.timeline.applied.setdefault(self.name, now)
             self.lease_id, self.prefetched, self.phase = lease.lease_id, None, AgentPhase.APPLYING
             answer = await self._work_then_report(lease.target_version)

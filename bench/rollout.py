@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,7 +72,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.client import CoordinatorClient
 from bench.nodesim import ApiClient, SimNode, Timeline, register
-from bench.processes import stop_process
+from bench.processes import cpu_seconds, stop_process
 from coordinator import gc_tuning
 from coordinator.config import DEFAULT_MAX_HELD_POLLS, DEFAULT_PREFETCH_WAVES
 from sandbox.apiserver import ApiServer, LoggedRequest, write_kubeconfig
@@ -360,6 +361,33 @@ def handoffs(after: list[float], grants: list[float], concurrency: int) -> list[
     return [(gi - ai) * 1000 for ai, gi in zip(a, g, strict=False)]
 
 
+def first_wave_cpu(
+    probes: Mapping[str, tuple[float, Mapping[str, float | None]]], concurrency: int, cores: int
+) -> dict[str, Any]:
+    """What each process spent on the first wave's hand-offs: CPU ms from its first node back to its last
+    hand-off over (`Timeline.probes`), the coordinator's per hand-off and as a share of one core (it runs
+    on one thread), and the share of the machine's cores all three kept busy. None where a probe is
+    missing (fewer nodes than two waves) or a process's CPU time could not be read."""
+    back, over = probes.get("first_wave_back"), probes.get("first_wave_handed_off")
+    if back is None or over is None or over[0] <= back[0]:
+        return {"first_wave_window_ms": None, "first_wave_cpu_ms": None,
+                "first_wave_coordinator_cpu_ms_per_handoff": None, "first_wave_coordinator_busy": None,
+                "first_wave_cores_busy": None}
+    window = over[0] - back[0]
+    spent = {k: None if v is None or over[1].get(k) is None else over[1][k] - v for k, v in back[1].items()}
+    coordinator = spent.get("coordinator")
+    known = [v for v in spent.values() if v is not None]
+    return {
+        "first_wave_window_ms": round(window * 1000, 1),
+        "first_wave_cpu_ms": {k: None if v is None else round(v * 1000, 1) for k, v in spent.items()},
+        "first_wave_coordinator_cpu_ms_per_handoff": (
+            None if coordinator is None else round(coordinator * 1000 / concurrency, 2)
+        ),
+        "first_wave_coordinator_busy": None if coordinator is None else round(coordinator / window, 2),
+        "first_wave_cores_busy": round(sum(known) / window / cores, 2) if len(known) == len(spent) else None,
+    }
+
+
 def first_wave(handoffs_ms: list[float], restarted: list[float], concurrency: int) -> dict[str, Any]:
     """Where the slow hand-offs are: those of the first wave (the first `concurrency` slots freed, by
     nodes that went ahead together and come back within a few ms: the one burst a rollout of equal
@@ -444,7 +472,10 @@ async def rollout(
                 await until_ready(session, url)
             await asyncio.sleep(0.5)
             rss_synced = rss_mib(proc.pid)
-            timeline = Timeline(expected=nodes)
+            pids = {"coordinator": proc.pid, "apiserver": api_proc.proc.pid, "nodesim": os.getpid()}
+            timeline = Timeline(
+                expected=nodes, wave=concurrency, probe=lambda: {k: cpu_seconds(p) for k, p in pids.items()}
+            )
             token_dir = tmp / "tokens"
             token_dir.mkdir(exist_ok=True)
             sims = []
@@ -543,6 +574,7 @@ async def rollout(
         "handoff_from_finish_ms_p99": percentile(from_finish, 0.99),
         "handoff_ms_mean": mean_ms(from_restarted),
         **first_wave(from_restarted, list(timeline.restarted.values()), concurrency),
+        **first_wave_cpu(timeline.probes, concurrency, psutil.cpu_count() or 1),
         "grant_to_apply_ms_mean": mean_ms(go_ahead),
         "apply_to_restarted_ms_mean_beyond_work": mean_ms(beyond_work),
         "grant_to_apply_ms_p50": percentile(go_ahead, 0.5),
