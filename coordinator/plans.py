@@ -56,7 +56,9 @@ class Container(_M):
 
 
 class Drain(_M):
-    timeout: str | None = None
+    timeout: str | int | None = None
+    """As SUC takes it (an IntOrString since its v0.17): a duration string (`5m`), or an int counting
+    nanoseconds (SUC before v0.17 took only that, a Go `time.Duration`). See `drain_timeout`."""
     grace_period: int | None = Field(default=None, alias="gracePeriod")
     delete_local_data: bool | None = Field(default=None, alias="deleteLocalData")
     delete_emptydir_data: bool | None = Field(default=None, alias="deleteEmptydirData")
@@ -124,6 +126,17 @@ def parse_duration(text: str) -> float:
     return -total if m.group(1) else total
 
 
+def drain_timeout(timeout: str | int | None) -> float:
+    """`spec.drain.timeout` in seconds (0 when unset: no limit, as `kubectl drain --timeout 0`); an int
+    counts nanoseconds. ValueError for a string that is not a duration or a negative value."""
+    if timeout is None or timeout == "":
+        return 0.0
+    seconds = timeout / 1e9 if isinstance(timeout, int) else parse_duration(timeout)
+    if seconds < 0:
+        raise ValueError(f"{timeout!r} is negative")
+    return seconds
+
+
 def is_k3s_upgrade_image(image: str) -> bool:
     return bool(K3S_UPGRADE_IMAGE.match(image.strip()))
 
@@ -170,9 +183,9 @@ def parse_plan(obj: dict[str, Any]) -> tuple[Plan | None, list[str]]:
     drain = spec.drain
     if drain and drain.delete_local_data is not None and drain.delete_emptydir_data is not None:
         errors.append("spec.drain: deleteLocalData and deleteEmptydirData are mutually exclusive (set one)")
-    if spec.drain and spec.drain.timeout:
+    if spec.drain:
         try:
-            parse_duration(spec.drain.timeout)
+            drain_timeout(spec.drain.timeout)
         except ValueError as exc:
             errors.append(f"spec.drain.timeout: {exc}")
     delay = 0.0

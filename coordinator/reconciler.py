@@ -76,7 +76,7 @@ from coordinator.leasing import (
 from coordinator.metrics import Metrics
 from coordinator.nodeviews import NodeViews
 from coordinator.pacing import Pacing, pace, plan_queues, turns
-from coordinator.plans import Drain, parse_duration
+from coordinator.plans import Drain, drain_timeout
 from coordinator.resolver import Resolver
 from coordinator.skew import SkewPolicy
 from coordinator.status import STATUS_KEYS
@@ -158,7 +158,7 @@ def node_view(obj: Obj) -> NodeView:
 
 
 def drain_options(drain: Drain) -> DrainOptions:
-    timeout = parse_duration(drain.timeout) if drain.timeout else 0.0
+    timeout = drain_timeout(drain.timeout)
     return DrainOptions(
         timeout=timeout or None,
         grace_period=drain.grace_period

@@ -9,7 +9,9 @@ Aspects covered:
 - RBAC is least-privilege: no wildcards, Secrets and Leases only in the coordinator's namespace, and
   the rules cover exactly what the coordinator calls (plans, plans/status, nodes, pods, pods/eviction,
   events, tokenreviews, leases, secrets);
-- the environment variables the Deployment sets are the ones `coordinator.config` reads.
+- the environment variables the Deployment sets are the ones `coordinator.config` reads;
+- the namespace admits the agent DaemonSet's privileged pods where a cluster enforces a stricter Pod
+  Security level by default (`pod-security.kubernetes.io/enforce: privileged`, as SUC labels it).
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ def test_every_document_parses_into_the_official_model() -> None:
         assert model.metadata.name == doc["metadata"]["name"]
         kinds.append(doc["kind"])
     assert sorted(kinds) == sorted(MODELS)
+
+
+def test_the_namespace_admits_the_privileged_agent_pods() -> None:
+    (ns,) = by_kind("Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    agent_docs = yaml.safe_load_all((ROOT / "deploy" / "daemonset.yaml").read_text())
+    (daemonset,) = [d for d in agent_docs if d and d["kind"] == "DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    assert daemonset["metadata"]["namespace"] == ns["metadata"]["name"] and pod["hostPID"] is True
 
 
 def test_deployment_is_non_root_with_probes_on_real_routes() -> None:

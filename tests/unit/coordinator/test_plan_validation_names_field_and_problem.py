@@ -2,7 +2,8 @@
 
 Aspects: the docs' two Plans are valid and `prepare` names the awaited plan; every rule yields a message
 naming the field (version xor channel, unsupported image, unsupported prepare, self-prepare, drain
-deleteLocalData+deleteEmptydirData, negative postCompleteDelay, bad durations, bad window, bad selector
+deleteLocalData+deleteEmptydirData, negative postCompleteDelay, bad durations (a drain timeout negative or
+neither a duration string nor an int of nanoseconds, SUC's IntOrString), bad window, bad selector
 operator, bad failure budget, schema type errors); k3s-upgrade image detection with registry/tag/digest.
 Hash: SHA-224 hex, changes with version, serviceAccountName, digest-annotation fields and secret contents,
 not with secrets marked ignoreUpdates.
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from coordinator.hashing import plan_hash, secret_hash
-from coordinator.plans import is_k3s_upgrade_image, parse_duration, parse_plan
+from coordinator.plans import drain_timeout, is_k3s_upgrade_image, parse_duration, parse_plan
 
 SERVER: dict[str, Any] = {
     "metadata": {"name": "server-plan", "namespace": "system-upgrade", "uid": "u1"},
@@ -60,6 +61,8 @@ def test_seed_plan_is_valid_and_prepare_names_the_plan() -> None:
          "wait for itself"),
         ({"drain": {"deleteLocalData": True, "deleteEmptydirData": True}}, "mutually exclusive"),
         ({"drain": {"timeout": "soon"}}, "spec.drain.timeout"),
+        ({"drain": {"timeout": -1}}, "spec.drain.timeout"),
+        ({"drain": {"timeout": 1.5}}, "spec.drain.timeout"),
         ({"postCompleteDelay": "-5s"}, "spec.postCompleteDelay"),
         ({"postCompleteDelay": "later"}, "spec.postCompleteDelay"),
         ({"window": {"days": ["someday"]}}, "spec.window.days[0]"),
@@ -120,3 +123,13 @@ def test_hash_is_sha224_of_its_inputs() -> None:
     assert s1 == hashlib.sha224(b"v1.30.1+k3s1sa" + short.encode()).hexdigest()
     ignored = plan_hash("v1.30.1+k3s1", "sa", SERVER, [("s", True)], {"s": {"k": b"2"}})
     assert ignored == base
+
+
+@pytest.mark.parametrize(("timeout", "seconds"), [(None, 0.0), ("", 0.0), ("0", 0.0), ("5m", 300.0),
+                                                  (300_000_000_000, 300.0), (1_500_000_000, 1.5), (0, 0.0)])
+def test_drain_timeout_is_a_duration_string_or_nanoseconds(timeout: str | int | None, seconds: float) -> None:
+    assert drain_timeout(timeout) == seconds
+    if timeout is not None:
+        plan, errors = parse_plan(edited(drain={"timeout": timeout}))
+        assert plan is not None and plan.spec.drain is not None, errors
+        assert drain_timeout(plan.spec.drain.timeout) == seconds
