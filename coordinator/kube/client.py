@@ -33,6 +33,8 @@ from coordinator.kube.protocol import Obj, StoredLease, TokenIdentity, WatchEven
 from coordinator.kube.resources import EVENTS, LEASES, NODES, PODS, TOKEN_REVIEWS, Resource
 
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 MERGE_PATCH = "application/merge-patch+json"
 KUBE_CONNECTIONS = 32
 """Concurrent API requests (pooled connections) of one coordinator."""
@@ -65,6 +67,12 @@ def _detail(body: bytes | str | None) -> str:
     except ValueError:
         return str(body)[:300]
     return str(data.get("message", data)) if isinstance(data, dict) else str(data)[:300]
+
+
+def _first(extra: Any, key: str) -> str | None:
+    """The first value of `user.extra[key]` in a TokenReview, if any."""
+    values = extra.get(key) if isinstance(extra, dict) else None
+    return str(values[0]) if isinstance(values, list) and values and values[0] else None
 
 
 class KubeCluster:
@@ -192,8 +200,31 @@ class KubeCluster:
         if audience not in (status.get("audiences") or [audience]):
             return None
         user = status.get("user") or {}
-        node = ((user.get("extra") or {}).get(NODE_NAME_EXTRA) or [None])[0]
-        return TokenIdentity(username=str(user.get("username", "")), node=node)
+        extra = user.get("extra") or {}
+        username = str(user.get("username", ""))
+        node = _first(extra, NODE_NAME_EXTRA)
+        if node is None:
+            pod, uid = _first(extra, POD_NAME_EXTRA), _first(extra, POD_UID_EXTRA)
+            node = await self._node_of_bound_pod(username, pod, uid)
+        return TokenIdentity(username=username, node=node)
+
+    async def _node_of_bound_pod(self, username: str, pod: str | None, uid: str | None) -> str | None:
+        """The node of the Pod a token is bound to, when the review did not name it: before Kubernetes 1.30
+        (feature gate ServiceAccountTokenPodNodeInfo) a TokenReview names the Pod (name and uid) but not
+        its node. The Pod's `spec.nodeName`, if it is still that Pod (the same uid, not being deleted)."""
+        parts = username.split(":")
+        if pod is None or uid is None or len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+            return None
+        namespace = parts[2]
+        try:
+            obj = await self._acall("GET", PODS.path(namespace, pod), f"get Pod {namespace}/{pod}")
+        except errors.NotFound:
+            return None
+        meta = obj.get("metadata") or {}
+        if meta.get("uid") != uid or meta.get("deletionTimestamp"):
+            return None
+        node = (obj.get("spec") or {}).get("nodeName")
+        return str(node) if node else None
 
     async def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[Obj], str]:
         out = await self._acall("GET", res.path(namespace), f"list {res.plural}")

@@ -24,8 +24,11 @@ from sandbox.apiserver.tokens import TokenAuthority
 class ApiServer:
     """The API server emulator, in memory or persisted to `state_path` (SQLite)."""
 
-    def __init__(self, state_path: Path | None = None, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, state_path: Path | None = None, bookmark_interval: float = 1.0,
+                 token_node_name: bool = True) -> None:
+        """`token_node_name=False`: TokenReviews name a token's Pod but not its node, as before 1.30."""
         self.state_path = state_path
+        self.token_node_name = token_node_name
         self.faults = Faults()
         self.request_log: list[LoggedRequest] = []
         self._bookmark_interval = bookmark_interval
@@ -40,7 +43,7 @@ class ApiServer:
         self.store = Store(self._db)
         self.api = Api(
             self.store,
-            TokenAuthority(self.store, self._db),
+            TokenAuthority(self.store, self._db, self.token_node_name),
             self.faults,
             self.request_log,
             self._bookmark_interval,
@@ -73,8 +76,9 @@ class ApiServer:
 class ThreadedApiServer:
     """An ApiServer on a private event loop in a background thread; use as a context manager."""
 
-    def __init__(self, state_path: Path | None = None, bookmark_interval: float = 1.0) -> None:
-        self.server = ApiServer(state_path, bookmark_interval)
+    def __init__(self, state_path: Path | None = None, bookmark_interval: float = 1.0,
+                 token_node_name: bool = True) -> None:
+        self.server = ApiServer(state_path, bookmark_interval, token_node_name)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()

@@ -3,7 +3,9 @@
 `POST .../serviceaccounts/{sa}/token` mints an opaque random token remembered with its service account,
 audiences, expiry and bound Pod (name, uid, node). `POST .../tokenreviews` answers for a token: unknown,
 expired, wrong-audience, or bound to a Pod that is gone (or replaced: uid differs) -> not authenticated;
-otherwise the service-account user with the Pod and node names in `extra`, as kube-apiserver does.
+otherwise the service-account user with the Pod and node names in `extra`, as kube-apiserver does from
+1.30 on (`node_name_extra=False`: as 1.28 and 1.29 do, the Pod's name and uid only, feature gate
+ServiceAccountTokenPodNodeInfo off).
 Minted tokens are persisted with the rest of the state.
 """
 
@@ -25,9 +27,10 @@ Obj = dict[str, Any]
 
 
 class TokenAuthority:
-    def __init__(self, store: Store, db: Database | None) -> None:
+    def __init__(self, store: Store, db: Database | None, node_name_extra: bool = True) -> None:
         self.store = store
         self.db = db
+        self.node_name_extra = node_name_extra
         self.tokens: dict[str, Obj] = db.load_tokens() if db is not None else {}
 
     def request(self, ns: str, sa_name: str, body: Obj, now: datetime | None = None) -> Obj:
@@ -152,7 +155,7 @@ class TokenAuthority:
                 "authentication.kubernetes.io/pod-uid": [pod["uid"]],
             }
             node = (live.get("spec") or {}).get("nodeName") or pod.get("node")
-            if node:
+            if node and self.node_name_extra:
                 extra["authentication.kubernetes.io/node-name"] = [node]
         user = {
             "username": f"system:serviceaccount:{ns}:{sa}",

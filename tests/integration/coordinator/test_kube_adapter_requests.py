@@ -10,7 +10,8 @@ Aspects covered:
   a missing Lease -> None;
 - Node patch as a JSON merge patch (null deletes a label), Plan status via the status subresource;
 - eviction POST to pods/{name}/eviction; 429 -> EvictionBlocked;
-- TokenReview: audience sent, node name read from user.extra, unauthenticated -> None;
+- TokenReview: audience sent, node name read from user.extra, unauthenticated -> None; a review as
+  before 1.30 (the Pod named, not its node): the node of that Pod, none when its uid differs now;
 - watch: events streamed as they come; closing the stream early stops the reader thread at once;
 - a refused connection -> KubeUnavailable (temporary).
 """
@@ -86,6 +87,9 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[KubeCluster, Seen]]:
             )
         if path.endswith("/tokenreviews"):
             token = body["spec"]["token"]
+            # "pod-*": a review as before 1.30, the Pod named but not its node (a Pod now of uid "u1")
+            bound_pod = {"authentication.kubernetes.io/pod-name": ["agent"],
+                         "authentication.kubernetes.io/pod-uid": [token.removeprefix("pod-")]}
             status = (
                 {
                     "authenticated": True,
@@ -93,9 +97,17 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[KubeCluster, Seen]]:
                     "user": {"username": "sa", "extra": {"authentication.kubernetes.io/node-name": ["n1"]}},
                 }
                 if token == "good"
+                else {
+                    "authenticated": True,
+                    "audiences": body["spec"]["audiences"],
+                    "user": {"username": "system:serviceaccount:su:agent", "extra": bound_pod},
+                }
+                if token.startswith("pod-")
                 else {"authenticated": False}
             )
             return web.json_response({**body, "status": status}, status=201)
+        if path == "/api/v1/namespaces/su/pods/agent":
+            return web.json_response({"metadata": {"name": "agent", "uid": "u1"}, "spec": {"nodeName": "n2"}})
         if req.method in ("POST", "PUT") and "/leases" in path:
             return web.json_response({**body, "metadata": {**body["metadata"], "resourceVersion": "42"}})
         return web.json_response(
@@ -156,6 +168,12 @@ async def test_request_shapes_and_error_mapping(api: tuple[KubeCluster, Seen]) -
     assert ident is not None and ident.node == "n1"
     assert seen[-1][4]["spec"]["audiences"] == ["k3s-upgrade-coordinator"]
     assert await cluster.review_token("bad", "k3s-upgrade-coordinator") is None
+    # Before 1.30: the node of the bound Pod, if it is still that Pod (its uid).
+    ident = await cluster.review_token("pod-u1", "k3s-upgrade-coordinator")
+    assert ident is not None and ident.node == "n2"
+    assert seen[-1][:2] == ("GET", "/api/v1/namespaces/su/pods/agent")
+    ident = await cluster.review_token("pod-u0", "k3s-upgrade-coordinator")
+    assert ident is not None and ident.node is None
 
 
 async def test_watch_streams_and_stops_promptly(api: tuple[KubeCluster, Seen]) -> None:
