@@ -30,9 +30,12 @@ import aiohttp
 from agent import __version__
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.loop import next_instruction
+from coordinator.config import DEFAULT_AGENT_SERVICE_ACCOUNT
 from wire.messages import TOKEN_AUDIENCE, Action, AgentPhase, AgentState, Instruction, Report
 
 ADMIN = {"Authorization": "Bearer admin-token"}
+AGENT_SERVICE_ACCOUNT = DEFAULT_AGENT_SERVICE_ACCOUNT
+"""The ServiceAccount the stand-ins' tokens belong to: the one the coordinator accepts by default."""
 SETUP_PARALLELISM = 32
 
 
@@ -111,7 +114,7 @@ class ApiClient:
 async def register(api: ApiClient, names: Iterable[str], version: str, namespace: str) -> dict[str, str]:
     """Create each Node (Ready on `version`), a Pod of the agent on it, and a token bound to that Pod.
 
-    Needs the namespace and its `system-upgrade` ServiceAccount. Returns node -> bearer token."""
+    Needs the namespace and its `AGENT_SERVICE_ACCOUNT` ServiceAccount. Returns node -> bearer token."""
     gate = asyncio.Semaphore(SETUP_PARALLELISM)
     tokens: dict[str, str] = {}
 
@@ -133,7 +136,7 @@ async def register(api: ApiClient, names: Iterable[str], version: str, namespace
                     "metadata": {"name": f"agent-{name}", "namespace": namespace},
                     "spec": {
                         "nodeName": name,
-                        "serviceAccountName": "system-upgrade",
+                        "serviceAccountName": AGENT_SERVICE_ACCOUNT,
                         "containers": [{"name": "agent", "image": "k3s-upgrader"}],
                     },
                 },
@@ -146,7 +149,7 @@ async def register(api: ApiClient, names: Iterable[str], version: str, namespace
             }
             review = await api.call(
                 "POST",
-                f"/api/v1/namespaces/{namespace}/serviceaccounts/system-upgrade/token",
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/{AGENT_SERVICE_ACCOUNT}/token",
                 {
                     "apiVersion": "authentication.k8s.io/v1",
                     "kind": "TokenRequest",

@@ -71,7 +71,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.client import CoordinatorClient
-from bench.nodesim import ApiClient, SimNode, Timeline, register
+from bench.nodesim import AGENT_SERVICE_ACCOUNT, ApiClient, SimNode, Timeline, register
 from bench.processes import cpu_seconds, stop_process
 from coordinator import gc_tuning
 from coordinator.config import DEFAULT_MAX_HELD_POLLS, DEFAULT_PREFETCH_WAVES
@@ -453,7 +453,7 @@ async def rollout(
             await api.call(
                 "POST",
                 f"/api/v1/namespaces/{NS}/serviceaccounts",
-                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "system-upgrade"}},
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": AGENT_SERVICE_ACCOUNT}},
             )
             names = [f"node-{i:05d}" for i in range(nodes)]
             t_setup = time.monotonic()

@@ -78,7 +78,10 @@ async def serve(settings: config.Settings) -> None:
     add_agent_routes(
         app,
         NodeAuthenticator(
-            cluster, ttl=settings.timeouts.token_cache, max_waiting=settings.max_held_polls
+            cluster,
+            ttl=settings.timeouts.token_cache,
+            max_waiting=settings.max_held_polls,
+            username=settings.agent_username,
         ),
         slot,
         settings.timeouts.poll_wait_max,

@@ -75,8 +75,13 @@ class NodeAuthenticator:
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 20000,
         max_waiting: int = 1000,
+        username: str | None = None,
     ) -> None:
         self._reviewer = reviewer
+        self._username = username
+        """The agents' ServiceAccount as a user (`system:serviceaccount:NS:NAME`): any other's token is
+        refused, even one bound to a Pod on the node (anyone who may run a Pod there can mint a token
+        with our audience). None: any ServiceAccount (tests of the HTTP layer)."""
         self._ttl = ttl
         self._audience = audience
         self._clock = clock
@@ -141,6 +146,10 @@ class NodeAuthenticator:
             )
         if ident.node != node:
             raise AuthError(403, f"token of node {ident.node!r} may not act for node {node!r}")
+        if self._username is not None and ident.username != self._username:
+            raise AuthError(
+                403, f"token of {ident.username!r} is not the agents' ServiceAccount ({self._username!r})"
+            )
         return ident
 
 

@@ -24,6 +24,7 @@ DEFAULT_RELEASE_BASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 DEFAULT_POLLING_INTERVAL = 15 * 60.0
 DEFAULT_MAX_HELD_POLLS = 1000
 DEFAULT_PREFETCH_WAVES = 1
+DEFAULT_AGENT_SERVICE_ACCOUNT = "k3s-upgrade-agent"
 LEADER_LEASE_NAME = "k3s-upgrade-coordinator"
 LEASE_TABLE_NAME = "k3s-upgrade-leases"
 
@@ -121,6 +122,14 @@ class Settings:
     """Idle agent long-polls held at once (each costs about 15 KiB); beyond, agents are paced."""
     prefetch_waves: int = DEFAULT_PREFETCH_WAVES
     """Waves of nodes (a plan's concurrency each) that download the binary before their turn; 0: none."""
+    agent_service_account: str = f"{DEFAULT_NAMESPACE}/{DEFAULT_AGENT_SERVICE_ACCOUNT}"
+    """NAMESPACE/NAME of the ServiceAccount the agents run as: only its tokens are accepted."""
+
+    @property
+    def agent_username(self) -> str:
+        """`agent_service_account` as the user a TokenReview names."""
+        namespace, _, name = self.agent_service_account.partition("/")
+        return f"system:serviceaccount:{namespace}:{name}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,6 +209,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how many waves of nodes (a plan's concurrency each) after the ones upgrading download the "
         "binary before their turn, so a slot freed goes to a node that has it; 0: a node downloads once "
         f"granted (env COORDINATOR_PREFETCH_WAVES; default {DEFAULT_PREFETCH_WAVES})",
+    )
+    p.add_argument(
+        "--agent-service-account",
+        default=None,
+        help="the ServiceAccount the agents run as, [NAMESPACE/]NAME (NAMESPACE: --namespace); only its "
+        "tokens are accepted (env COORDINATOR_AGENT_SERVICE_ACCOUNT; "
+        f"default {DEFAULT_AGENT_SERVICE_ACCOUNT})",
     )
     p.add_argument(
         "--resync-interval", default=None, help=f"reconcile at least this often (default {t.resync:g}s)"
@@ -310,6 +326,12 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     raw_waves = pick(a.prefetch_waves, "COORDINATOR_PREFETCH_WAVES", str(DEFAULT_PREFETCH_WAVES)) or ""
     if not raw_waves.strip().isdigit():
         raise ConfigError(f"--prefetch-waves: {raw_waves!r} is not a whole number >= 0")
+    agents = pick(
+        a.agent_service_account, "COORDINATOR_AGENT_SERVICE_ACCOUNT", DEFAULT_AGENT_SERVICE_ACCOUNT
+    ) or ""
+    agents_ns, _, agents_name = agents.strip().rpartition("/")
+    if not agents_name or ":" in agents or "/" in agents_ns:
+        raise ConfigError(f"--agent-service-account: {agents!r} is not [NAMESPACE/]NAME")
     level = (pick(a.log_level, "LOG_LEVEL", "INFO") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
@@ -334,4 +356,5 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         log_level=level,
         max_held_polls=int(raw_held),
         prefetch_waves=int(raw_waves),
+        agent_service_account=f"{agents_ns or namespace}/{agents_name}",
     )

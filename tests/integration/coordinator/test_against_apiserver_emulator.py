@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[3]
 OLD, NEW = "v1.24.5+k3s1", "v1.24.6+k3s1"
 SERVERS, AGENTS = ["server-1", "server-2"], ["agent-1", "agent-2"]
 NS = "system-upgrade"
+AGENT_SA = "k3s-upgrade-agent"
 
 
 def free_port() -> int:
@@ -106,7 +107,14 @@ def test_deploy_manifests_apply_with_kubectl(env: Env) -> None:
 
 
 async def node_tokens(env: Env) -> dict[str, str]:
+    """Each node's agent token, of the agents' ServiceAccount (deploy/daemonset.yaml's), bound to a Pod on
+    the node."""
     tokens = {}
+    await env.api(
+        "POST",
+        f"/api/v1/namespaces/{NS}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": AGENT_SA}},
+    )
     for n in SERVERS + AGENTS:
         labels = {"kubernetes.io/arch": "amd64"} | (
             {"node-role.kubernetes.io/master": "true"} if n in SERVERS else {}
@@ -126,14 +134,14 @@ async def node_tokens(env: Env) -> dict[str, str]:
                 "metadata": {"name": f"agent-{n}", "namespace": NS},
                 "spec": {
                     "nodeName": n,
-                    "serviceAccountName": "system-upgrade",
+                    "serviceAccountName": AGENT_SA,
                     "containers": [{"name": "agent", "image": "k3s-upgrader"}],
                 },
             },
         )
         tr = await env.api(
             "POST",
-            f"/api/v1/namespaces/{NS}/serviceaccounts/system-upgrade/token",
+            f"/api/v1/namespaces/{NS}/serviceaccounts/{AGENT_SA}/token",
             {
                 "apiVersion": "authentication.k8s.io/v1",
                 "kind": "TokenRequest",

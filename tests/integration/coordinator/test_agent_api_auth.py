@@ -3,7 +3,8 @@
 Aspects covered:
 - 401 without a token, with a malformed Authorization header, with a token TokenReview rejects, and with
   a valid token that is not bound to a node; 401 answers carry WWW-Authenticate;
-- 403 when node A's token polls or reports for node B;
+- 403 when node A's token polls or reports for node B, and when a token bound to a Pod on the node is of
+  another ServiceAccount than the agents' (anyone who may run a Pod there can mint one with our audience);
 - 400 for malformed JSON, a body that fails validation, a body naming another node, a bad `wait`;
 - every error body is a `wire.messages.ErrorBody` with the matching status;
 - successful TokenReviews are cached (one review for many polls), rejections are not; a burst of new
@@ -270,3 +271,14 @@ async def test_a_refused_herd_answer_says_when_to_retry() -> None:
                 assert ErrorBody.model_validate_json(await r.read()).status == 503
     finally:
         await runner.cleanup()
+
+
+async def test_a_token_of_another_service_account_is_refused_even_on_its_node() -> None:
+    agents = "system:serviceaccount:system-upgrade:agent"
+    reviewer = Reviewer({**TOKENS, "tok-intruder": TokenIdentity(username="system:serviceaccount:apps:web",
+                                                                 node="node-a")})
+    auth = NodeAuthenticator(reviewer, username=agents)
+    assert (await auth.authorize("Bearer tok-a", "node-a")).username == agents
+    with pytest.raises(AuthError) as refused:
+        await auth.authorize("Bearer tok-intruder", "node-a")
+    assert refused.value.status == 403 and "system:serviceaccount:apps:web" in str(refused.value)

@@ -32,6 +32,11 @@ def test_defaults() -> None:
     assert config.load([], env={"COORDINATOR_MAX_HELD_POLLS": "50"}).max_held_polls == 50
     flag_wins = config.load(["--max-held-polls", "7"], env={"COORDINATOR_MAX_HELD_POLLS": "50"})
     assert flag_wins.max_held_polls == 7
+    assert s.agent_username == "system:serviceaccount:system-upgrade:k3s-upgrade-agent"
+    other_ns = config.load(["--namespace", "up"], env={"COORDINATOR_AGENT_SERVICE_ACCOUNT": "agents"})
+    assert other_ns.agent_username == "system:serviceaccount:up:agents"
+    elsewhere = config.load(["--agent-service-account", "nodes/agent"], env={})
+    assert elsewhere.agent_username == "system:serviceaccount:nodes:agent"
 
 
 def test_suc_environment_names_and_flag_precedence() -> None:
@@ -71,6 +76,9 @@ def test_durations(text: str, seconds: float) -> None:
         (["--log-level", "LOUD"], "--log-level"),
         (["--max-held-polls", "0"], "--max-held-polls"),
         (["--max-held-polls", "many"], "--max-held-polls"),
+        (["--agent-service-account", "a/b/c"], "--agent-service-account"),
+        (["--agent-service-account", "system:serviceaccount:x:y"], "--agent-service-account"),
+        (["--agent-service-account", "ns/"], "--agent-service-account"),
     ],
 )
 def test_bad_values_name_the_setting(argv: list[str], fragment: str) -> None:
