@@ -73,6 +73,9 @@ def test_the_namespace_admits_the_privileged_agent_pods() -> None:
 def test_deployment_is_non_root_with_probes_on_real_routes() -> None:
     (dep,) = by_kind("Deployment")
     pod = dep["spec"]["template"]["spec"]
+    tolerated = {t["key"] for t in pod["tolerations"]}  # the servers, as SUC's controller may run there
+    assert {"CriticalAddonsOnly", "node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master",
+            "node-role.kubernetes.io/etcd"} <= tolerated
     assert pod["serviceAccountName"] == "system-upgrade"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     (c,) = pod["containers"]
