@@ -60,7 +60,10 @@ def parse_answer(raw: bytes) -> tuple[int, bytes]:
 
 
 class CoordinatorClient:
-    def __init__(self, base_url: str, node: str, token_file: Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, node: str, token_file: Path, *, timeout: float = 10.0,
+                 ca_file: Path | None = None) -> None:
+        """`ca_file`: PEM CA certificate(s) that sign an https:// coordinator's certificate (default: the
+        system's CAs)."""
         self.base_url = base_url.rstrip("/")
         self.node = node
         self.token_file = token_file
@@ -72,7 +75,9 @@ class CoordinatorClient:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._host_header = parts.netloc.rpartition("@")[2]
         self._prefix = parts.path.rstrip("/")
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._tls = None
+        if parts.scheme == "https":
+            self._tls = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
 
     def _token(self) -> str | None:
         try:

@@ -32,6 +32,8 @@ class AgentConfig:
     space_margin: int = 16 * 1024 * 1024
     systemd_unit: str | None = None
     log_level: str = "INFO"
+    coordinator_ca_file: Path | None = None
+    """PEM CA certificate(s) to verify an https:// coordinator with; None: the system's CAs."""
 
 
 def _env(name: str, default: str) -> str:
@@ -68,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                    help="free bytes to keep beyond the new binary (default 16 MiB)")
     p.add_argument("--systemd-unit", default=os.environ.get("SYSTEMD_UNIT") or None,
                    help="restart by `systemctl restart UNIT` via nsenter (default: SIGTERM the process)")
+    p.add_argument("--coordinator-ca-file", default=os.environ.get("COORDINATOR_CA_FILE") or None,
+                   help="PEM CA certificate(s) that sign an https:// coordinator's certificate "
+                        "(env COORDINATOR_CA_FILE; default: the system's CAs)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="default INFO")
     ns = p.parse_args(argv)
     if not ns.node:
@@ -77,6 +82,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     url = urlsplit(ns.coordinator)
     if url.scheme not in ("http", "https") or not url.hostname:
         p.error(f"--coordinator {ns.coordinator!r} is not an http:// or https:// URL with a host")
+    if ns.coordinator_ca_file and url.scheme != "https":
+        p.error(f"--coordinator-ca-file is for an https:// coordinator, not {ns.coordinator!r}")
+    if ns.coordinator_ca_file and not os.path.isfile(ns.coordinator_ca_file):
+        p.error(f"--coordinator-ca-file {ns.coordinator_ca_file} is not a file")
     host_root = Path(os.path.abspath(ns.host_root))
     return AgentConfig(
         node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),
@@ -85,4 +94,5 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         request_timeout=ns.request_timeout,
         retry_backoff=ns.retry_backoff, max_backoff=ns.max_backoff, download_attempts=ns.download_attempts,
         space_margin=ns.space_margin, systemd_unit=ns.systemd_unit, log_level=ns.log_level.upper(),
+        coordinator_ca_file=Path(ns.coordinator_ca_file) if ns.coordinator_ca_file else None,
     )

@@ -23,7 +23,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     """Poll and obey until `stop` is set."""
     stop = stop or asyncio.Event()
     client = CoordinatorClient(config.coordinator_url, config.node, config.token_file,
-                               timeout=config.request_timeout)
+                               timeout=config.request_timeout, ca_file=config.coordinator_ca_file)
     upgrader = Upgrader(config, client)
     try:
         await upgrader.observe()

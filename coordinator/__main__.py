@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from coordinator.election import LeaderElector, act_while_leading
 from coordinator.kube.client import KubeCluster
 from coordinator.metrics import Metrics
 from coordinator.reconciler import Runtime
+from coordinator.tls import ServingCertificate
 from coordinator.web import add_status_routes
 
 log = logging.getLogger("coordinator")
@@ -67,7 +69,8 @@ async def freeze_once_synced(runtime: Runtime) -> None:
     gc_tuning.freeze_long_lived()
 
 
-async def serve(settings: config.Settings) -> None:
+async def serve(settings: config.Settings, tls: ServingCertificate | None = None) -> None:
+    """Run the coordinator until SIGTERM or SIGINT; HTTPS with `tls`'s certificate when given."""
     gc_tuning.tune()
     cluster = KubeCluster.connect(settings.kubeconfig)
     metrics = Metrics()
@@ -89,10 +92,10 @@ async def serve(settings: config.Settings) -> None:
     add_status_routes(app, runtime.status, runtime.ready, metrics)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls.context if tls else None)
     await site.start()
     host, port = runner.addresses[0][:2]
-    print(f"coordinator listening on http://{host}:{port}", flush=True)
+    print(f"coordinator listening on {'https' if tls else 'http'}://{host}:{port}", flush=True)
     log.info(
         "serving",
         extra={
@@ -111,6 +114,8 @@ async def serve(settings: config.Settings) -> None:
 
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.run_caches(), name="caches")]
     tasks.append(asyncio.create_task(freeze_once_synced(runtime), name="gc-freeze"))
+    if tls is not None:
+        tasks.append(asyncio.create_task(tls.keep_current(), name="tls-reload"))
     acting: asyncio.Task[None] | None = None
     elector: LeaderElector | None = None
     if settings.leader_elect:
@@ -173,9 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"k3s-upgrade-coordinator: {exc}", file=sys.stderr)
         return 2
+    tls = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        try:
+            tls = ServingCertificate(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"k3s-upgrade-coordinator: --tls-cert-file {settings.tls_cert_file} with "
+                  f"--tls-private-key-file {settings.tls_key_file}: cannot serve TLS: {exc}", file=sys.stderr)
+            return 2
     setup_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, tls))
     except Exception:
         log.exception("coordinator stopped on an error")
         return 1

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_NAMESPACE = "system-upgrade"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -122,6 +123,9 @@ class Settings:
     """Idle agent long-polls held at once (each costs about 15 KiB); beyond, agents are paced."""
     prefetch_waves: int = DEFAULT_PREFETCH_WAVES
     """Waves of nodes (a plan's concurrency each) that download the binary before their turn; 0: none."""
+    tls_cert_file: Path | None = None
+    """Serve HTTPS with this certificate (and `tls_key_file`); None: plain HTTP."""
+    tls_key_file: Path | None = None
     agent_service_account: str = f"{DEFAULT_NAMESPACE}/{DEFAULT_AGENT_SERVICE_ACCOUNT}"
     """NAMESPACE/NAME of the ServiceAccount the agents run as: only its tokens are accepted."""
 
@@ -209,6 +213,17 @@ def _parser() -> argparse.ArgumentParser:
         help="how many waves of nodes (a plan's concurrency each) after the ones upgrading download the "
         "binary before their turn, so a slot freed goes to a node that has it; 0: a node downloads once "
         f"granted (env COORDINATOR_PREFETCH_WAVES; default {DEFAULT_PREFETCH_WAVES})",
+    )
+    p.add_argument(
+        "--tls-cert-file",
+        default=None,
+        help="serve HTTPS with this PEM certificate (chain), reloaded when the file changes "
+        "(env COORDINATOR_TLS_CERT_FILE; default: plain HTTP)",
+    )
+    p.add_argument(
+        "--tls-private-key-file",
+        default=None,
+        help="the PEM key of --tls-cert-file (env COORDINATOR_TLS_PRIVATE_KEY_FILE)",
     )
     p.add_argument(
         "--agent-service-account",
@@ -332,6 +347,13 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     agents_ns, _, agents_name = agents.strip().rpartition("/")
     if not agents_name or ":" in agents or "/" in agents_ns:
         raise ConfigError(f"--agent-service-account: {agents!r} is not [NAMESPACE/]NAME")
+    cert = pick(a.tls_cert_file, "COORDINATOR_TLS_CERT_FILE") or None
+    key = pick(a.tls_private_key_file, "COORDINATOR_TLS_PRIVATE_KEY_FILE") or None
+    if (cert is None) != (key is None):
+        raise ConfigError("--tls-cert-file and --tls-private-key-file go together: give both or neither")
+    for flag, path in (("--tls-cert-file", cert), ("--tls-private-key-file", key)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{flag}: {path} is not a file")
     level = (pick(a.log_level, "LOG_LEVEL", "INFO") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
@@ -357,4 +379,6 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         max_held_polls=int(raw_held),
         prefetch_waves=int(raw_waves),
         agent_service_account=f"{agents_ns or namespace}/{agents_name}",
+        tls_cert_file=Path(cert) if cert else None,
+        tls_key_file=Path(key) if key else None,
     )
