@@ -87,7 +87,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 
 async def test_the_agent_polls_over_tls_when_it_trusts_the_ca(served: Served) -> None:
     assert await served.poll_trusting(served.tmp / "first-ca.pem") == Action.IDLE
-    with pytest.raises(CoordinatorUnavailable, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+    with pytest.raises(CoordinatorUnavailable, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         await served.poll_trusting(None)  # the system's CAs do not sign it
 
 
@@ -119,7 +119,8 @@ def _coordinator(tmp_path: Path, cert: Path, key: Path) -> subprocess.Popen[str]
     return subprocess.Popen(
         [sys.executable, "-m", "coordinator", "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0",
          "--tls-cert-file", str(cert), "--tls-private-key-file", str(key)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -156,4 +157,5 @@ def test_the_agent_takes_a_ca_file_only_for_https(tmp_path: Path) -> None:
                          "--coordinator-ca-file", str(ca)])
     assert config.coordinator_ca_file == ca
     with pytest.raises(SystemExit):
-        parse_args(["--node", NODE, "--coordinator", "http://coordinator:8080", "--coordinator-ca-file", str(ca)])
+        parse_args(["--node", NODE, "--coordinator", "http://coordinator:8080",
+                    "--coordinator-ca-file", str(ca)])
