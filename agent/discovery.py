@@ -186,20 +186,6 @@ def wall_clock_boot_time() -> float:
     return float(psutil.boot_time())
 
 
-def runs_file(pid: int, path: Path) -> bool:
-    """Whether process `pid` executes the very file at `path` now: its `/proc/PID/exe` is that inode.
-
-    A file replaced by `rename(2)` is a new inode, while a process keeps running the old one, so this tells
-    a k3s started from the binary in place from one started before a swap. Linux refuses to open a file
-    for writing while it is executed (ETXTBSY), so what runs is the file's content as it is. False when
-    either is gone or unreadable (a process of another user without the privilege to look)."""
-    try:
-        running, in_place = os.stat(f"/proc/{pid}/exe"), os.stat(path)
-    except OSError:
-        return False
-    return (running.st_dev, running.st_ino) == (in_place.st_dev, in_place.st_ino)
-
-
 def pid_alive(pid: int, create_time: float) -> bool:
     stat = process_stat(pid)
     return stat is not None and abs(stat[1] - create_time) < 0.01 and stat[0] != "Z"

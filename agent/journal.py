@@ -100,9 +100,11 @@ class RunningK3s(BaseModel):
 
     While this very process (pid and start time, on this boot) runs, k3s runs that binary: a lease whose
     target it is (a Plan changed, but not its version) needs no restart, as k3s-upgrade skips one when
-    the binary in place is the new one already (`Upgrader.apply`). Without a record, a k3s is left
-    running only when its process executes the very file in place (`discovery.runs_file`), which a
-    compiled k3s shows but the sandbox's stand-in, a script run by the interpreter, does not."""
+    the binary in place is the new one already (`Upgrader.apply`). Any other process, even one started
+    from the same file since, is restarted as for any lease: nothing else tells what it runs. Not even
+    `/proc/PID/exe`: `k3s server` extracts its release's data to `<data-dir>/data/<hash>` and execs
+    `bin/k3s-server` from there (k3s's cmd/k3s/main.go, `stageAndRun`), so no k3s process executes the
+    binary in place."""
 
     model_config = ConfigDict(extra="forbid")
 

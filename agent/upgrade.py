@@ -33,7 +33,6 @@ from agent.discovery import (
     boot_id,
     find_k3s,
     process_clock,
-    runs_file,
     wall_clock_boot_time,
 )
 from agent.download import DownloadError, download
@@ -404,20 +403,13 @@ class Upgrader:
 
     async def _runs_target(self, entry: JournalEntry) -> bool:
         """When the binary in place is the lease's target already: if the k3s running is the one this agent
-        saw start from it (`RunningK3s`), or a process that executes that very file (`runs_file`), report
-        `restarted` without a restart and say True."""
+        saw start from it (`RunningK3s`), report `restarted` without a restart and say True."""
         lease, binary = entry.lease, Path(entry.binary)
         record, proc = self.running.load(), await self.observe()
-        if proc is None or proc.wrapper:
-            return False
-        if record is not None and (
+        if record is None or proc is None or proc.wrapper or not (
                 record.boot_id == self.boot_id and record.sha256 == lease.artifact.sha256
                 and record.binary == str(binary) and record.pid == proc.pid
                 and abs(record.create_time - proc.create_time) < TICK):
-            how = "started from this binary"
-        elif await asyncio.to_thread(runs_file, proc.pid, binary):
-            how = "running this very file"
-        else:
             return False
         try:
             version = await binary_version(binary)
@@ -428,7 +420,7 @@ class Upgrader:
             return False
         self.k3s_version = version
         self._save(entry.model_copy(update={"phase": AgentPhase.RESTARTED, "observed_version": version}))
-        detail = f"k3s {version} already runs as pid {proc.pid}, {how}: not restarted"
+        detail = f"k3s {version} already runs as pid {proc.pid}, started from this binary: not restarted"
         log.info("lease %s: %s", lease.lease_id, detail)
         await self.report(AgentPhase.RESTARTED, version=version, detail=detail)
         return True

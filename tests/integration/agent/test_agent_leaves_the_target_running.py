@@ -3,9 +3,7 @@
 Aspects: after an upgrade, a second lease to the same binary is `restarted` at once, with the k3s that
 this agent saw start from that binary still running (as k3s-upgrade exits without killing k3s when the
 binary in place is the new one); a k3s that restarted on its own since is restarted as for any lease
-(the stand-in is a script, whose process runs the interpreter: only the record tells which file it runs;
-a compiled k3s is known by its file, `test_agent_knows_k3s_by_its_file`); an unreadable record counts as
-none.
+(nothing else tells which file it runs); an unreadable record counts as none.
 """
 
 from __future__ import annotations
