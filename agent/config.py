@@ -69,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     p.add_argument("--space-margin", type=int, default=int(_env("SPACE_MARGIN_BYTES", str(16 * 1024 * 1024))),
                    help="free bytes to keep beyond the new binary (default 16 MiB)")
     p.add_argument("--systemd-unit", default=os.environ.get("SYSTEMD_UNIT") or None,
-                   help="restart by `systemctl restart UNIT` via nsenter (default: SIGTERM the process)")
+                   help="restart by `systemctl restart UNIT` via nsenter; `auto`: the unit k3s runs in "
+                        "(env SYSTEMD_UNIT; default: SIGTERM the process)")
     p.add_argument("--coordinator-ca-file", default=os.environ.get("COORDINATOR_CA_FILE") or None,
                    help="PEM CA certificate(s) that sign an https:// coordinator's certificate "
                         "(env COORDINATOR_CA_FILE; default: the system's CAs)")

@@ -10,7 +10,8 @@ A process is k3s when its command line (as /proc/PID/cmdline shows it; k3s rewri
 The binary path is resolved under the host root: a path already under the host root (the sandbox, where
 nodes share one file system) is taken as it is, anything else is joined to the host root. A process whose
 binary does not exist under our host root belongs to another node (sandbox) and is ignored, so an agent
-can never signal another node's k3s.
+can never signal another node's k3s. A binary that is a symlink is refused with a message that says so:
+only a regular file is replaced.
 """
 
 from __future__ import annotations
@@ -97,17 +98,26 @@ def match_k3s(processes: list[ProcessInfo], host_root: Path, existing: set[Path]
     """The one k3s server/agent process of this node. `existing` (for tests) lists the binaries that
     exist; by default the file system is asked."""
     found: list[K3sProcess] = []
+    linked: list[str] = []
     for proc in processes:
         parsed = parse_command(proc.cmdline)
         if parsed is None:
             continue
         started_as, role, wrapper = parsed
         binary = resolve_binary(started_as, host_root)
+        if existing is None and binary.is_symlink():
+            linked.append(f"{started_as} -> {os.readlink(binary)}")
+            continue
         present = binary in existing if existing is not None else binary.is_file()
         if not present:
             continue
         found.append(K3sProcess(proc.pid, role, binary, started_as, proc.create_time, wrapper))
     real = [p for p in found if not p.wrapper] or found
+    if not real and linked:
+        # Replacing a link would put a file in its place behind the back of whatever manages it (which
+        # could point it back at the old release later); an absolute link does not even resolve here.
+        raise DiscoveryError(f"k3s runs from a symlink ({', '.join(linked)}): only a regular file is "
+                             "replaced; install k3s as a file there, or upgrade its target by hand")
     if not real:
         raise DiscoveryError(f"no k3s server or agent process found whose binary is under {host_root}")
     if len({p.pid for p in real}) > 1:

@@ -2,7 +2,8 @@
 
 While a step runs, a heartbeat poll (wait=0) goes out every `--heartbeat` seconds with the progress.
 Idle it sits in one long-poll at a time (the coordinator holds the request up to `--poll-wait`), so it
-uses next to no CPU. An unreachable coordinator is retried with exponential backoff, forever. A report's
+uses next to no CPU. An unreachable coordinator is retried with exponential backoff, forever, and so is a
+step that failed unexpectedly (resumed from the journal: the agent never exits mid-upgrade). A report's
 answer is the coordinator's next instruction once the report is stored: when it asks for the next step
 (`staged` -> `apply`, `restarted` -> `finish`) the agent takes it at once instead of polling for it.
 """
@@ -27,8 +28,10 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     upgrader = Upgrader(config, client)
     try:
         await upgrader.observe()
-        await upgrader.resume()
         delay = config.retry_backoff
+        while not stop.is_set() and not await _resumed(upgrader):
+            await _sleep(stop, delay)
+            delay = min(config.max_backoff, delay * 2)
         instruction: Instruction | None = None
         while not stop.is_set():
             if instruction is None:
@@ -49,6 +52,18 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             beat = asyncio.create_task(_heartbeat(client, upgrader, config.heartbeat_seconds))
             try:
                 await upgrader.handle(instruction)
+            except Exception:
+                # Not the end of the agent: between the SIGTERM of k3s and a working new k3s nothing would
+                # start this pod again (its kubelet is k3s), and only it can roll the node back.
+                log.exception("%s failed unexpectedly; resuming from the journal in %.1f s",
+                              instruction.action.value, delay)
+                instruction = None
+                while not stop.is_set():
+                    await _sleep(stop, delay)
+                    delay = min(config.max_backoff, delay * 2)
+                    if await _resumed(upgrader):
+                        break
+                continue
             finally:
                 beat.cancel()
             answer = upgrader.take_answer()
@@ -62,6 +77,16 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 await _sleep(stop, done.poll_after_seconds)
     finally:
         await client.close()
+
+
+async def _resumed(upgrader: Upgrader) -> bool:
+    """Resume what the journal says; False (logged) when that failed unexpectedly, to be tried again."""
+    try:
+        await upgrader.resume()
+    except Exception:
+        log.exception("resuming from the journal failed; trying again")
+        return False
+    return True
 
 
 def next_instruction(done: Instruction, answer: Instruction | None) -> Instruction | None:

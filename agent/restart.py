@@ -24,13 +24,51 @@ class RestartFailed(Exception):
     """The new k3s did not come up, or did not stay up, in time."""
 
 
+AUTO_UNIT = "auto"
+"""`--systemd-unit auto`: the unit whose cgroup the k3s process is in (`k3s` on servers and `k3s-agent` on
+agents as install.sh names them, `k3s-<INSTALL_K3S_NAME>` too), so one DaemonSet serves both."""
+
+
+def unit_from_cgroup(text: str) -> str | None:
+    """The systemd service a process runs in, from the text of `/proc/PID/cgroup` (v2 `0::/system.slice/
+    k3s.service`, or v1's `name=systemd` line); None when it is in none (not started by systemd)."""
+    for line in text.splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if controllers in ("", "name=systemd"):
+            units = [part for part in path.split("/") if part.endswith(".service")]
+            if units:
+                return units[-1]
+    return None
+
+
+def _unit_of(process: K3sProcess | None) -> str:
+    if process is None:
+        raise RestartFailed("--systemd-unit auto: no k3s process runs to tell its unit")
+    try:
+        with open(f"/proc/{process.pid}/cgroup") as handle:
+            unit = unit_from_cgroup(handle.read())
+    except OSError as exc:
+        raise RestartFailed(f"--systemd-unit auto: cannot read the cgroup of k3s pid {process.pid}: {exc}") \
+            from exc
+    if unit is None:
+        raise RestartFailed(f"--systemd-unit auto: k3s pid {process.pid} runs in no systemd service")
+    return unit
+
+
 async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
-    """Restart k3s; RestartFailed when that could not even be asked for (the cause in the message)."""
+    """Restart k3s; RestartFailed when that could not even be asked for (the cause in the message).
+
+    `systemctl restart --no-block`: the unit install.sh writes is `Type=notify` with `TimeoutStartSec=0`,
+    so a blocking restart would wait for as long as the new k3s takes to say it is ready, forever if it
+    never does (a server that cannot rejoin etcd); `wait_for_new_process` bounds the wait instead. An
+    unknown unit is still refused at once."""
+    if systemd_unit == AUTO_UNIT:
+        systemd_unit = _unit_of(process)
     if systemd_unit:
         try:
             proc = await asyncio.create_subprocess_exec(
                 "nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--",
-                "systemctl", "restart", systemd_unit,
+                "systemctl", "restart", "--no-block", systemd_unit,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             )
         except OSError as exc:

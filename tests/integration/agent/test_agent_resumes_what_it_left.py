@@ -7,7 +7,10 @@ it; an end the coordinator did not hear (`failed`, killed before the report went
 it asks for a step of that lease; a `rollback` of a lease the agent dropped before it was killed is
 answered `rolled_back` with nothing changed; an instruction the agent cannot take is not polled for in a
 tight loop; `finish` leaves no staged file when the target was live already; a restart that cannot
-even be asked for is a restart failure (rolled back), not an exception that ends the agent; a download
+even be asked for is a restart failure (rolled back), not an exception that ends the agent; a systemd
+restart does not wait for the new k3s (`--no-block`), and `auto` restarts the unit k3s runs in; a step
+that fails unexpectedly (the journal cannot be written) does not end the agent either, which resumes and
+carries the lease through once it can; a download
 resumed while no k3s runs fails and leaves no partial file once the lease is dropped; a swap journalled in
 an earlier boot counts as done before every process of this boot.
 """
@@ -21,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import boot_id, process_clock, process_stat
+from agent.discovery import K3sProcess, boot_id, process_clock, process_stat
 from agent.install import staging_paths, swap_in
 from agent.journal import Journal, JournalEntry
-from agent.restart import RestartFailed, restart
+from agent.restart import AUTO_UNIT, RestartFailed, restart, unit_from_cgroup
 from sandbox.standin import build_standin
 from tests.integration.agent.conftest import (
     NEW,
@@ -167,6 +170,69 @@ async def test_a_restart_that_cannot_be_asked_for_is_a_restart_failure(tmp_path:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RestartFailed, match=r"cannot run systemctl restart k3s\.service"):
         await restart(None, "k3s.service")
+
+
+async def test_a_systemd_restart_does_not_wait_for_the_new_k3s(tmp_path: Path, monkeypatch) -> None:
+    """`systemctl restart` of a `Type=notify` unit with no start timeout (install.sh's) waits until the new
+    k3s is ready, forever if it never is: the agent asks with `--no-block` and bounds the wait itself. The
+    stand-in `nsenter` here blocks unless it is given `--no-block`."""
+    (tmp_path / "nsenter").write_text(
+        '#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\ncase "$*" in *--no-block*) exit 0;; esac\nsleep 60\n'
+    )
+    (tmp_path / "nsenter").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    async with asyncio.timeout(10):
+        await restart(None, "k3s-agent.service")
+    args = (tmp_path / "args").read_text().split()
+    assert args[-3:] == ["restart", "--no-block", "k3s-agent.service"] and args[:3] == ["-t", "1", "-m"]
+
+
+async def test_a_step_that_fails_unexpectedly_does_not_end_the_agent(
+        node: Node, releases, tmp_path: Path, coordinator: ScriptedCoordinator, agent_factory) -> None:
+    """Nothing starts the agent's pod again while k3s is down (its kubelet is k3s), so an error no step
+    expects must not end the process: here the journal cannot be written (a directory where its file
+    goes). The agent logs it, keeps trying, and once the journal can be written carries the lease through."""
+    agent = agent_factory(coordinator.url)
+    agent.start()
+    for _ in range(100):  # polling: its start-up resume is over
+        if coordinator.polls:
+            break
+        await asyncio.sleep(0.05)
+    blocker = agent.state_dir / "journal.json"
+    blocker.mkdir(parents=True)
+    coordinator.instruct(Action.STAGE, make_lease(releases))
+    log = tmp_path / "agent.log"
+    for _ in range(200):
+        if "failed unexpectedly" in log.read_text():
+            break
+        await asyncio.sleep(0.05)
+    assert "failed unexpectedly" in log.read_text()
+    await asyncio.sleep(0.5)
+    assert agent.process is not None and agent.process.poll() is None, "the agent exited"
+    blocker.rmdir()
+    restarted = await coordinator.wait_report(AgentPhase.RESTARTED)
+    assert restarted.k3s_version == NEW and node.running_version() == NEW
+
+
+async def test_systemd_unit_auto_restarts_the_unit_k3s_runs_in(tmp_path: Path, monkeypatch) -> None:
+    """`--systemd-unit auto` asks systemd to restart the service whose cgroup the k3s process is in, and
+    refuses (a restart failure, rolled back) when it is in none. The process here is this test's own: the
+    unit expected is what its /proc/PID/cgroup says (none in most containers)."""
+    (tmp_path / "nsenter").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\n')
+    (tmp_path / "nsenter").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    me = K3sProcess(pid=os.getpid(), role="server", binary=tmp_path / "k3s",
+                    host_binary="/usr/local/bin/k3s", create_time=0.0)
+    unit = unit_from_cgroup(await asyncio.to_thread(Path(f"/proc/{os.getpid()}/cgroup").read_text))
+    if unit is None:
+        with pytest.raises(RestartFailed, match=rf"k3s pid {os.getpid()} runs in no systemd service"):
+            await restart(me, AUTO_UNIT)
+        assert not (tmp_path / "args").exists()
+    else:
+        await restart(me, AUTO_UNIT)
+        assert (tmp_path / "args").read_text().split()[-3:] == ["restart", "--no-block", unit]
+    with pytest.raises(RestartFailed, match="no k3s process runs"):
+        await restart(None, AUTO_UNIT)
 
 
 async def test_a_resumed_download_with_no_k3s_running_leaves_no_partial_file(

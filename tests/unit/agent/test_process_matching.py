@@ -4,7 +4,9 @@ Aspects: `server` and `agent` processes with options (`--cluster-init`) match, a
 space-joined string as k3s and setproctitle leave it in /proc/PID/cmdline; other k3s subcommands
 (`kubectl`, `crictl`, `--version`), containerd and shell wrappers do not; a `k3s init` wrapper counts only
 when nothing else matches; host paths are resolved under the host root, and in the sandbox a process of
-another node's root is never ours; none or several candidates is an error naming them.
+another node's root is never ours; none or several candidates is an error naming them; a binary that is a
+symlink (relative, or absolute and so not even under the host root) is refused with an error naming the
+link, while a regular file beside such links is taken.
 """
 
 from __future__ import annotations
@@ -91,3 +93,22 @@ def test_several_candidates_are_refused() -> None:
     processes = [proc(42, "/usr/local/bin/k3s", "server"), proc(43, "/opt/bin/k3s", "agent")]
     with pytest.raises(DiscoveryError, match=r"several k3s processes.*pid 42.*pid 43"):
         match_k3s(processes, HOST, {LIVE, other})
+
+
+def test_a_symlinked_binary_is_refused_naming_the_link(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "usr/local/bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "k3s-v1.30.4").write_text("#!/bin/sh\n")
+    (bin_dir / "k3s").symlink_to("k3s-v1.30.4")  # relative: replacing it would replace the link
+    with pytest.raises(DiscoveryError, match=r"symlink \(/usr/local/bin/k3s -> k3s-v1.30.4\)"):
+        match_k3s([proc(7, "/usr/local/bin/k3s", "server")], tmp_path)
+    (bin_dir / "k3s").unlink()
+    (bin_dir / "k3s").symlink_to("/opt/k3s/k3s-v1.30.4")  # absolute: not even under the host root
+    with pytest.raises(DiscoveryError, match=r"/opt/k3s/k3s-v1\.30\.4"):
+        match_k3s([proc(7, "/usr/local/bin/k3s", "server")], tmp_path)
+    (bin_dir / "k3s").unlink()
+    (bin_dir / "k3s").write_text("#!/bin/sh\n")
+    (bin_dir / "kubectl").symlink_to("k3s")  # install.sh's links beside the file
+    found = match_k3s([proc(7, "/usr/local/bin/k3s", "server"), proc(8, "/usr/local/bin/kubectl", "get")],
+                      tmp_path)
+    assert found.pid == 7 and found.binary == bin_dir / "k3s"
