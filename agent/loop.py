@@ -33,6 +33,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             await _sleep(stop, delay)
             delay = min(config.max_backoff, delay * 2)
         instruction: Instruction | None = None
+        step_delay = config.retry_backoff  # after a step failed unexpectedly: grows until one does not
         while not stop.is_set():
             if instruction is None:
                 try:
@@ -56,16 +57,17 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                 # Not the end of the agent: between the SIGTERM of k3s and a working new k3s nothing would
                 # start this pod again (its kubelet is k3s), and only it can roll the node back.
                 log.exception("%s failed unexpectedly; resuming from the journal in %.1f s",
-                              instruction.action.value, delay)
+                              instruction.action.value, step_delay)
                 instruction = None
                 while not stop.is_set():
-                    await _sleep(stop, delay)
-                    delay = min(config.max_backoff, delay * 2)
+                    await _sleep(stop, step_delay)
+                    step_delay = min(config.max_backoff, step_delay * 2)
                     if await _resumed(upgrader):
                         break
                 continue
             finally:
                 beat.cancel()
+            step_delay = config.retry_backoff
             answer = upgrader.take_answer()
             done, instruction = instruction, next_instruction(instruction, answer)
             if done.action == Action.IDLE:

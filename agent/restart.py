@@ -26,44 +26,50 @@ class RestartFailed(Exception):
 
 AUTO_UNIT = "auto"
 """`--systemd-unit auto`: the unit whose cgroup the k3s process is in (`k3s` on servers and `k3s-agent` on
-agents as install.sh names them, `k3s-<INSTALL_K3S_NAME>` too), so one DaemonSet serves both."""
+agents as install.sh names them, `k3s-<INSTALL_K3S_NAME>` too), so one DaemonSet serves both. Only a unit
+named `k3s*.service` is taken: a k3s started by hand in a login that landed in `ssh.service`'s cgroup
+must not get sshd restarted."""
 
 
 def unit_from_cgroup(text: str) -> str | None:
-    """The systemd service a process runs in, from the text of `/proc/PID/cgroup` (v2 `0::/system.slice/
-    k3s.service`, or v1's `name=systemd` line); None when it is in none (not started by systemd)."""
+    """The k3s systemd service a process runs in, from the text of `/proc/PID/cgroup` (v2 `0::/system.slice/
+    k3s.service`, or v1's `name=systemd` line); None when it is in none (not started by systemd) or in
+    a service not named `k3s*`."""
     for line in text.splitlines():
         _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if controllers in ("", "name=systemd"):
             units = [part for part in path.split("/") if part.endswith(".service")]
             if units:
-                return units[-1]
+                return units[-1] if units[-1].startswith("k3s") else None
     return None
 
 
-def _unit_of(process: K3sProcess | None) -> str:
-    if process is None:
-        raise RestartFailed("--systemd-unit auto: no k3s process runs to tell its unit")
+def unit_of(pid: int) -> str | None:
+    """`unit_from_cgroup` of process `pid`; None when its cgroup cannot be read (it is gone)."""
     try:
-        with open(f"/proc/{process.pid}/cgroup") as handle:
-            unit = unit_from_cgroup(handle.read())
-    except OSError as exc:
-        raise RestartFailed(f"--systemd-unit auto: cannot read the cgroup of k3s pid {process.pid}: {exc}") \
-            from exc
-    if unit is None:
-        raise RestartFailed(f"--systemd-unit auto: k3s pid {process.pid} runs in no systemd service")
-    return unit
+        with open(f"/proc/{pid}/cgroup") as handle:
+            return unit_from_cgroup(handle.read())
+    except OSError:
+        return None
 
 
-async def restart(process: K3sProcess | None, systemd_unit: str | None) -> None:
+async def restart(process: K3sProcess | None, systemd_unit: str | None,
+                  known_unit: str | None = None) -> None:
     """Restart k3s; RestartFailed when that could not even be asked for (the cause in the message).
 
     `systemctl restart --no-block`: the unit install.sh writes is `Type=notify` with `TimeoutStartSec=0`,
     so a blocking restart would wait for as long as the new k3s takes to say it is ready, forever if it
     never does (a server that cannot rejoin etcd); `wait_for_new_process` bounds the wait instead. An
-    unknown unit is still refused at once."""
+    unknown unit is still refused at once.
+
+    `auto`: the unit of `process`, else `known_unit` (the unit k3s was last seen in): k3s may be between
+    two runs when it is restarted (a crash-looping new k3s while it is rolled back), and a unit that
+    systemd gave up on must be restarted all the same. With neither, nothing runs and nothing is known:
+    as without a unit, its service manager is left to start it."""
     if systemd_unit == AUTO_UNIT:
-        systemd_unit = _unit_of(process)
+        systemd_unit = (unit_of(process.pid) if process is not None else None) or known_unit
+        if systemd_unit is None and process is not None:
+            raise RestartFailed(f"--systemd-unit auto: k3s pid {process.pid} runs in no k3s systemd service")
     if systemd_unit:
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -47,7 +47,7 @@ from agent.install import (
 )
 from agent.journal import Journal, JournalEntry, RunningK3s, RunningRecord, on_this_boot
 from agent.prefetch import Prefetcher
-from agent.restart import TICK, RestartFailed, restart, wait_for_new_process
+from agent.restart import AUTO_UNIT, TICK, RestartFailed, restart, unit_of, wait_for_new_process
 from wire.messages import Action, AgentPhase, AgentState, Instruction, LeaseAssignment, Report
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class Upgrader:
         self.discovery_error: str | None = None
         self.k3s_version: str | None = None
         self.k3s_binary: str | None = None
+        self.k3s_unit: str | None = None
+        """With `--systemd-unit auto`: the k3s service k3s was last seen running in (`restart.unit_of`)."""
         self._version_key: tuple[int, float, int, int, int] | None = None
         self.answer: Instruction | None = None
         """The coordinator's answer to the last report delivered (its next instruction for this node)."""
@@ -95,6 +97,8 @@ class Upgrader:
         """Refresh what runs on the node (for the poll body); errors are kept for the coordinator."""
         try:
             proc = await asyncio.to_thread(find_k3s, self.config.host_root)
+            if self.config.systemd_unit == AUTO_UNIT:
+                self.k3s_unit = unit_of(proc.pid) or self.k3s_unit
             self.k3s_binary = "/" + str(proc.binary.relative_to(self.config.host_root)) \
                 if proc.binary.is_relative_to(self.config.host_root) else str(proc.binary)
             st = proc.binary.stat()
@@ -373,7 +377,7 @@ class Upgrader:
         if proc is None or proc.create_time < entry.swap_started_at - TICK or (
                 (proc.pid, proc.create_time) == entry.old_process):
             try:
-                await restart(proc, self.config.systemd_unit)
+                await restart(proc, self.config.systemd_unit, self.k3s_unit)
             except RestartFailed as exc:
                 await self.rollback(str(exc))
                 return
@@ -454,7 +458,7 @@ class Upgrader:
         proc = await self.observe()
         if proc is None or proc.create_time < entry.rollback_started_at - TICK:
             try:
-                await restart(proc, self.config.systemd_unit)
+                await restart(proc, self.config.systemd_unit, self.k3s_unit)
             except RestartFailed as exc:
                 await self._fail(entry, f"{cause}; restart after rollback failed: {exc}")
                 return

@@ -14,12 +14,27 @@ import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("coordinator.tls")
 
 RELOAD_INTERVAL = 30.0
 """Seconds between two looks at the certificate files."""
+
+
+@contextmanager
+def _in_memory(data: bytes) -> Iterator[str]:
+    """A path to a private in-memory copy of `data` (a memfd: the root file system may be read-only)."""
+    fd = os.memfd_create("coordinator-tls", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 class ServingCertificate:
@@ -38,12 +53,20 @@ class ServingCertificate:
         return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
     def reload_if_changed(self) -> bool:
-        """Load the files again if they changed since the last load; True if a new pair is in use."""
+        """Load the files again if they changed since the last load; True if a new pair is in use.
+
+        The live context is only given a pair that loaded into a scratch context first, from in-memory
+        copies of the files: OpenSSL installs a certificate before its key and drops a key that does not
+        match it, so loading a mismatched pair (the certificate renewed, the key not yet) straight into
+        the live context would leave it with no key, and every handshake would fail."""
         try:
             stamp = self._files()
             if stamp == self._stamp:
                 return False
-            self.context.load_cert_chain(self.cert_file, self.key_file)
+            cert_pem, key_pem = self.cert_file.read_bytes(), self.key_file.read_bytes()
+            with _in_memory(cert_pem) as cert, _in_memory(key_pem) as key:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)  # a pair?
+                self.context.load_cert_chain(cert, key)  # the very bytes just checked
         except (OSError, ssl.SSLError) as exc:
             log.error("serving certificate %s not reloaded, the last one stays in use: %s", self.cert_file,
                       exc)

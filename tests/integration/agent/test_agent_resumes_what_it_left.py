@@ -8,7 +8,8 @@ it asks for a step of that lease; a `rollback` of a lease the agent dropped befo
 answered `rolled_back` with nothing changed; an instruction the agent cannot take is not polled for in a
 tight loop; `finish` leaves no staged file when the target was live already; a restart that cannot
 even be asked for is a restart failure (rolled back), not an exception that ends the agent; a systemd
-restart does not wait for the new k3s (`--no-block`), and `auto` restarts the unit k3s runs in; a step
+restart does not wait for the new k3s (`--no-block`), and `auto` restarts the k3s unit k3s runs in, or
+the one it was last seen in while no k3s runs; a step
 that fails unexpectedly (the journal cannot be written) does not end the agent either, which resumes and
 carries the lease through once it can; a download
 resumed while no k3s runs fails and leaves no partial file once the lease is dropped; a swap journalled in
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import pytest
 from agent.discovery import K3sProcess, boot_id, process_clock, process_stat
 from agent.install import staging_paths, swap_in
 from agent.journal import Journal, JournalEntry
-from agent.restart import AUTO_UNIT, RestartFailed, restart, unit_from_cgroup
+from agent.restart import AUTO_UNIT, RestartFailed, restart, unit_of
 from sandbox.standin import build_standin
 from tests.integration.agent.conftest import (
     NEW,
@@ -190,24 +192,30 @@ async def test_a_systemd_restart_does_not_wait_for_the_new_k3s(tmp_path: Path, m
 async def test_a_step_that_fails_unexpectedly_does_not_end_the_agent(
         node: Node, releases, tmp_path: Path, coordinator: ScriptedCoordinator, agent_factory) -> None:
     """Nothing starts the agent's pod again while k3s is down (its kubelet is k3s), so an error no step
-    expects must not end the process: here the journal cannot be written (a directory where its file
-    goes). The agent logs it, keeps trying, and once the journal can be written carries the lease through."""
+    expects must not end the process: here the journal cannot be written (a directory where its temporary
+    file goes; it can still be read). The agent logs it and tries again, waiting longer each time although
+    its polls succeed in between (0.1 s, then 0.2, 0.4 and its 0.5-s maximum), and once the journal can be
+    written it carries the lease through."""
     agent = agent_factory(coordinator.url)
     agent.start()
     for _ in range(100):  # polling: its start-up resume is over
         if coordinator.polls:
             break
         await asyncio.sleep(0.05)
-    blocker = agent.state_dir / "journal.json"
+    blocker = agent.state_dir / "journal.json.tmp"
     blocker.mkdir(parents=True)
     coordinator.instruct(Action.STAGE, make_lease(releases))
     log = tmp_path / "agent.log"
+
+    def waits() -> list[float]:
+        return [float(m) for m in re.findall(r"failed unexpectedly; resuming from the journal in ([0-9.]+) s",
+                                             log.read_text())]
+
     for _ in range(200):
-        if "failed unexpectedly" in log.read_text():
+        if len(waits()) >= 4:
             break
         await asyncio.sleep(0.05)
-    assert "failed unexpectedly" in log.read_text()
-    await asyncio.sleep(0.5)
+    assert waits()[:4] == [0.1, 0.2, 0.4, 0.5]
     assert agent.process is not None and agent.process.poll() is None, "the agent exited"
     blocker.rmdir()
     restarted = await coordinator.wait_report(AgentPhase.RESTARTED)
@@ -215,24 +223,26 @@ async def test_a_step_that_fails_unexpectedly_does_not_end_the_agent(
 
 
 async def test_systemd_unit_auto_restarts_the_unit_k3s_runs_in(tmp_path: Path, monkeypatch) -> None:
-    """`--systemd-unit auto` asks systemd to restart the service whose cgroup the k3s process is in, and
-    refuses (a restart failure, rolled back) when it is in none. The process here is this test's own: the
-    unit expected is what its /proc/PID/cgroup says (none in most containers)."""
-    (tmp_path / "nsenter").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\n')
+    """`--systemd-unit auto` asks systemd to restart the k3s service whose cgroup the k3s process is in, or
+    the one k3s was last seen in when no k3s runs right then (between two runs of a crash-looping new k3s,
+    while it is rolled back); it refuses (a restart failure, rolled back) a k3s in no k3s service, such as
+    this test's own process standing in for one; with no process and no unit known it leaves the service
+    manager to start k3s, as without a unit."""
+    (tmp_path / "nsenter").write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/args"\n')
     (tmp_path / "nsenter").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     me = K3sProcess(pid=os.getpid(), role="server", binary=tmp_path / "k3s",
                     host_binary="/usr/local/bin/k3s", create_time=0.0)
-    unit = unit_from_cgroup(await asyncio.to_thread(Path(f"/proc/{os.getpid()}/cgroup").read_text))
-    if unit is None:
-        with pytest.raises(RestartFailed, match=rf"k3s pid {os.getpid()} runs in no systemd service"):
-            await restart(me, AUTO_UNIT)
-        assert not (tmp_path / "args").exists()
-    else:
+    assert unit_of(os.getpid()) is None  # not a k3s*.service
+    with pytest.raises(RestartFailed, match=rf"k3s pid {os.getpid()} runs in no k3s systemd service"):
         await restart(me, AUTO_UNIT)
-        assert (tmp_path / "args").read_text().split()[-3:] == ["restart", "--no-block", unit]
-    with pytest.raises(RestartFailed, match="no k3s process runs"):
-        await restart(None, AUTO_UNIT)
+    await restart(None, AUTO_UNIT)
+    assert not (tmp_path / "args").exists()
+    await restart(None, AUTO_UNIT, known_unit="k3s-agent.service")
+    await restart(me, AUTO_UNIT, known_unit="k3s.service")  # its own unit unknown: the one last seen
+    calls = (tmp_path / "args").read_text().splitlines()
+    assert [c.split()[-3:] for c in calls] == [["restart", "--no-block", "k3s-agent.service"],
+                                               ["restart", "--no-block", "k3s.service"]]
 
 
 async def test_a_resumed_download_with_no_k3s_running_leaves_no_partial_file(

@@ -4,9 +4,10 @@ the agent verifies it with `--coordinator-ca-file`, and a renewed certificate is
 Aspects: the agent's client polls through HTTPS when it trusts the certificate's CA, and fails as
 `CoordinatorUnavailable` (certificate verify failed) when it does not; a renewed pair written over the files
 is in use after `reload_if_changed` (an agent trusting only the new CA gets through, one trusting only the
-old does not), while a pair that does not load (a key of another certificate) leaves the last good one
-serving; `python -m coordinator` with the two flags announces https:// and serves /healthz over TLS, and
-exits 2 naming the files when they do not make a pair; the agent refuses a CA file with an http:// URL.
+old does not), while a pair that does not load (a key of another certificate, or a new certificate whose
+key is not written yet) leaves the last good one serving; `python -m coordinator` with the two flags
+announces https:// and serves /healthz over TLS, and exits 2 naming the files when they do not make a
+pair; the agent refuses a CA file with an http:// URL.
 """
 
 from __future__ import annotations
@@ -104,6 +105,13 @@ async def test_a_renewed_certificate_is_served_and_a_broken_one_is_not(served: S
     # Half a renewal: a key that is not the certificate's. The renewed pair keeps serving.
     other = trustme.CA().issue_cert("127.0.0.1")
     other.private_key_pem.write_to_path(str(key))
+    assert not served.tls.reload_if_changed()
+    assert await served.poll_trusting(new_ca) == Action.IDLE
+    # The other half first: a new certificate before its key (OpenSSL would drop the live key for it).
+    write_pair(renewed, cert, key)  # back to a good pair
+    assert served.tls.reload_if_changed()
+    third = trustme.CA()
+    third.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))
     assert not served.tls.reload_if_changed()
     assert await served.poll_trusting(new_ca) == Action.IDLE
 
