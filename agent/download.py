@@ -6,8 +6,10 @@ writes and hashes each buffer while the next one is received. Why not aiohttp, a
 event loop costs a wake-up, a parser call and a copy for every socket read, about 57 ms of CPU for a
 73 MB artifact on the benchmark's machine against about 20 ms for blocking reads into a reused buffer
 (`bench.agent_download`); on two cores that CPU is taken from the SHA-256 and the file writes. Redirects
-are followed (release assets are redirected to their storage); proxies from the environment are not used,
-as they were not with aiohttp.
+are followed (release assets are redirected to their storage). A proxy named by `HTTPS_PROXY` /
+`HTTP_PROXY` is used unless `NO_PROXY` exempts the URL (`wire.proxies`): an https URL through a CONNECT
+tunnel (TLS still end to end, the certificate checked against the release server's name), an http one
+by asking the proxy for the absolute URL. Each redirect's URL is looked at anew.
 
 Errors: `DownloadError` (temporary: network trouble after every retry), `ChecksumMismatch` and
 `NoSpace` (permanent: retrying cannot help; the partial file is removed). A 4xx answer is a
@@ -37,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urljoin, urlsplit
+
+from wire.proxies import Proxy, ProxyError, proxy_for
 
 log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
@@ -189,7 +193,8 @@ class _Transfer:
             conn.close()
 
     def _open(self) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
-        """GET the URL (following redirects) with a `Range` from the first byte we lack."""
+        """GET the URL (following redirects) with a `Range` from the first byte we lack. Returns the answer,
+        its connection, and what was asked for messages (its URL, and the proxy it went through)."""
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if self.got.offset:
             headers["Range"] = f"bytes={self.got.offset}-"
@@ -197,26 +202,27 @@ class _Transfer:
         for _ in range(_MAX_REDIRECTS + 1):
             if self._stopped.is_set():
                 raise _Interrupted("stopped")
-            conn, path = _connection(url, self._timeout)
+            conn, path, proxy, extra = _connection(url, self._timeout)
+            via = f" through proxy {proxy}" if proxy is not None else ""
             try:
                 conn.connect()
                 self._sock = conn.sock
                 if self._stopped.is_set():
                     raise _Interrupted("stopped")
-                conn.request("GET", path, headers=headers)
+                conn.request("GET", path, headers={**headers, **extra})
                 response = conn.getresponse()
             except http.client.InvalidURL as exc:
                 conn.close()
                 raise DownloadError(f"cannot download {url}: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise _Interrupted(f"GET {url}: {exc!r}") from exc
+                raise _Interrupted(f"GET {url}{via}: {exc!r}") from exc
             except BaseException:
                 conn.close()
                 raise
             location = response.getheader("Location")
             if response.status not in _REDIRECTS or not location:
-                return response, conn, url
+                return response, conn, url + via
             response.close()
             conn.close()
             url = urljoin(url, location)
@@ -310,23 +316,37 @@ def _body_reader(response: http.client.HTTPResponse) -> Callable[[memoryview], i
     return read
 
 
-def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    """A connection to the URL's host (not yet opened) and the request target (path and query)."""
+def _connection(
+    url: str, timeout: float
+) -> tuple[http.client.HTTPConnection, str, Proxy | None, dict[str, str]]:
+    """A connection (not yet opened) to the URL's host or to the proxy for it, the request target (path and
+    query; the absolute URL when an http URL goes through a proxy), that proxy, and the headers the request
+    needs for it (`Proxy-Authorization` when an http URL goes through a proxy that wants credentials)."""
     target = urlsplit(url)
     if target.scheme not in ("http", "https") or not target.hostname:
         raise DownloadError(f"cannot download {url}: not an http(s) URL")
     try:
         port = target.port or (443 if target.scheme == "https" else 80)  # (an IPv6 literal needs it given)
-    except ValueError as exc:
+        proxy = proxy_for(url)
+    except (ValueError, ProxyError) as exc:
         raise DownloadError(f"cannot download {url}: {exc}") from exc
     path = quote(target.path or "/", safe=_PATH_SAFE) + (f"?{quote(target.query, safe=_QUERY_SAFE)}"
                                                           if target.query else "")
+    conn: http.client.HTTPConnection
     if target.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            target.hostname, port, timeout=timeout, context=ssl.create_default_context())
-    else:
+        context = ssl.create_default_context()
+        if proxy is None:
+            conn = http.client.HTTPSConnection(target.hostname, port, timeout=timeout, context=context)
+        else:  # TLS with the release server inside a CONNECT tunnel through the proxy
+            conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=context)
+            conn.set_tunnel(target.hostname, port, headers=proxy.headers)
+    elif proxy is None:
         conn = http.client.HTTPConnection(target.hostname, port, timeout=timeout)
-    return conn, path
+    else:  # the proxy fetches the absolute URL
+        conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
+        host = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
+        return conn, f"http://{host}:{port}{path}", proxy, proxy.headers
+    return conn, path, proxy, {}
 
 
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"

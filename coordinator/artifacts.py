@@ -14,7 +14,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from coordinator.outbound import proxy_options
 from wire.messages import Artifact
+from wire.proxies import ProxyError, proxy_for
 
 DEFAULT_BASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
@@ -85,12 +87,20 @@ class ArtifactFetcher:
             return self.cache[key]
         url = checksum_url(self.base_url, version, arch)
         try:
-            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+            proxy = proxy_for(url)  # the environment's HTTPS_PROXY / NO_PROXY (`wire.proxies`)
+        except ProxyError as exc:
+            raise ArtifactError(f"GET {url}: {exc}") from exc
+        via = f" (through proxy {proxy})" if proxy else ""
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                **proxy_options(url, proxy),
+            ) as resp:
                 body = (await resp.content.read(MAX_BODY)).decode("utf-8", errors="replace")
                 if resp.status != 200:
-                    raise ArtifactError(f"GET {url}: answered {resp.status}")
+                    raise ArtifactError(f"GET {url}{via}: answered {resp.status}")
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise ArtifactError(f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            raise ArtifactError(f"GET {url}{via}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         art = artifact_for(self.base_url, version, arch, body)
         self.cache[key] = art
         return art

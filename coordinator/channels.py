@@ -12,7 +12,9 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from coordinator.outbound import proxy_options
 from coordinator.versions import is_version
+from wire.proxies import ProxyError, proxy_for
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_BODY = 64 * 1024
@@ -33,14 +35,21 @@ def version_from_location(url: str, location: str | None) -> str:
 
 
 async def resolve_channel(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
-    """GET `url` without following redirects and return the version it points to."""
+    """GET `url` without following redirects (through the proxy the environment names for it, if any:
+    `wire.proxies`) and return the version it points to."""
+    try:
+        proxy = proxy_for(url)
+    except ProxyError as exc:
+        raise ChannelError(f"channel {url}: {exc}") from exc
     try:
         async with session.get(
-            url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s),
+            **proxy_options(url, proxy),
         ) as resp:
             await resp.content.read(MAX_BODY)
             if resp.status not in REDIRECTS:
                 raise ChannelError(f"channel {url}: answered {resp.status}, expected a redirect to a release")
             return version_from_location(url, resp.headers.get("Location"))
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise ChannelError(f"channel {url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        via = f" (through proxy {proxy})" if proxy else ""
+        raise ChannelError(f"channel {url}{via}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc

@@ -338,5 +338,6 @@ async def test_a_5xx_whose_body_breaks_is_tried_again(tmp_path: Path) -> None:
     ("http://h/a b/k\u00e9", "h", 80, "/a%20b/k%C3%A9"),
 ])
 def test_the_connection_is_to_the_urls_host_and_port(url: str, host: str, port: int, target: str) -> None:
-    conn, path = download_module._connection(url, 5.0)
+    conn, path, proxy, _ = download_module._connection(url, 5.0)
+    assert proxy is None
     assert (conn.host, conn.port, path) == (host, port, target)

@@ -5,18 +5,29 @@ Aspects covered:
   runtime, an unchanged answer does not;
 - an unknown channel (404) and an unreachable server each keep an error naming the URL;
 - artifacts come from the release's checksum file (real SHA-256 of the binary), are kept once fetched,
-  and an unknown version keeps an error while being retried on demand.
+  and an unknown version keeps an error while being retried on demand;
+- both go through the proxy HTTP_PROXY names, with its credentials, unless NO_PROXY exempts the servers;
+  a proxy that refuses them, or one that cannot be used, is named in the errors; an https channel goes
+  through a CONNECT tunnel, the proxy's credentials with the CONNECT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from pathlib import Path
 
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from coordinator.channels import resolve_channel
 from coordinator.resolver import Resolver
 from sandbox.channels import ChannelServer
 from sandbox.releases import ReleaseServer
+from tests.integration.forward_proxy import ForwardProxy
 from wire.messages import Artifact
 
 V1, V2 = "v1.30.4+k3s1", "v1.30.5+k3s1"
@@ -72,3 +83,91 @@ async def test_artifacts_come_from_the_release(tmp_path: Path) -> None:
     finally:
         await r.close()
         await asyncio.to_thread(releases.stop_in_thread)
+
+
+async def test_channels_and_checksums_go_through_the_proxy_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    channels = ChannelServer({"stable": V1})
+    await channels.start()
+    releases = ReleaseServer([V1], tmp_path / "rel")
+    await asyncio.to_thread(releases.start_in_thread)
+    proxy = ForwardProxy(credentials="coordinator:pw")
+    port = (await proxy.start()).rsplit(":", 1)[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://coordinator:pw@127.0.0.1:{port}")
+    stable, checksums = channels.url("stable"), f"{releases.base_url}/v1.30.4%2Bk3s1/sha256sum-amd64.txt"
+
+    async def resolve() -> tuple[str | None, Artifact | str]:
+        changed = asyncio.Event()
+        r = Resolver(releases.base_url, interval=3600, timeout=5, on_change=changed.set)
+        try:
+            r.want({stable})
+            await r.resolve_all()
+            r.want_artifact(V1, "amd64")
+            async with asyncio.timeout(20):
+                while (V1, "amd64") not in r.artifacts:
+                    await changed.wait()
+                    changed.clear()
+            return r.channels[stable].version or r.channels[stable].error, r.artifacts[(V1, "amd64")]
+        finally:
+            await r.close()
+
+    try:
+        version, art = await resolve()
+        assert version == V1 and isinstance(art, Artifact) and art.sha256 == releases.sha256(V1, "k3s")
+        assert sorted(s.target for s in proxy.seen) == sorted([stable, checksums])
+        assert {s.authorization for s in proxy.seen} == {proxy.expected}
+
+        proxy.seen.clear()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert (await resolve())[0] == V1 and proxy.seen == [], "exempt: straight to the servers"
+
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")  # no credentials: 407
+        error, missing = await resolve()
+        assert error == f"channel {stable}: answered 407, expected a redirect to a release"
+        assert missing == f"GET {checksums} (through proxy http://127.0.0.1:{port}): answered 407"
+
+        monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+        error, missing = await resolve()
+        assert "HTTP_PROXY='socks5://127.0.0.1:1080': only http:// proxies" in str(error)
+        assert "only http:// proxies" in str(missing)
+    finally:
+        await proxy.stop()
+        await asyncio.to_thread(releases.stop_in_thread)
+        await channels.stop()
+
+
+async def test_an_https_channel_goes_through_a_tunnel_with_the_proxys_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    app = web.Application()
+
+    async def stable(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"https://github.com/k3s-io/k3s/releases/tag/{V1}")
+
+    app.router.add_get("/v1-release/channels/stable", stable)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    url = f"https://localhost:{runner.addresses[0][1]}/v1-release/channels/stable"
+    proxy = ForwardProxy(credentials="coordinator:pw")
+    port = (await proxy.start()).rsplit(":", 1)[1]
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("https_proxy", f"coordinator:pw@127.0.0.1:{port}")
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as session:
+            assert await resolve_channel(session, url, 5) == V1
+        assert [(s.method, s.authorization) for s in proxy.seen] == [("CONNECT", proxy.expected)]
+    finally:
+        await proxy.stop()
+        await runner.cleanup()
