@@ -86,6 +86,10 @@ def wait_for(what: str, check: Any, timeout: float, interval: float = 0.1) -> An
     raise SandboxError(f"{what} within {timeout:g} s{cause}")
 
 
+PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "no_proxy", "all_proxy"})
+"""What `wire.proxies` (and curl) read, in lowercase: the agents and coordinator get none of them."""
+
+
 class Proc:
     """A child process in its own session, output to a log file."""
 
@@ -517,7 +521,10 @@ class Sandbox:
 
     # -- coordinator --------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The environment of the agents and the coordinator: this one's, without a proxy (every server of
+        the sandbox is on this machine: a proxy set here for the outside must not be asked for them), plus
+        the config's `extra_env` (which may set one, to rehearse with a proxy)."""
+        env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
         env.update(self.config.extra_env)
         env["PYTHONUNBUFFERED"] = "1"
         return env

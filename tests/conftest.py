@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -23,6 +24,7 @@ import psutil
 import pytest
 
 from sandbox.apiserver import ThreadedApiServer
+from sandbox.cluster import PROXY_VARIABLES
 
 KUBECTL = "/usr/bin/kubectl"
 
@@ -31,6 +33,11 @@ Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_leaks: fail the test if it leaves threads or child processes")
+    # Every server of the tests is on loopback: a proxy set for this machine (for its package registries,
+    # say) must not be asked for them, in this process nor in the ones it starts. The tests of proxies
+    # set their own (tests/integration/forward_proxy.py).
+    for name in [n for n in os.environ if n.lower() in PROXY_VARIABLES]:
+        del os.environ[name]
 
 
 @pytest.fixture
