@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 
 from coordinator.config import DEFAULT_MAX_HELD_POLLS, DEFAULT_PREFETCH_WAVES
+from sandbox.cluster import PROXY_VARIABLES
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 REPEATS = 2 if QUICK else 3
@@ -288,6 +289,8 @@ def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
+    for name in [n for n in os.environ if n.lower() in PROXY_VARIABLES]:  # every server here is on loopback
+        del os.environ[name]
     results: list[tuple[str, dict[str, Any]]] = []
     spreads: list[tuple[str, dict[str, Any]]] = []
     started = time.monotonic()
