@@ -1,8 +1,8 @@
 """k3s release artifacts: asset and checksum-file names per arch, URLs, checksum parsing, and a fetcher.
 
 Assets live at `<base>/<tag>/<asset>` with `+` written `%2B` (base default
-https://github.com/k3s-io/k3s/releases/download): binaries `k3s` (amd64), `k3s-arm64`, `k3s-armhf`;
-checksums `sha256sum-amd64.txt`, `sha256sum-arm64.txt`, `sha256sum-arm.txt` (the armhf file is `arm`),
+https://github.com/k3s-io/k3s/releases/download): binaries `k3s` (amd64), `k3s-arm64`, `k3s-armhf`,
+`k3s-s390x`; checksums `sha256sum-<arch>.txt` (amd64, arm64, arm: the armhf file is `arm`, s390x),
 lines `<64 hex>  <asset>`. Releases are immutable, so `ArtifactFetcher` keeps one good answer per
 (version, arch) forever and retries failures on the next call. Errors: `ArtifactError` naming URL/cause.
 """
@@ -19,8 +19,8 @@ from wire.messages import Artifact
 from wire.proxies import ProxyError, proxy_for
 
 DEFAULT_BASE_URL = "https://github.com/k3s-io/k3s/releases/download"
-ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
-CHECKSUM_FILES = {"amd64": "sha256sum-amd64.txt", "arm64": "sha256sum-arm64.txt", "arm": "sha256sum-arm.txt"}
+ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf", "s390x": "k3s-s390x"}
+CHECKSUM_FILES = {arch: f"sha256sum-{arch}.txt" for arch in ASSETS}
 _LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 MAX_BODY = 1 << 20
 
@@ -32,7 +32,7 @@ class ArtifactError(Exception):
 def _arch(arch: str) -> str:
     norm = {"armhf": "arm", "x86_64": "amd64", "aarch64": "arm64"}.get(arch, arch)
     if norm not in ASSETS:
-        raise ArtifactError(f"unsupported architecture {arch!r} (k3s ships amd64, arm64, arm)")
+        raise ArtifactError(f"unsupported architecture {arch!r} (k3s ships {', '.join(ASSETS)})")
     return norm
 
 
@@ -53,18 +53,24 @@ def checksum_url(base: str, version: str, arch: str) -> str:
 
 
 def parse_checksums(text: str) -> dict[str, str]:
-    """asset name -> lowercase sha256, from `sha256sum` output; other lines are ignored."""
+    """asset name -> lowercase sha256, from `sha256sum` output; other lines are ignored. A name listed
+    twice with different sums is an `ArtifactError`: neither can be trusted."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if m:
-            out[m.group(2)] = m.group(1).lower()
+            name, sha = m.group(2), m.group(1).lower()
+            if out.setdefault(name, sha) != sha:
+                raise ArtifactError(f"the checksum file lists {name} twice with different sums")
     return out
 
 
 def artifact_for(base: str, version: str, arch: str, checksum_text: str) -> Artifact:
     name = asset_name(arch)
-    sha = parse_checksums(checksum_text).get(name)
+    try:
+        sha = parse_checksums(checksum_text).get(name)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{checksum_url(base, version, arch)}: {exc}") from None
     if sha is None:
         raise ArtifactError(f"{checksum_url(base, version, arch)} lists no checksum for {name}")
     return Artifact(url=asset_url(base, version, arch), sha256=sha, name=name)

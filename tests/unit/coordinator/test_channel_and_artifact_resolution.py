@@ -19,6 +19,7 @@ from aiohttp import web
 from coordinator.artifacts import (
     ArtifactError,
     ArtifactFetcher,
+    artifact_for,
     asset_name,
     asset_url,
     checksum_url,
@@ -107,7 +108,8 @@ def test_version_from_location_pure() -> None:
 @pytest.mark.parametrize(("arch", "asset", "sums"), [("amd64", "k3s", "sha256sum-amd64.txt"),
                                                       ("arm64", "k3s-arm64", "sha256sum-arm64.txt"),
                                                       ("arm", "k3s-armhf", "sha256sum-arm.txt"),
-                                                      ("armhf", "k3s-armhf", "sha256sum-arm.txt")])
+                                                      ("armhf", "k3s-armhf", "sha256sum-arm.txt"),
+                                                      ("s390x", "k3s-s390x", "sha256sum-s390x.txt")])
 def test_names_and_urls(arch: str, asset: str, sums: str) -> None:
     assert asset_name(arch) == asset
     assert asset_url("https://b/dl/", "v1.30.1+k3s1", arch) == f"https://b/dl/v1.30.1%2Bk3s1/{asset}"
@@ -116,6 +118,11 @@ def test_names_and_urls(arch: str, asset: str, sums: str) -> None:
 
 def test_parse_checksums() -> None:
     assert parse_checksums(SUMS) == {"k3s": "1" * 64, "k3s-arm64": "2" * 64, "k3s-airgap.tar": "3" * 64}
+    assert parse_checksums(f"{'A' * 64} *k3s\n{'a' * 64}  k3s\n") == {"k3s": "a" * 64}, "the same sum twice"
+    with pytest.raises(ArtifactError, match="lists k3s twice with different sums"):
+        parse_checksums(f"{'a' * 64}  k3s\n{'b' * 64}  k3s\n")
+    with pytest.raises(ArtifactError, match=r"^https://b/v1\.30\.1%2Bk3s1/sha256sum-amd64\.txt: .* twice"):
+        artifact_for("https://b", "v1.30.1+k3s1", "amd64", f"{'a' * 64}  k3s\n{'b' * 64}  k3s\n")
 
 
 async def test_fetcher_caches_and_reports_errors(server: str) -> None:
