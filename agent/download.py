@@ -184,6 +184,17 @@ class _Transfer:
             except OSError as exc:  # not connected (any more): nothing is blocked on it
                 log.debug("download of %s: shutdown: %s", self.url, exc)
 
+    def _create_connection(self, address: tuple[str, int], timeout: float | None = None,
+                           source_address: tuple[str, int] | None = None) -> socket.socket:
+        """`socket.create_connection`, the socket kept at once for `abort`: a proxy's CONNECT exchange
+        happens before `connect` returns, and a proxy that stalls there must not hold up a cancel."""
+        sock = socket.create_connection(address, timeout, source_address)
+        self._sock = sock
+        if self._stopped.is_set():  # aborted while connecting: it found no socket to shut down
+            sock.close()
+            raise _Interrupted("stopped")
+        return sock
+
     def run(self) -> None:
         response, conn, url = self._open()
         try:
@@ -204,6 +215,7 @@ class _Transfer:
                 raise _Interrupted("stopped")
             conn, path, proxy, extra = _connection(url, self._timeout)
             via = f" through proxy {proxy}" if proxy is not None else ""
+            conn._create_connection = self._create_connection  # type: ignore[attr-defined]
             try:
                 conn.connect()
                 self._sock = conn.sock
@@ -327,24 +339,29 @@ def _connection(
         raise DownloadError(f"cannot download {url}: not an http(s) URL")
     try:
         port = target.port or (443 if target.scheme == "https" else 80)  # (an IPv6 literal needs it given)
+        hostname = target.hostname.encode("idna").decode("ascii")  # an IDN as its punycode, as curl sends it
         proxy = proxy_for(url)
-    except (ValueError, ProxyError) as exc:
+    except (ValueError, ProxyError) as exc:  # (UnicodeError is a ValueError)
         raise DownloadError(f"cannot download {url}: {exc}") from exc
+    if proxy is not None and target.scheme == "https" and ":" in hostname:
+        # Python 3.11's CONNECT names an IPv6 host without brackets, which no proxy takes.
+        raise DownloadError(f"cannot download {url} through proxy {proxy}: an IPv6 address as the release "
+                            f"host is not supported through a proxy; name it, or exempt it in NO_PROXY")
     path = quote(target.path or "/", safe=_PATH_SAFE) + (f"?{quote(target.query, safe=_QUERY_SAFE)}"
                                                           if target.query else "")
     conn: http.client.HTTPConnection
     if target.scheme == "https":
         context = ssl.create_default_context()
         if proxy is None:
-            conn = http.client.HTTPSConnection(target.hostname, port, timeout=timeout, context=context)
+            conn = http.client.HTTPSConnection(hostname, port, timeout=timeout, context=context)
         else:  # TLS with the release server inside a CONNECT tunnel through the proxy
             conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=context)
-            conn.set_tunnel(target.hostname, port, headers=proxy.headers)
+            conn.set_tunnel(hostname, port, headers=proxy.headers)
     elif proxy is None:
-        conn = http.client.HTTPConnection(target.hostname, port, timeout=timeout)
+        conn = http.client.HTTPConnection(hostname, port, timeout=timeout)
     else:  # the proxy fetches the absolute URL
         conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
-        host = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
+        host = f"[{hostname}]" if ":" in hostname else hostname
         return conn, f"http://{host}:{port}{path}", proxy, proxy.headers
     return conn, path, proxy, {}
 

@@ -10,11 +10,11 @@ lines `<64 hex>  <asset>`. Releases are immutable, so `ArtifactFetcher` keeps on
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 
-from coordinator.outbound import proxy_options
+from coordinator.outbound import REDIRECTS, proxy_options
 from wire.messages import Artifact
 from wire.proxies import ProxyError, proxy_for
 
@@ -23,6 +23,7 @@ ASSETS = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf", "s390x": "k3
 CHECKSUM_FILES = {arch: f"sha256sum-{arch}.txt" for arch in ASSETS}
 _LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 MAX_BODY = 1 << 20
+MAX_REDIRECTS = 10
 
 
 class ArtifactError(Exception):
@@ -91,22 +92,38 @@ class ArtifactFetcher:
         key = (version, _arch(arch))
         if key in self.cache:
             return self.cache[key]
-        url = checksum_url(self.base_url, version, arch)
-        try:
-            proxy = proxy_for(url)  # the environment's HTTPS_PROXY / NO_PROXY (`wire.proxies`)
-        except ProxyError as exc:
-            raise ArtifactError(f"GET {url}: {exc}") from exc
-        via = f" (through proxy {proxy})" if proxy else ""
-        try:
-            async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=self.timeout),
-                **proxy_options(url, proxy),
-            ) as resp:
-                body = (await resp.content.read(MAX_BODY)).decode("utf-8", errors="replace")
-                if resp.status != 200:
-                    raise ArtifactError(f"GET {url}{via}: answered {resp.status}")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise ArtifactError(f"GET {url}{via}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        body = await self._fetch(checksum_url(self.base_url, version, arch))
         art = artifact_for(self.base_url, version, arch, body)
         self.cache[key] = art
         return art
+
+    async def _fetch(self, url: str) -> str:
+        """The text at `url`, redirects followed one at a time (a mirror may send us on to its storage), each
+        hop through the proxy the environment names for its own URL (`wire.proxies`): NO_PROXY and the
+        proxy's credentials hold per hop, as the agent's downloads do. A redirect from https to http is
+        refused: the binary is verified against this file."""
+        first = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                proxy = proxy_for(url)
+            except ProxyError as exc:
+                raise ArtifactError(f"GET {url}: {exc}") from exc
+            via = f" (through proxy {proxy})" if proxy else ""
+            try:
+                async with self.session.get(
+                    url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    **proxy_options(url, proxy),
+                ) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status not in REDIRECTS or not location:
+                        body = (await resp.content.read(MAX_BODY)).decode("utf-8", errors="replace")
+                        if resp.status != 200:
+                            raise ArtifactError(f"GET {url}{via}: answered {resp.status}")
+                        return body
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise ArtifactError(f"GET {url}{via}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            moved = urljoin(url, location)
+            if urlsplit(url).scheme == "https" and urlsplit(moved).scheme != "https":
+                raise ArtifactError(f"GET {url}{via}: redirected to {moved}, not https: refused")
+            url = moved
+        raise ArtifactError(f"GET {first}: more than {MAX_REDIRECTS} redirects")

@@ -12,11 +12,10 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from coordinator.outbound import proxy_options
+from coordinator.outbound import REDIRECTS, proxy_options
 from coordinator.versions import is_version
 from wire.proxies import ProxyError, proxy_for
 
-REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_BODY = 64 * 1024
 
 
@@ -41,6 +40,7 @@ async def resolve_channel(session: aiohttp.ClientSession, url: str, timeout_s: f
         proxy = proxy_for(url)
     except ProxyError as exc:
         raise ChannelError(f"channel {url}: {exc}") from exc
+    via = f" (through proxy {proxy})" if proxy else ""
     try:
         async with session.get(
             url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s),
@@ -48,8 +48,8 @@ async def resolve_channel(session: aiohttp.ClientSession, url: str, timeout_s: f
         ) as resp:
             await resp.content.read(MAX_BODY)
             if resp.status not in REDIRECTS:
-                raise ChannelError(f"channel {url}: answered {resp.status}, expected a redirect to a release")
+                raise ChannelError(
+                    f"channel {url}{via}: answered {resp.status}, expected a redirect to a release")
             return version_from_location(url, resp.headers.get("Location"))
     except (TimeoutError, aiohttp.ClientError) as exc:
-        via = f" (through proxy {proxy})" if proxy else ""
         raise ChannelError(f"channel {url}{via}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc

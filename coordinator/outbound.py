@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from wire.proxies import Proxy
 
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
 
 def proxy_options(url: str, proxy: Proxy | None) -> dict[str, Any]:
     """aiohttp's request arguments for going to `url` through `proxy` (none: straight there). Its

@@ -1,20 +1,24 @@
 """Which HTTP proxy, if any, a request to a URL outside the cluster goes through: `HTTPS_PROXY`,
-`HTTP_PROXY` and `NO_PROXY` from the environment, read as curl, Go and Python read them.
+`HTTP_PROXY` and `NO_PROXY` from the environment, read as k3s itself reads them (Go's `httpproxy`).
 
 Both sides use it for what they fetch from the release servers: the agent its k3s binary (`agent.download`),
 the coordinator channel answers and checksum files (`coordinator.resolver`). Neither uses it to reach the
 other or the API server: those are in the cluster, and a proxy meant for the outside would break them.
 One implementation, so the two sides never disagree about a URL.
 
-- `https_proxy` / `HTTPS_PROXY` for https URLs, `http_proxy` / `HTTP_PROXY` for http ones; the lowercase
-  name wins when both are set, an empty value is unset. A value without a scheme is an `http://` URL.
+- `HTTPS_PROXY` / `https_proxy` for https URLs, `HTTP_PROXY` / `http_proxy` for http ones; the uppercase
+  name wins when both are set (as in Go, so a node's k3s and its agent agree; curl and Python prefer the
+  lowercase one), an empty value is unset. A value without a scheme is an `http://` URL.
   Only `http://` proxies are supported (an https URL goes through one with CONNECT, so its TLS is still
   end to end); an `https://` or `socks5://` proxy is a `ProxyError` naming the variable.
 - Credentials in the proxy URL (`http://user:p%40ss@proxy:3128`) are sent as `Proxy-Authorization: Basic`.
 - `no_proxy` / `NO_PROXY`: comma-separated entries; `*` exempts every URL; a host name exempts itself and
   its subdomains (`example.com` and `.example.com` alike); an IP address exempts itself; a CIDR range
   (`10.42.0.0/16`, `fd00::/8`, as k3s's own docs put in `NO_PROXY`) exempts the IP addresses in it; an
-  entry with `:port` exempts that port only.
+  entry with `:port` exempts that port only. A URL whose host is an IP address is exempted only by an
+  address, a range or `*` (as in Go: `NO_PROXY=2.3` does not exempt 10.1.2.3).
+
+Messages never hold the credentials of a proxy URL (`ProxyError` shows the value with them masked).
 
 Pure: the environment is a parameter (`os.environ` by default). Standard library only.
 """
@@ -57,25 +61,35 @@ class Proxy:
 
 
 def _env(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
-    """(variable, value) of `name`, lowercase first; None when neither is set to something."""
-    for variable in (name.lower(), name.upper()):
+    """(variable, value) of `name`, uppercase first; None when neither is set to something."""
+    for variable in (name.upper(), name.lower()):
         value = environ.get(variable, "").strip()
         if value:
             return variable, value
     return None
 
 
+def _masked(value: str) -> str:
+    """A proxy URL as it may be shown: any user and password replaced by `***`."""
+    scheme, sep, rest = value.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 def _parse_proxy(variable: str, value: str) -> Proxy:
     raw = value if "://" in value else f"http://{value}"
     parts = urlsplit(raw)
+    shown = f"{variable}={_masked(value)!r}"
     if parts.scheme.lower() != "http":
-        raise ProxyError(f"{variable}={value!r}: only http:// proxies are supported, not {parts.scheme}://")
+        raise ProxyError(f"{shown}: only http:// proxies are supported, not {parts.scheme}://")
     try:
-        port = parts.port or 80
+        port = 80 if parts.port is None else parts.port
     except ValueError as exc:
-        raise ProxyError(f"{variable}={value!r}: {exc}") from None
+        raise ProxyError(f"{shown}: {exc}") from None
     if not parts.hostname:
-        raise ProxyError(f"{variable}={value!r}: no proxy host in it")
+        raise ProxyError(f"{shown}: no proxy host in it")
     authorization = None
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -112,6 +126,8 @@ def _exempt(entry: str, host: str, port: int) -> bool:
         entry = name
         if (address := _ip(entry)) is not None:
             return _ip(host) == address
+    if _ip(host) is not None:  # a name never matches an address
+        return False
     entry = entry.removeprefix("*").lstrip(".").rstrip(".")
     return bool(entry) and (host == entry or host.endswith("." + entry))
 

@@ -40,11 +40,12 @@ class ForwardProxy:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            self._server.close()  # no new connections
         for writer in list(self._open):  # the relays see their connections end, as when a proxy stops
             writer.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()  # (from 3.12 it waits for the connections: all closed above)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

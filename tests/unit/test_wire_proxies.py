@@ -26,10 +26,10 @@ def test_each_scheme_has_its_own_variable() -> None:
 
 
 
-def test_the_lowercase_name_wins() -> None:
+def test_the_uppercase_name_wins_as_in_go() -> None:
     env = {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}
-    assert proxy_for(GH, env) == Proxy("lower", 1)
-    assert proxy_for(GH, {"https_proxy": "", "HTTPS_PROXY": "http://upper:2"}) == Proxy("upper", 2)
+    assert proxy_for(GH, env) == Proxy("upper", 2)
+    assert proxy_for(GH, {"https_proxy": "http://lower:1", "HTTPS_PROXY": ""}) == Proxy("lower", 1)
 
 
 @pytest.mark.parametrize(("value", "proxy"), [
@@ -53,10 +53,15 @@ def test_credentials_become_a_basic_authorization() -> None:
     assert Proxy("proxy", 1).headers == {}
 
 
-@pytest.mark.parametrize("value", ["https://proxy:3128", "socks5://proxy:1080", "http://:3128", "http://p:99999"])
-def test_unusable_proxies_are_errors_naming_the_variable(value: str) -> None:
-    with pytest.raises(ProxyError, match="https_proxy"):
+@pytest.mark.parametrize("value", ["https://proxy:3128", "socks5://proxy:1080", "http://:3128", "http://p:99999",
+                                   "https://alice:S3cret@proxy:3128", "http://alice:S3cret@p:99999/x",
+                                   "alice:S3cret@p:99999"])
+def test_unusable_proxies_are_errors_naming_the_variable_not_the_password(value: str) -> None:
+    with pytest.raises(ProxyError, match="https_proxy") as caught:
         proxy_for(GH, {"https_proxy": value})
+    assert "S3cret" not in str(caught.value) and "alice" not in str(caught.value)
+    if "@" in value:
+        assert "***@p" in str(caught.value)
 
 
 @pytest.mark.parametrize(("no_proxy", "url", "exempt"), [
@@ -87,14 +92,17 @@ def test_unusable_proxies_are_errors_naming_the_variable(value: str) -> None:
     ("::1", "http://[::1]:8080/k3s", True),
     ("[::1]", "http://[::1]:8080/k3s", True),
     ("localhost", "http://127.0.0.1/k3s", False),
+    ("2.3", "http://10.1.2.3/k3s", False),
+    ("1.2.3", "http://10.1.2.3/k3s", False),
+    (".internal", "http://10.1.2.3/k3s", False),
 ])
 def test_no_proxy(no_proxy: str, url: str, exempt: bool) -> None:
     env = {"HTTPS_PROXY": "http://p:3128", "HTTP_PROXY": "http://p:3128", "NO_PROXY": no_proxy}
     assert (proxy_for(url, env) is None) is exempt
 
 
-def test_no_proxy_lowercase_wins_and_an_exempt_url_needs_no_usable_proxy() -> None:
-    env = {"HTTPS_PROXY": "http://p:3128", "no_proxy": "example.com", "NO_PROXY": "github.com"}
+def test_no_proxy_uppercase_wins_and_an_exempt_url_needs_no_usable_proxy() -> None:
+    env = {"HTTPS_PROXY": "http://p:3128", "no_proxy": "github.com", "NO_PROXY": "example.com"}
     assert proxy_for(GH, env) == Proxy("p", 3128)
     assert proxy_for(GH, {"HTTPS_PROXY": "socks5://p:1", "NO_PROXY": "github.com"}) is None
 

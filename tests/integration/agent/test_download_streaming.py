@@ -336,6 +336,7 @@ async def test_a_5xx_whose_body_breaks_is_tried_again(tmp_path: Path) -> None:
     ("https://[2001:db8::7]/a/k3s?x=1", "2001:db8::7", 443, "/a/k3s?x=1"),
     ("http://releases.example:8080/v1.30.1%2Bk3s1/k3s", "releases.example", 8080, "/v1.30.1%2Bk3s1/k3s"),
     ("http://h/a b/k\u00e9", "h", 80, "/a%20b/k%C3%A9"),
+    ("https://b\u00fccher.example/k3s", "xn--bcher-kva.example", 443, "/k3s"),
 ])
 def test_the_connection_is_to_the_urls_host_and_port(url: str, host: str, port: int, target: str) -> None:
     conn, path, proxy, _ = download_module._connection(url, 5.0)

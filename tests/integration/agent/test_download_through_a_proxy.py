@@ -9,10 +9,12 @@ without a connection.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -48,10 +50,13 @@ async def _site(app: web.Application, tls: ssl.SSLContext | None = None) -> Asyn
         await runner.cleanup()
 
 
-def _release_app() -> web.Application:
+def _release_app(saw: list[str | None] | None = None) -> web.Application:
+    """Serves DATA at /k3s; records each request's Proxy-Authorization header in `saw`."""
     app = web.Application()
 
     async def artifact(request: web.Request) -> web.Response:
+        if saw is not None:
+            saw.append(request.headers.get("Proxy-Authorization"))
         return web.Response(body=DATA)
 
     app.router.add_get("/k3s", artifact)
@@ -86,9 +91,11 @@ async def test_an_http_url_is_asked_of_the_proxy(
 
 
 async def test_an_https_url_goes_through_a_tunnel_and_its_certificate_is_checked(
-    proxy: tuple[ForwardProxy, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server, url = proxy
+    """With the proxy's credentials on the CONNECT only: the release server never sees them."""
+    server = ForwardProxy(credentials="agent:pw")
+    url = await server.start()
     ca = trustme.CA()
     client_tls = ssl.create_default_context()
     ca.configure_trust(client_tls)
@@ -97,19 +104,25 @@ async def test_an_https_url_goes_through_a_tunnel_and_its_certificate_is_checked
         servers.append(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
         ca.issue_cert(name).configure_cert(servers[-1])
     monkeypatch.setattr(download_module.ssl, "create_default_context", lambda: client_tls)  # (the module's)
-    monkeypatch.setenv("https_proxy", url)
+    monkeypatch.setenv("https_proxy", url.replace("http://", "http://agent:pw@"))
     trials = (("localhost", True), ("release.example", False))
-    for (name, ok), server_tls in zip(trials, servers, strict=True):
-        async for port in _site(_release_app(), server_tls):
-            server.seen.clear()
-            part = tmp_path / f"{name}.part"
-            if ok:
-                await download(f"https://localhost:{port}/k3s", SHA, part, attempts=1)
-                assert part.read_bytes() == DATA
-            else:  # the proxy cannot stand in for the release server: its name is checked through the tunnel
-                with pytest.raises(DownloadError, match=f"through proxy {url}.*CERTIFICATE_VERIFY_FAILED"):
+    origin_saw: list[str | None] = []
+    try:
+        for (name, ok), server_tls in zip(trials, servers, strict=True):
+            async for port in _site(_release_app(origin_saw), server_tls):
+                server.seen.clear()
+                part = tmp_path / f"{name}.part"
+                if ok:
                     await download(f"https://localhost:{port}/k3s", SHA, part, attempts=1)
-            assert server.seen == [Seen("CONNECT", f"localhost:{port}", None)]
+                    assert part.read_bytes() == DATA
+                else:  # the proxy cannot stand in for the release server: its name is checked in the tunnel
+                    refused = f"through proxy {url}.*CERTIFICATE_VERIFY_FAILED"
+                    with pytest.raises(DownloadError, match=refused):
+                        await download(f"https://localhost:{port}/k3s", SHA, part, attempts=1)
+                assert server.seen == [Seen("CONNECT", f"localhost:{port}", server.expected)]
+        assert origin_saw == [None], "the proxy's credentials never reach the release server"
+    finally:
+        await server.stop()
 
 
 async def test_no_proxy_sends_a_url_and_each_redirect_around_the_proxy(
@@ -160,3 +173,39 @@ async def test_a_proxy_it_cannot_use_is_an_error_naming_the_variable(
     unusable = re.escape("HTTP_PROXY='https://proxy.example:3128': only http:// proxies")
     with pytest.raises(DownloadError, match=unusable):
         await download(f"http://localhost:{origin}/k3s", SHA, tmp_path / "k3s.part", attempts=1)
+
+
+async def test_an_ipv6_release_host_through_a_proxy_is_refused_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    with pytest.raises(DownloadError, match=r"an IPv6 address as the release host is not supported"):
+        await download("https://[fd00::7]/k3s", SHA, tmp_path / "k3s.part", attempts=1)
+
+
+async def test_a_cancel_is_not_held_up_by_a_proxy_that_never_answers_the_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connected = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # until the agent goes away
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        task = asyncio.create_task(download("https://release.example/k3s", SHA, tmp_path / "k3s.part",
+                                            attempts=1, read_timeout=20))
+        async with asyncio.timeout(10):
+            await connected.wait()
+        await asyncio.sleep(0.1)  # the CONNECT is sent: the agent waits for its answer
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 5, "the cancel waited for the proxy's answer"
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -8,7 +8,9 @@ Aspects covered:
   and an unknown version keeps an error while being retried on demand;
 - both go through the proxy HTTP_PROXY names, with its credentials, unless NO_PROXY exempts the servers;
   a proxy that refuses them, or one that cannot be used, is named in the errors; an https channel goes
-  through a CONNECT tunnel, the proxy's credentials with the CONNECT.
+  through a CONNECT tunnel, the proxy's credentials with the CONNECT; a checksum file's redirects are
+  followed hop by hop, each with its own proxy decision and credentials; https -> http and endless
+  redirects are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from coordinator.artifacts import ArtifactError, ArtifactFetcher
 from coordinator.channels import resolve_channel
 from coordinator.resolver import Resolver
 from sandbox.channels import ChannelServer
@@ -128,7 +131,8 @@ async def test_channels_and_checksums_go_through_the_proxy_the_environment_names
         monkeypatch.delenv("NO_PROXY")
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")  # no credentials: 407
         error, missing = await resolve()
-        assert error == f"channel {stable}: answered 407, expected a redirect to a release"
+        assert error == (f"channel {stable} (through proxy http://127.0.0.1:{port}): answered 407, "
+                         "expected a redirect to a release")
         assert missing == f"GET {checksums} (through proxy http://127.0.0.1:{port}): answered 407"
 
         monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
@@ -170,4 +174,78 @@ async def test_an_https_channel_goes_through_a_tunnel_with_the_proxys_credential
         assert [(s.method, s.authorization) for s in proxy.seen] == [("CONNECT", proxy.expected)]
     finally:
         await proxy.stop()
+        await runner.cleanup()
+
+
+async def _serve(app: web.Application, tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_checksum_redirects_are_followed_hop_by_hop_each_with_its_own_proxy_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mirror that sends the coordinator on to its storage: NO_PROXY and the proxy's credentials hold
+    for each hop (aiohttp's own redirects keep the first hop's proxy, and drop its credentials)."""
+    sums = f"{'7' * 64}  k3s\n"
+    storage, mirror = web.Application(), web.Application()
+
+    async def stored(request: web.Request) -> web.Response:
+        return web.Response(text=sums)
+
+    storage.router.add_get("/objects/sums", stored)
+    storage_runner, storage_port = await _serve(storage)
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{storage_port}/objects/sums")
+
+    mirror.router.add_get("/dl/{tag}/{file}", moved)
+    mirror_runner, mirror_port = await _serve(mirror)
+    proxy = ForwardProxy(credentials="coordinator:pw")
+    port = (await proxy.start()).rsplit(":", 1)[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://coordinator:pw@127.0.0.1:{port}")
+    first = f"http://localhost:{mirror_port}/dl/v1.30.4%2Bk3s1/sha256sum-amd64.txt"
+    second = f"http://127.0.0.1:{storage_port}/objects/sums"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for exempt, proxied in (("127.0.0.1", first), ("localhost", second)):
+                monkeypatch.setenv("NO_PROXY", exempt)
+                proxy.seen.clear()
+                fetcher = ArtifactFetcher(session, f"http://localhost:{mirror_port}/dl", timeout=5)
+                art = await fetcher.get(V1, "amd64")
+                assert art.sha256 == "7" * 64
+                assert [(s.target, s.authorization) for s in proxy.seen] == [(proxied, proxy.expected)]
+    finally:
+        await proxy.stop()
+        await mirror_runner.cleanup()
+        await storage_runner.cleanup()
+
+
+async def test_a_checksum_redirect_from_https_to_http_is_refused() -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    mirror = web.Application()
+
+    async def downgrade(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://localhost:1/objects/sums")
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(request.url))
+
+    mirror.router.add_get("/dl/{tag}/sha256sum-amd64.txt", downgrade)
+    mirror.router.add_get("/dl/{tag}/sha256sum-arm64.txt", loop)
+    runner, port = await _serve(mirror, server_tls)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as session:
+            fetcher = ArtifactFetcher(session, f"https://localhost:{port}/dl", timeout=5)
+            with pytest.raises(ArtifactError, match=r"redirected to http://localhost:1/objects/sums, not"):
+                await fetcher.get(V1, "amd64")
+            with pytest.raises(ArtifactError, match="more than 10 redirects"):
+                await fetcher.get(V1, "arm64")
+    finally:
         await runner.cleanup()
