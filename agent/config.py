@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 from collections.abc import Sequence
@@ -87,6 +88,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         p.error(f"--coordinator-ca-file is for an https:// coordinator, not {ns.coordinator!r}")
     if ns.coordinator_ca_file and not os.path.isfile(ns.coordinator_ca_file):
         p.error(f"--coordinator-ca-file {ns.coordinator_ca_file} is not a file")
+    for flag, env, value in (("--retry-backoff", "RETRY_BACKOFF_SECONDS", ns.retry_backoff),
+                             ("--max-backoff", "MAX_BACKOFF_SECONDS", ns.max_backoff)):
+        if not (value > 0 and math.isfinite(value)):  # 0 or less: every retry at once, a busy loop
+            p.error(f"{flag} (or {env}) {value} is not a positive number of seconds")
     host_root = Path(os.path.abspath(ns.host_root))
     return AgentConfig(
         node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),
