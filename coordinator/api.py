@@ -8,7 +8,7 @@ and answers with the engine's instruction; `IdleBroker` answers "idle" (used whi
 Status codes (every error body is a `wire.messages.ErrorBody`):
     200  an Instruction
     400  malformed JSON, a body that does not validate, a body naming another node, a bad `wait`
-    401  no/invalid token;  403  a token of another node
+    401  no/invalid token;  403  a token of another node, or of another ServiceAccount than the agents'
     404  a report for a lease this node does not hold;  409  a report that does not fit the lease's phase
     503  not ready (TokenReview or the API server unreachable, or more than `max_waiting` agents
          waiting for a TokenReview, with Retry-After): retry with backoff
@@ -55,7 +55,9 @@ of each building its API request up front: that burst cost about 1 MiB per 100 a
 
 
 class TokenReviewer(Protocol):
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None: ...
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None: ...
 
 
 class AuthError(Exception):
@@ -121,7 +123,7 @@ class NodeAuthenticator:
                 if hit is not None and hit[0] > self._clock():
                     return hit[1]
                 self.reviews += 1
-                ident = await self._reviewer.review_token(token, self._audience)
+                ident = await self._reviewer.review_token(token, self._audience, self._username)
         except KubeError as exc:
             raise AuthError(503, f"cannot review the token now: {exc}") from exc
         finally:
@@ -140,16 +142,18 @@ class NodeAuthenticator:
     async def authorize(self, authorization: str | None, node: str) -> TokenIdentity:
         """The caller's identity, if it may act for `node`; otherwise `AuthError` (401 or 403)."""
         ident = await self.identify(authorization)
+        # The user first: another's token is refused by its name alone, whatever its node (which the
+        # review then need not find: before 1.30 that is a Pod GET, and its failure would answer 503).
+        if self._username is not None and ident.username != self._username:
+            raise AuthError(
+                403, f"token of {ident.username!r} is not the agents' ServiceAccount ({self._username!r})"
+            )
         if ident.node is None:
             raise AuthError(
                 401, f"token of {ident.username!r} is not bound to a node (use a Pod-bound token)"
             )
         if ident.node != node:
             raise AuthError(403, f"token of node {ident.node!r} may not act for node {node!r}")
-        if self._username is not None and ident.username != self._username:
-            raise AuthError(
-                403, f"token of {ident.username!r} is not the agents' ServiceAccount ({self._username!r})"
-            )
         return ident
 
 

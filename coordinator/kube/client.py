@@ -187,7 +187,9 @@ class KubeCluster:
         return headers
 
     # -- Cluster ------------------------------------------------------------------------------
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
         body = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
@@ -203,7 +205,7 @@ class KubeCluster:
         extra = user.get("extra") or {}
         username = str(user.get("username", ""))
         node = _first(extra, NODE_NAME_EXTRA)
-        if node is None:
+        if node is None and (only_user is None or username == only_user):
             pod, uid = _first(extra, POD_NAME_EXTRA), _first(extra, POD_UID_EXTRA)
             node = await self._node_of_bound_pod(username, pod, uid)
         return TokenIdentity(username=username, node=node)

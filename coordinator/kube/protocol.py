@@ -44,8 +44,12 @@ class WatchEvent:
 
 
 class Cluster(Protocol):
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
-        """The identity behind `token` for `audience`, or None when the API server does not accept it."""
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
+        """The identity behind `token` for `audience`, or None when the API server does not accept it.
+        `only_user`: the one user whose node the caller needs; another user's identity may come without
+        its node (before Kubernetes 1.30 finding it takes a Pod GET, which can fail)."""
         ...
 
     async def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[Obj], str]:

@@ -85,7 +85,9 @@ class MemoryCluster:
         self.writes[kind] = self.writes.get(kind, 0) + 1
 
     # -- Cluster ---------------------------------------------------------------------------------
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
         node = self.tokens.get(token)
         return None if node is None else TokenIdentity(username=f"system:serviceaccount:x:{node}", node=node)
 

@@ -47,7 +47,9 @@ class Reviewer:
         self.tokens = tokens
         self.calls = 0
 
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
         self.calls += 1
         assert audience == TOKEN_AUDIENCE
         return self.tokens.get(token)
@@ -202,7 +204,9 @@ class SlowReviewer:
         self.in_flight = 0
         self.most = 0
 
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
         self.calls += 1
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)

@@ -35,7 +35,9 @@ NODE, TOKEN = "node-a", "tok-a"
 
 
 class Reviewer:
-    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
         return TokenIdentity(username="system:serviceaccount:system-upgrade:agent", node=NODE) \
             if token == TOKEN else None
 
