@@ -2,7 +2,9 @@
 
 The token file is read on every request, so a rotated projected token is picked up without a restart.
 Errors: `CoordinatorUnavailable` (temporary: connection refused, timeouts, 5xx, 401 while the token
-rotates; retry later) and `Rejected` (permanent for this message: the coordinator answered 4xx).
+rotates, a token file or CA file that cannot be read; retry later) and `Rejected` (permanent for this
+message: the coordinator answered 4xx). Nothing is read when the client is made: a file problem must not
+end the agent before it resumed an upgrade from its journal, which needs no coordinator.
 
 Why not aiohttp here: an idle agent does nothing but this one exchange, and importing aiohttp costs about
 11 MiB of resident memory (issue #6 wants an idle agent under 40 MiB; with aiohttp and pydantic both
@@ -75,21 +77,34 @@ class CoordinatorClient:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._host_header = parts.netloc.rpartition("@")[2]
         self._prefix = parts.path.rstrip("/")
-        self._tls = None
-        if parts.scheme == "https":
-            self._tls = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+        self._https = parts.scheme == "https"
+        self._ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
+        """Made at the first request, then kept."""
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self._https and self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cafile=str(self._ca_file) if self._ca_file else None)
+            except OSError as exc:  # ssl.SSLError too: no PEM certificate in the file
+                raise CoordinatorUnavailable(f"coordinator CA file {self._ca_file} cannot be loaded: "
+                                             f"{str(exc) or type(exc).__name__}") from exc
+        return self._tls
 
     def _token(self) -> str | None:
         try:
             return self.token_file.read_text().strip() or None
-        except FileNotFoundError:
+        except FileNotFoundError:  # not projected yet: the coordinator answers 401, retried
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CoordinatorUnavailable(f"token file {self.token_file} cannot be read: {exc}") from exc
 
     async def close(self) -> None:
         """Nothing to release: every exchange closes its own connection."""
 
-    async def _exchange(self, target: str, payload: bytes, token: str | None) -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=self._tls)
+    async def _exchange(self, target: str, payload: bytes, token: str | None,
+                        tls: ssl.SSLContext | None) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=tls)
         try:
             head = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", "Accept: application/json",
                     "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
@@ -118,9 +133,10 @@ class CoordinatorClient:
         token = self._token()
         if token and ("\r" in token or "\n" in token):
             raise CoordinatorUnavailable(f"token file {self.token_file} holds more than one line")
+        tls = self._tls_context()
         try:
             async with asyncio.timeout(wait + self.timeout):
-                status, answer = await self._exchange(target, to_wire(body).encode(), token)
+                status, answer = await self._exchange(target, to_wire(body).encode(), token, tls)
         except TimeoutError as exc:
             raise CoordinatorUnavailable(f"POST {url}: no answer within {wait + self.timeout:g} s") from exc
         except (OSError, http.client.HTTPException) as exc:

@@ -86,8 +86,6 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         p.error(f"--coordinator {ns.coordinator!r} is not an http:// or https:// URL with a host")
     if ns.coordinator_ca_file and url.scheme != "https":
         p.error(f"--coordinator-ca-file is for an https:// coordinator, not {ns.coordinator!r}")
-    if ns.coordinator_ca_file and not os.path.isfile(ns.coordinator_ca_file):
-        p.error(f"--coordinator-ca-file {ns.coordinator_ca_file} is not a file")
     for flag, env, value in (("--retry-backoff", "RETRY_BACKOFF_SECONDS", ns.retry_backoff),
                              ("--max-backoff", "MAX_BACKOFF_SECONDS", ns.max_backoff)):
         if not (value > 0 and math.isfinite(value)):  # 0 or less: every retry at once, a busy loop

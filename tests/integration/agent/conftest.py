@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -93,6 +94,8 @@ class ScriptedCoordinator:
     """Every request in order: `poll wait=W` or `report PHASE`."""
     refuse_prefetched: bool = False
     """Answer 400 to a poll that says `prefetched`, as a coordinator of a version before prefetch does."""
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this context (`url` is then https://)."""
 
     def instruct(self, action: Action, lease: LeaseAssignment | None, reason: str = "",
                  prefetch: Prefetch | None = None) -> None:
@@ -148,7 +151,7 @@ class ScriptedCoordinator:
         app.router.add_post("/v1/agents/{node}/report", self._report)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.tls)
         await site.start()
         assert site._server is not None
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
@@ -161,7 +164,7 @@ class ScriptedCoordinator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def wait_report(self, phase: AgentPhase, within: float = 30.0) -> Report:
         deadline = time.monotonic() + within
@@ -223,12 +226,12 @@ class AgentProcess:
         self.node, self.url, self.token_file, self.state_dir, self.log = node, url, token_file, state_dir, log
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         cmd = [sys.executable, "-m", "agent", "--node", "n1", "--coordinator", self.url,
                "--host-root", str(self.node.root), "--token-file", str(self.token_file),
                "--state-dir", str(self.state_dir), "--poll-wait", "2", "--heartbeat", "0.3",
                "--retry-backoff", "0.1", "--max-backoff", "0.5", "--download-attempts", "4",
-               "--space-margin", "0"]
+               "--space-margin", "0", *extra]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=log)
 

@@ -4,19 +4,23 @@ Aspects: a poll posts the state as JSON with the bearer token (re-read from its 
 and a base-URL path prefix, and returns the validated instruction, also from a chunked answer; 5xx, 401
 and 429 are temporary (`CoordinatorUnavailable`), other 4xx permanent (`Rejected`); a refused connection,
 an answer that never comes, a truncated or oversized answer, an answer that is not an `Instruction` and a
-token file holding several lines are all temporary; a cancelled long-poll returns at once and closes its
-connection; the agent process never imports aiohttp, idle or downloading.
+token file holding several lines are all temporary, and so are a token file and a CA file that cannot be
+read (the client is made all the same: nothing is read before the first request, and the CA file is read
+again until it loads); a cancelled long-poll returns at once and closes its connection; the agent process
+never imports aiohttp, idle or downloading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 
 from agent.client import MAX_ANSWER_BYTES, CoordinatorClient, CoordinatorUnavailable, Rejected
@@ -174,6 +178,31 @@ async def test_multi_line_token_is_not_sent(server: Server, token: Path) -> None
     with pytest.raises(CoordinatorUnavailable, match="more than one line"):
         await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
     assert server.requests == []
+
+
+async def test_an_unreadable_token_file_is_temporary(server: Server, tmp_path: Path) -> None:
+    token = tmp_path / "tokens"
+    token.mkdir()  # the projected volume's directory given in place of its file
+    client = CoordinatorClient(server.url, "n1", token)
+    cause = rf"token file {re.escape(str(token))} cannot be read: .*Is a directory"
+    with pytest.raises(CoordinatorUnavailable, match=cause):
+        await client.poll(STATE, 0)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+async def test_a_ca_file_that_does_not_load_is_temporary(tmp_path: Path, token: Path,
+                                                         content: str | None) -> None:
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    client = CoordinatorClient("https://127.0.0.1:9", "n1", token, ca_file=ca)  # made all the same
+    cause = rf"coordinator CA file {re.escape(str(ca))} cannot be loaded: \S"
+    with pytest.raises(CoordinatorUnavailable, match=cause):
+        await client.poll(STATE, 0)
+    trustme.CA().cert_pem.write_to_path(str(ca))  # fixed: read again, now a connection error (port 9)
+    with pytest.raises(CoordinatorUnavailable, match=r"POST https://127\.0\.0\.1:9/v1/agents/n1/poll failed"):
+        await client.poll(STATE, 0)
 
 
 async def test_cancelled_long_poll_returns_at_once(server: Server, token: Path) -> None:

@@ -1,10 +1,14 @@
 """The agent's flags refuse values that would make it misbehave, at start-up, naming the flag.
 
 Aspects: `--retry-backoff` and `--max-backoff` (and their environment variables) refuse 0, negative
-numbers, NaN and infinity (0 or less made every retry happen at once, a busy loop), and take positive ones.
+numbers, NaN and infinity (0 or less made every retry happen at once, a busy loop), and take positive ones;
+a `--coordinator-ca-file` that does not exist is taken (its requests fail, logged, until it does: an agent
+restarted mid-upgrade must still roll back, which needs no coordinator).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +40,10 @@ def test_a_backoff_from_the_environment_is_checked_too(
 def test_positive_backoffs_are_taken() -> None:
     config = parse_args([*BASE, "--retry-backoff", "0.25", "--max-backoff", "5"])
     assert (config.retry_backoff, config.max_backoff) == (0.25, 5.0)
+
+
+def test_a_ca_file_that_does_not_exist_is_left_to_the_requests(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    config = parse_args(["--node", "n1", "--coordinator", "https://coordinator:8080",
+                         "--coordinator-ca-file", str(missing)])
+    assert config.coordinator_ca_file == missing
