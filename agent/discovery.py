@@ -8,10 +8,12 @@ A process is k3s when its command line (as /proc/PID/cmdline shows it; k3s rewri
 `k3s` and whose subcommand is `server` or `agent` (options such as `--cluster-init` may follow). A
 `k3s init -- <path> server` wrapper counts only when no real server/agent process is found.
 The binary path is resolved under the host root: a path already under the host root (the sandbox, where
-nodes share one file system) is taken as it is, anything else is joined to the host root. A process whose
-binary does not exist under our host root belongs to another node (sandbox) and is ignored, so an agent
-can never signal another node's k3s. A binary that is a symlink is refused with a message that says so:
-only a regular file is replaced.
+nodes share one file system) is taken as it is, anything else is joined to the host root. Its directories'
+symlinks are followed within the host root, as a chroot there would (`resolve_in_root`): the host's
+`/usr/local -> /opt/local` is `<host root>/opt/local` to the agent, not the container's `/opt/local`. A
+process whose binary does not exist under our host root belongs to another node (sandbox) and is ignored,
+so an agent can never signal another node's k3s. A binary that is a symlink is refused with a message that
+says so: only a regular file is replaced.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import psutil
 SUBCOMMANDS = frozenset({"server", "agent"})
 _VERSION = re.compile(r"^k3s version (v\d+\.\d+\.\d+(?:-[0-9A-Za-z.]+)?\+k3s\d+)\b")
 _HOST_PATH_DIRS = ("/usr/local/bin", "/usr/bin", "/opt/bin", "/bin")
+MAX_SYMLINKS = 40
+"""Symlinks followed while resolving one path, as Linux allows (ELOOP beyond): a loop ends."""
 
 
 class DiscoveryError(Exception):
@@ -80,18 +84,52 @@ def parse_command(cmdline: tuple[str, ...]) -> tuple[str, str, bool] | None:
     return None
 
 
+def resolve_in_root(host_root: Path, path: str) -> Path:
+    """Where the host path `path` is, seen from the agent: joined to the host root, with the symlinks of its
+    directories followed within that root, as under a chroot there (an absolute target starts again at the
+    host root, `..` goes no higher than it). Resolved in the agent's own view instead, a host's absolute
+    link such as `/usr/local -> /opt/local` would point into the agent's container. The last component is
+    taken as it is (a k3s binary that is a link is refused by the caller, naming it); a component that does
+    not exist is taken as a plain name. `DiscoveryError` after `MAX_SYMLINKS` links (a loop)."""
+    parts = path.split("/")
+    last = parts.pop()
+    todo = parts[::-1]  # components still to walk, the next one last
+    done: list[str] = []  # the directories walked so far, under the host root, none of them a link
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink(os.path.join(host_root, *done, part))
+        except OSError:  # not a link, or not there
+            done.append(part)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise DiscoveryError(f"{path}: more than {MAX_SYMLINKS} symlinks under {host_root} (a loop?)")
+        if target.startswith("/"):
+            done = []
+        todo.extend(target.split("/")[::-1])
+    return Path(host_root, *done, last)
+
+
 def resolve_binary(started_as: str, host_root: Path, exists: bool | None = None) -> Path:
-    """Where a host path `started_as` is, seen from the agent."""
+    """Where a host path `started_as` is, seen from the agent (`resolve_in_root`)."""
     root = str(host_root).rstrip("/") or "/"
     if os.path.isabs(started_as):
         if root != "/" and (started_as == root or started_as.startswith(root + "/")):
-            return Path(started_as)
-        return Path(root) / started_as.lstrip("/")
+            return resolve_in_root(Path(root), started_as[len(root):])
+        return resolve_in_root(Path(root), started_as)
     for directory in _HOST_PATH_DIRS:
-        candidate = Path(root) / directory.lstrip("/") / started_as
+        candidate = resolve_in_root(Path(root), f"{directory}/{started_as}")
         if candidate.exists():
             return candidate
-    return Path(root) / "usr/local/bin" / started_as
+    return resolve_in_root(Path(root), f"/usr/local/bin/{started_as}")
 
 
 def match_k3s(processes: list[ProcessInfo], host_root: Path, existing: set[Path] | None = None) -> K3sProcess:

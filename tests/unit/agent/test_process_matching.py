@@ -4,9 +4,11 @@ Aspects: `server` and `agent` processes with options (`--cluster-init`) match, a
 space-joined string as k3s and setproctitle leave it in /proc/PID/cmdline; other k3s subcommands
 (`kubectl`, `crictl`, `--version`), containerd and shell wrappers do not; a `k3s init` wrapper counts only
 when nothing else matches; host paths are resolved under the host root, and in the sandbox a process of
-another node's root is never ours; none or several candidates is an error naming them; a binary that is a
-symlink (relative, or absolute and so not even under the host root) is refused with an error naming the
-link, while a regular file beside such links is taken.
+another node's root is never ours; the symlinks of the binary's directories are followed within the host
+root (an absolute target re-rooted there, `..` stopping at it, a loop an error), in the sandbox too; none
+or several candidates is an error naming them; a binary that is a symlink (relative, or absolute and so not
+even under the host root) is refused with an error naming the link, also in a linked directory, while a
+regular file beside such links is taken.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import DiscoveryError, ProcessInfo, match_k3s, parse_command, resolve_binary
+from agent.discovery import (
+    MAX_SYMLINKS,
+    DiscoveryError,
+    ProcessInfo,
+    match_k3s,
+    parse_command,
+    resolve_binary,
+    resolve_in_root,
+)
 
 HOST = Path("/host")
 LIVE = HOST / "usr/local/bin/k3s"
@@ -112,3 +122,46 @@ def test_a_symlinked_binary_is_refused_naming_the_link(tmp_path: Path) -> None:
     found = match_k3s([proc(7, "/usr/local/bin/k3s", "server"), proc(8, "/usr/local/bin/kubectl", "get")],
                       tmp_path)
     assert found.pid == 7 and found.binary == bin_dir / "k3s"
+
+
+def _k3s_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True)
+    path.write_text("#!/bin/sh\n")
+    return path
+
+
+def test_a_directory_linked_absolutely_on_the_host_is_followed_within_the_host_root(tmp_path: Path) -> None:
+    live = _k3s_file(tmp_path / "opt/local/bin/k3s")
+    (tmp_path / "usr").mkdir()
+    (tmp_path / "usr/local").symlink_to("/opt/local")  # the host's /opt/local, not the agent's
+    found = match_k3s([proc(7, "/usr/local/bin/k3s", "server")], tmp_path)
+    assert found.binary == live and found.host_binary == "/usr/local/bin/k3s"
+    # Started by its name from a PATH directory that is such a link; in the sandbox (a path already
+    # under the root) the same.
+    assert match_k3s([proc(8, "k3s", "server")], tmp_path).binary == live
+    assert resolve_binary(f"{tmp_path}/usr/local/bin/k3s", tmp_path) == live
+
+
+def test_links_are_followed_chroot_like(tmp_path: Path) -> None:
+    live = _k3s_file(tmp_path / "opt/local/bin/k3s")
+    (tmp_path / "usr").mkdir()
+    (tmp_path / "usr/local").symlink_to("../../../../../../opt/./local")  # `..` stops at the root
+    assert resolve_in_root(tmp_path, "/usr/local/bin/k3s") == live
+    (tmp_path / "usr/local").unlink()
+    (tmp_path / "usr/local").symlink_to("/usr/lib/../site")  # a link to a link
+    (tmp_path / "usr/site").symlink_to("../opt/local/")
+    assert resolve_in_root(tmp_path, "/usr/local/bin/k3s") == live
+    assert resolve_in_root(tmp_path, "/usr/bin/k3s") == tmp_path / "usr/bin/k3s"  # not there: as it is
+    (tmp_path / "a").symlink_to("/b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(DiscoveryError, match=rf"/a/bin/k3s: more than {MAX_SYMLINKS} symlinks"):
+        resolve_in_root(tmp_path, "/a/bin/k3s")
+
+
+def test_a_symlinked_binary_in_a_linked_directory_is_refused(tmp_path: Path) -> None:
+    _k3s_file(tmp_path / "opt/local/bin/k3s-v1.30.4")
+    (tmp_path / "opt/local/bin/k3s").symlink_to("/opt/local/bin/k3s-v1.30.4")
+    (tmp_path / "usr").mkdir()
+    (tmp_path / "usr/local").symlink_to("/opt/local")
+    with pytest.raises(DiscoveryError, match=r"symlink \(/usr/local/bin/k3s -> /opt/local/bin/k3s-v1\.30"):
+        match_k3s([proc(7, "/usr/local/bin/k3s", "server")], tmp_path)
