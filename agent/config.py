@@ -6,12 +6,13 @@ import argparse
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/k3s-upgrade/token"
+_POSITIVE = "a positive number of seconds"
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
          "armv6l": "arm"}
 
@@ -41,6 +42,22 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _number(env: str, kind: Callable[[str], float], least: float, what: str,
+            equal: bool = True) -> Callable[[str], float]:
+    """argparse's `type` for a number flag whose default comes from `env` (argparse converts a string
+    default too, so a bad environment value is a usage error like a bad flag): finite, at least `least`
+    (more than it unless `equal`). 0 or less seconds between retries or heartbeats is a busy loop."""
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < least or (value == least and not equal):
+            raise argparse.ArgumentTypeError(f"{text!r} (the flag or {env}) is not {what}")
+        return value
+    return convert
+
+
 def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     p = argparse.ArgumentParser(prog="k3s-upgrade-agent",
                                 description="Upgrades this node's k3s binary as the coordinator says.")
@@ -55,19 +72,26 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                    help="crash journal directory (env STATE_DIR; default <host-root>/var/lib/k3s-upgrader)")
     p.add_argument("--arch", default=_env("NODE_ARCH", _ARCH.get(platform.machine(), platform.machine())),
                    help="GOARCH of this node (env NODE_ARCH; default from the machine)")
-    p.add_argument("--poll-wait", type=float, default=float(_env("POLL_WAIT_SECONDS", "30")),
+    p.add_argument("--poll-wait", default=_env("POLL_WAIT_SECONDS", "30"),
+                   type=_number("POLL_WAIT_SECONDS", float, 0, "a number of seconds >= 0"),
                    help="long-poll wait in seconds (env POLL_WAIT_SECONDS; default 30)")
-    p.add_argument("--heartbeat", type=float, default=float(_env("HEARTBEAT_SECONDS", "5")),
+    p.add_argument("--heartbeat", default=_env("HEARTBEAT_SECONDS", "5"),
+                   type=_number("HEARTBEAT_SECONDS", float, 0, _POSITIVE, equal=False),
                    help="state posts while a step runs, in seconds (env HEARTBEAT_SECONDS; default 5)")
-    p.add_argument("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT_SECONDS", "10")),
+    p.add_argument("--request-timeout", default=_env("REQUEST_TIMEOUT_SECONDS", "10"),
+                   type=_number("REQUEST_TIMEOUT_SECONDS", float, 0, _POSITIVE, equal=False),
                    help="HTTP timeout beyond the long-poll wait (default 10)")
-    p.add_argument("--retry-backoff", type=float, default=float(_env("RETRY_BACKOFF_SECONDS", "1")),
+    p.add_argument("--retry-backoff", default=_env("RETRY_BACKOFF_SECONDS", "1"),
+                   type=_number("RETRY_BACKOFF_SECONDS", float, 0, _POSITIVE, equal=False),
                    help="first retry delay, doubled up to --max-backoff (default 1)")
-    p.add_argument("--max-backoff", type=float, default=float(_env("MAX_BACKOFF_SECONDS", "30")),
+    p.add_argument("--max-backoff", default=_env("MAX_BACKOFF_SECONDS", "30"),
+                   type=_number("MAX_BACKOFF_SECONDS", float, 0, _POSITIVE, equal=False),
                    help="longest retry delay (default 30)")
-    p.add_argument("--download-attempts", type=int, default=int(_env("DOWNLOAD_ATTEMPTS", "5")),
+    p.add_argument("--download-attempts", default=_env("DOWNLOAD_ATTEMPTS", "5"),
+                   type=_number("DOWNLOAD_ATTEMPTS", int, 1, "a whole number >= 1"),
                    help="download attempts before giving up (default 5)")
-    p.add_argument("--space-margin", type=int, default=int(_env("SPACE_MARGIN_BYTES", str(16 * 1024 * 1024))),
+    p.add_argument("--space-margin", default=_env("SPACE_MARGIN_BYTES", str(16 * 1024 * 1024)),
+                   type=_number("SPACE_MARGIN_BYTES", int, 0, "a whole number of bytes >= 0"),
                    help="free bytes to keep beyond the new binary (default 16 MiB)")
     p.add_argument("--systemd-unit", default=os.environ.get("SYSTEMD_UNIT") or None,
                    help="restart by `systemctl restart UNIT` via nsenter; `auto`: the unit k3s runs in "
@@ -86,10 +110,6 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         p.error(f"--coordinator {ns.coordinator!r} is not an http:// or https:// URL with a host")
     if ns.coordinator_ca_file and url.scheme != "https":
         p.error(f"--coordinator-ca-file is for an https:// coordinator, not {ns.coordinator!r}")
-    for flag, env, value in (("--retry-backoff", "RETRY_BACKOFF_SECONDS", ns.retry_backoff),
-                             ("--max-backoff", "MAX_BACKOFF_SECONDS", ns.max_backoff)):
-        if not (value > 0 and math.isfinite(value)):  # 0 or less: every retry at once, a busy loop
-            p.error(f"{flag} (or {env}) {value} is not a positive number of seconds")
     host_root = Path(os.path.abspath(ns.host_root))
     return AgentConfig(
         node=ns.node, coordinator_url=ns.coordinator, host_root=host_root, token_file=Path(ns.token_file),

@@ -1,7 +1,9 @@
 """The agent's flags refuse values that would make it misbehave, at start-up, naming the flag.
 
-Aspects: `--retry-backoff` and `--max-backoff` (and their environment variables) refuse 0, negative
-numbers, NaN and infinity (0 or less made every retry happen at once, a busy loop), and take positive ones;
+Aspects: every number flag (and its environment variable, converted as the flag is) refuses what is not a
+number, NaN, infinity, and values out of its range: 0 or less seconds of backoff, heartbeat or request
+timeout (a busy loop), a negative poll wait or space margin, fewer than 1 download attempt; sound values
+are taken, as int where the flag counts;
 a `--coordinator-ca-file` that does not exist is taken (its requests fail, logged, until it does: an agent
 restarted mid-upgrade must still roll back, which needs no coordinator).
 """
@@ -17,29 +19,48 @@ from agent.config import parse_args
 BASE = ["--node", "n1", "--coordinator", "http://coordinator:8080"]
 
 
-@pytest.mark.parametrize("flag", ["--retry-backoff", "--max-backoff"])
-@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "inf"])
-def test_a_backoff_that_is_not_a_positive_number_is_refused(
-        flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+REFUSED = [  # (flag, its environment variable, values refused)
+    ("--retry-backoff", "RETRY_BACKOFF_SECONDS", ["0", "-1", "-0.5", "nan", "inf", "abc"]),
+    ("--max-backoff", "MAX_BACKOFF_SECONDS", ["0", "-1", "nan", "inf"]),
+    ("--heartbeat", "HEARTBEAT_SECONDS", ["0", "-2", "nan", "x"]),
+    ("--request-timeout", "REQUEST_TIMEOUT_SECONDS", ["0", "-1", "inf"]),
+    ("--poll-wait", "POLL_WAIT_SECONDS", ["-1", "nan", "inf", ""]),
+    ("--download-attempts", "DOWNLOAD_ATTEMPTS", ["0", "-3", "1.5", "many"]),
+    ("--space-margin", "SPACE_MARGIN_BYTES", ["-1", "16MiB", "1e6"]),
+]
+
+
+@pytest.mark.parametrize(("flag", "env", "value"), [(f, e, v) for f, e, values in REFUSED for v in values])
+def test_a_number_that_would_make_the_agent_misbehave_is_refused(
+        flag: str, env: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_args([*BASE, f"{flag}={value}"])
     assert exc.value.code == 2
-    assert f"{flag} (or " in capsys.readouterr().err
+    assert f"argument {flag}: {value!r} (the flag or {env}) is not " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("env", "flag"), [("RETRY_BACKOFF_SECONDS", "--retry-backoff"),
-                                           ("MAX_BACKOFF_SECONDS", "--max-backoff")])
-def test_a_backoff_from_the_environment_is_checked_too(
-        env: str, flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(env, "0")
+@pytest.mark.parametrize(("flag", "env", "value"), [(f, e, values[0]) for f, e, values in REFUSED])
+def test_the_environment_variable_is_checked_as_the_flag_is(
+        flag: str, env: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(env, value)
     with pytest.raises(SystemExit):
         parse_args(BASE)
-    assert f"{flag} (or {env}) 0.0 is not a positive number of seconds" in capsys.readouterr().err
+    assert f"argument {flag}: {value!r} (the flag or {env}) is not " in capsys.readouterr().err
 
 
-def test_positive_backoffs_are_taken() -> None:
-    config = parse_args([*BASE, "--retry-backoff", "0.25", "--max-backoff", "5"])
-    assert (config.retry_backoff, config.max_backoff) == (0.25, 5.0)
+def test_sound_numbers_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_args([*BASE, "--retry-backoff", "0.25", "--max-backoff", "5", "--heartbeat", "0.5",
+                         "--request-timeout", "3", "--poll-wait", "0", "--download-attempts", "1",
+                         "--space-margin", "0"])
+    got = (config.retry_backoff, config.max_backoff, config.heartbeat_seconds, config.request_timeout,
+           config.poll_wait, config.download_attempts, config.space_margin)
+    assert got == (0.25, 5.0, 0.5, 3.0, 0.0, 1, 0)
+    assert isinstance(config.download_attempts, int) and isinstance(config.space_margin, int)
+    monkeypatch.setenv("RETRY_BACKOFF_SECONDS", "2")
+    monkeypatch.setenv("DOWNLOAD_ATTEMPTS", "7")
+    config = parse_args(BASE)
+    assert (config.retry_backoff, config.download_attempts, config.max_backoff) == (2.0, 7, 30.0)
 
 
 def test_a_ca_file_that_does_not_exist_is_left_to_the_requests(tmp_path: Path) -> None:
