@@ -33,6 +33,7 @@ from agent.discovery import (
     boot_id,
     find_k3s,
     process_clock,
+    resolve_binary,
     wall_clock_boot_time,
 )
 from agent.download import DownloadError, download
@@ -72,6 +73,11 @@ class Upgrader:
         """The k3s this agent saw start from the binary it swapped in (`RunningK3s`)."""
         self.boot_id = boot_id()
         loaded = self.journal.load()
+        if loaded is not None and loaded.binary:
+            # The path as this agent resolves it (an older one did not follow the directories' links
+            # within the host root: `discovery.resolve_in_root`), or the new k3s it waits for never matches.
+            resolved = resolve_binary(loaded.binary, config.host_root)
+            loaded = loaded.model_copy(update={"binary": str(resolved)})
         self.entry: JournalEntry | None = (
             on_this_boot(loaded, self.boot_id, wall_clock_boot_time()) if loaded else None)
         self.progress: float | None = None
