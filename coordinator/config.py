@@ -13,6 +13,7 @@ A flag wins over its environment variable. Bad values fail fast with a message n
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,8 @@ def parse_duration(text: str, setting: str) -> float:
         value = hours * 3600 + minutes * 60 + seconds + millis / 1000
     if value < 0:
         raise ConfigError(f"{setting}: {text!r} is negative")
+    if not math.isfinite(value):
+        raise ConfigError(f"{setting}: {text!r} is not a finite duration")
     return value
 
 
@@ -323,6 +326,16 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     )
     if timeouts.restart <= 0:
         raise ConfigError("--restart-timeout must be > 0")
+    polling = dur(a.polling_interval, "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL", "--polling-interval",
+                  DEFAULT_POLLING_INTERVAL)
+    for setting, value, why in (
+        ("--polling-interval", polling, "the channels would be asked in a tight loop"),
+        ("--resync-interval", timeouts.resync, "the coordinator would decide in a tight loop"),
+        ("--agent-heartbeat-timeout", timeouts.agent_heartbeat, "every agent would count as gone"),
+        ("--verify-timeout", timeouts.verify, "no node could be verified"),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{setting} must be > 0 ({why})")
     if timeouts.leader_lease < 1:
         raise ConfigError("--leader-lease-duration must be at least 1s")
     safety = Safety(
@@ -367,12 +380,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         pod_name=pod_name,
         pod_namespace=pick(a.pod_namespace, "POD_NAMESPACE"),
         release_base_url=base,
-        polling_interval=dur(
-            a.polling_interval,
-            "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL",
-            "--polling-interval",
-            DEFAULT_POLLING_INTERVAL,
-        ),
+        polling_interval=polling,
         timeouts=timeouts,
         safety=safety,
         log_level=level,

@@ -71,6 +71,12 @@ def test_durations(text: str, seconds: float) -> None:
     [
         (["--polling-interval", "soon"], "--polling-interval"),
         (["--verify-timeout", "-5"], "negative"),
+        (["--verify-timeout", "inf"], "--verify-timeout: 'inf' is not a finite duration"),
+        (["--restart-stable", "nan"], "--restart-stable: 'nan' is not a finite duration"),
+        (["--verify-timeout", "0"], r"--verify-timeout must be > 0 \(no node could be verified\)"),
+        (["--polling-interval", "0s"], r"--polling-interval must be > 0 \(the channels would be asked"),
+        (["--resync-interval", "0"], r"--resync-interval must be > 0"),
+        (["--agent-heartbeat-timeout", "0ms"], r"--agent-heartbeat-timeout must be > 0"),
         (["--listen", "8080"], "--listen"),
         (["--release-base-url", "ftp://x"], "--release-base-url"),
         (["--log-level", "LOUD"], "--log-level"),
