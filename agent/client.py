@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import io
+import logging
 import socket
 import ssl
 from contextlib import suppress
@@ -30,6 +31,8 @@ from urllib.parse import quote, urlencode, urlsplit
 from pydantic import BaseModel, ValidationError
 
 from wire.messages import API_VERSION, AgentState, Instruction, Report, to_wire
+
+log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 1024 * 1024
 """An instruction is a few hundred bytes; anything past this is not our coordinator talking."""
@@ -81,23 +84,37 @@ class CoordinatorClient:
         self._ca_file = ca_file
         self._tls: ssl.SSLContext | None = None
         """Made at the first request, then kept."""
+        self._file_problem: str | None = None
+        """The token or CA file problem last logged (logged again only when it changes)."""
+
+    def _misconfigured(self, message: str) -> CoordinatorUnavailable:
+        """A token or CA file problem: retried like an unreachable coordinator (the agent must go on with
+        its journal), but logged as an ERROR when it first appears, as the misconfiguration it likely is
+        (the pod stays Running: its log is where it shows)."""
+        if message != self._file_problem:
+            log.error("%s; every request fails until it is mended", message)
+            self._file_problem = message
+        return CoordinatorUnavailable(message)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self._https and self._tls is None:
             try:
                 self._tls = ssl.create_default_context(cafile=str(self._ca_file) if self._ca_file else None)
             except OSError as exc:  # ssl.SSLError too: no PEM certificate in the file
-                raise CoordinatorUnavailable(f"coordinator CA file {self._ca_file} cannot be loaded: "
-                                             f"{str(exc) or type(exc).__name__}") from exc
+                raise self._misconfigured(f"coordinator CA file {self._ca_file} cannot be loaded: "
+                                          f"{str(exc) or type(exc).__name__}") from exc
         return self._tls
 
     def _token(self) -> str | None:
         try:
-            return self.token_file.read_text().strip() or None
+            token = self.token_file.read_text().strip() or None
         except FileNotFoundError:  # not projected yet: the coordinator answers 401, retried
             return None
         except (OSError, UnicodeDecodeError) as exc:
-            raise CoordinatorUnavailable(f"token file {self.token_file} cannot be read: {exc}") from exc
+            raise self._misconfigured(f"token file {self.token_file} cannot be read: {exc}") from exc
+        if token and (not token.isascii() or "\r" in token or "\n" in token):
+            raise self._misconfigured(f"token file {self.token_file} holds no single-line ASCII token")
+        return token
 
     async def close(self) -> None:
         """Nothing to release: every exchange closes its own connection."""
@@ -131,9 +148,8 @@ class CoordinatorClient:
             target += "?" + urlencode(params)
         url = f"{self.base_url}/{API_VERSION}/agents/{self.node}/{path}"
         token = self._token()
-        if token and ("\r" in token or "\n" in token):
-            raise CoordinatorUnavailable(f"token file {self.token_file} holds more than one line")
         tls = self._tls_context()
+        self._file_problem = None  # (both files read: a problem coming back is logged again)
         try:
             async with asyncio.timeout(wait + self.timeout):
                 status, answer = await self._exchange(target, to_wire(body).encode(), token, tls)

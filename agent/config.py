@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/k3s-upgrade/token"
 _POSITIVE = "a positive number of seconds"
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
          "armv6l": "arm"}
 
@@ -50,9 +51,10 @@ def _number(env: str, kind: Callable[[str], float], least: float, what: str,
     def convert(text: str) -> float:
         try:
             value = kind(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < least or (value == least and not equal):
+            finite = math.isfinite(value)
+        except (ValueError, OverflowError):  # (an int of hundreds of digits overflows isfinite)
+            value, finite = math.nan, False
+        if not finite or value < least or (value == least and not equal):
             raise argparse.ArgumentTypeError(f"{text!r} (the flag or {env}) is not {what}")
         return value
     return convert
@@ -99,8 +101,11 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     p.add_argument("--coordinator-ca-file", default=os.environ.get("COORDINATOR_CA_FILE") or None,
                    help="PEM CA certificate(s) that sign an https:// coordinator's certificate "
                         "(env COORDINATOR_CA_FILE; default: the system's CAs)")
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="default INFO")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), type=str.upper, choices=_LEVELS,
+                   help="env LOG_LEVEL; default INFO")
     ns = p.parse_args(argv)
+    if ns.log_level not in _LEVELS:  # (argparse checks `choices` on the command line, not on a default)
+        p.error(f"--log-level (or LOG_LEVEL) {ns.log_level!r} is not one of {', '.join(_LEVELS)}")
     if not ns.node:
         p.error("--node (or NODE_NAME) is required")
     if not ns.coordinator:

@@ -19,6 +19,7 @@ says so: only a regular file is replaced.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+log = logging.getLogger(__name__)
 SUBCOMMANDS = frozenset({"server", "agent"})
 _VERSION = re.compile(r"^k3s version (v\d+\.\d+\.\d+(?:-[0-9A-Za-z.]+)?\+k3s\d+)\b")
 _HOST_PATH_DIRS = ("/usr/local/bin", "/usr/bin", "/opt/bin", "/bin")
@@ -132,6 +134,21 @@ def resolve_binary(started_as: str, host_root: Path, exists: bool | None = None)
     return resolve_in_root(Path(root), f"/usr/local/bin/{started_as}")
 
 
+def same_binary(a: Path, b: Path) -> bool:
+    """Whether two paths, as the agent sees them, name the same file place: equal, or the same name in the
+    same directory spelt two ways (an older agent's journal did not follow the directories' links within
+    the host root: /host/usr/local/bin/k3s and /host/var/usrlocal/bin/k3s are one file on Fedora CoreOS).
+    The file itself may be gone or replaced meanwhile (the swap renames over it): its directory decides."""
+    if a == b:
+        return True
+    if a.name != b.name:
+        return False
+    try:
+        return os.path.samefile(a.parent, b.parent)
+    except OSError:
+        return False
+
+
 def match_k3s(processes: list[ProcessInfo], host_root: Path, existing: set[Path] | None = None) -> K3sProcess:
     """The one k3s server/agent process of this node. `existing` (for tests) lists the binaries that
     exist; by default the file system is asked."""
@@ -142,7 +159,11 @@ def match_k3s(processes: list[ProcessInfo], host_root: Path, existing: set[Path]
         if parsed is None:
             continue
         started_as, role, wrapper = parsed
-        binary = resolve_binary(started_as, host_root)
+        try:
+            binary = resolve_binary(started_as, host_root)
+        except DiscoveryError as exc:  # a link loop on its path: not a binary we could replace
+            log.warning("k3s-looking pid %d skipped: %s", proc.pid, exc)
+            continue
         if existing is None and binary.is_symlink():
             linked.append(f"{started_as} -> {os.readlink(binary)}")
             continue

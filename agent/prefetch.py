@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from agent.config import AgentConfig
-from agent.discovery import binary_version
+from agent.discovery import binary_version, same_binary
 from agent.download import DownloadError, download
 from agent.install import discard, finalize_staged, sha256_of, staging_paths
 from agent.journal import remove_durably, write_durably
@@ -148,7 +148,8 @@ class Prefetcher:
         """Whether the binary held is the staged file of a lease of `sha256` on `binary`. If so, the lease
         owns it from now on (its journal entry must be saved before this call)."""
         held = self.held
-        if held is None or held.sha256 != sha256 or held.staged != staging_paths(binary, sha256)[1]:
+        staged = staging_paths(binary, sha256)[1]
+        if held is None or held.sha256 != sha256 or not same_binary(held.staged, staged):
             return False
         self.held = None
         self._forget_record()  # the lease's journal names the file from now on

@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from agent.discovery import DiscoveryError, K3sProcess, find_k3s, pid_alive
+from agent.discovery import DiscoveryError, K3sProcess, find_k3s, pid_alive, same_binary
 
 TICK = 0.011
 """Start times and the uptime clock both have clock-tick (10 ms) resolution."""
@@ -107,7 +107,8 @@ async def wait_for_new_process(host_root: Path, binary: Path, started_after: flo
         except DiscoveryError as exc:
             last_error = str(exc)
             found = None
-        if (found is not None and found.binary == binary and found.create_time >= started_after - TICK
+        if (found is not None and same_binary(found.binary, binary)
+                and found.create_time >= started_after - TICK
                 and (found.pid, found.create_time) != not_process):
             seen.add(found.pid)
             stable_until = time.monotonic() + stable

@@ -34,6 +34,7 @@ from agent.discovery import (
     find_k3s,
     process_clock,
     resolve_binary,
+    same_binary,
     wall_clock_boot_time,
 )
 from agent.download import DownloadError, download
@@ -76,8 +77,11 @@ class Upgrader:
         if loaded is not None and loaded.binary:
             # The path as this agent resolves it (an older one did not follow the directories' links
             # within the host root: `discovery.resolve_in_root`), or the new k3s it waits for never matches.
-            resolved = resolve_binary(loaded.binary, config.host_root)
-            loaded = loaded.model_copy(update={"binary": str(resolved)})
+            try:
+                resolved = resolve_binary(loaded.binary, config.host_root)
+                loaded = loaded.model_copy(update={"binary": str(resolved)})
+            except DiscoveryError as exc:  # (a link loop): kept as journalled; compared by `same_binary`
+                log.warning("journalled k3s path %s kept as it is: %s", loaded.binary, exc)
         self.entry: JournalEntry | None = (
             on_this_boot(loaded, self.boot_id, wall_clock_boot_time()) if loaded else None)
         self.progress: float | None = None
@@ -418,7 +422,7 @@ class Upgrader:
         record, proc = self.running.load(), await self.observe()
         if record is None or proc is None or proc.wrapper or not (
                 record.boot_id == self.boot_id and record.sha256 == lease.artifact.sha256
-                and record.binary == str(binary) and record.pid == proc.pid
+                and same_binary(Path(record.binary), binary) and record.pid == proc.pid
                 and abs(record.create_time - proc.create_time) < TICK):
             return False
         try:

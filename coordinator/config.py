@@ -333,6 +333,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         ("--resync-interval", timeouts.resync, "the coordinator would decide in a tight loop"),
         ("--agent-heartbeat-timeout", timeouts.agent_heartbeat, "every agent would count as gone"),
         ("--verify-timeout", timeouts.verify, "no node could be verified"),
+        ("--poll-wait-max", timeouts.poll_wait_max, "every agent would poll without being held"),
     ):
         if value <= 0:
             raise ConfigError(f"{setting} must be > 0 ({why})")

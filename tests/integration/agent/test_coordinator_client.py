@@ -13,6 +13,7 @@ never imports aiohttp, idle or downloading.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -173,9 +174,12 @@ async def test_refused_connection_and_silence_are_temporary(server: Server, toke
     assert time.monotonic() - started < 2
 
 
-async def test_multi_line_token_is_not_sent(server: Server, token: Path) -> None:
-    await asyncio.to_thread(token.write_text, "tok\r\nX-Injected: 1")
-    with pytest.raises(CoordinatorUnavailable, match="more than one line"):
+@pytest.mark.parametrize("content", ["tok\r\nX-Injected: 1", "tok\u20ac"])
+async def test_a_token_that_is_no_single_line_ascii_is_not_sent(
+    server: Server, token: Path, content: str
+) -> None:
+    await asyncio.to_thread(token.write_text, content)  # (a non-latin-1 one ended the agent's poll loop)
+    with pytest.raises(CoordinatorUnavailable, match="holds no single-line ASCII token"):
         await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
     assert server.requests == []
 
@@ -191,15 +195,19 @@ async def test_an_unreadable_token_file_is_temporary(server: Server, tmp_path: P
 
 
 @pytest.mark.parametrize("content", [None, "not a certificate\n"])
-async def test_a_ca_file_that_does_not_load_is_temporary(tmp_path: Path, token: Path,
-                                                         content: str | None) -> None:
+async def test_a_ca_file_that_does_not_load_is_temporary(tmp_path: Path, token: Path, content: str | None,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     ca = tmp_path / "ca.pem"
     if content is not None:
         ca.write_text(content)
     client = CoordinatorClient("https://127.0.0.1:9", "n1", token, ca_file=ca)  # made all the same
     cause = rf"coordinator CA file {re.escape(str(ca))} cannot be loaded: \S"
-    with pytest.raises(CoordinatorUnavailable, match=cause):
-        await client.poll(STATE, 0)
+    with caplog.at_level(logging.ERROR, logger="agent.client"):
+        for _ in range(3):
+            with pytest.raises(CoordinatorUnavailable, match=cause):
+                await client.poll(STATE, 0)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and re.search(cause, errors[0].getMessage()), "logged as an ERROR, once"
     trustme.CA().cert_pem.write_to_path(str(ca))  # fixed: read again, now a connection error (port 9)
     with pytest.raises(CoordinatorUnavailable, match=r"POST https://127\.0\.0\.1:9/v1/agents/n1/poll failed"):
         await client.poll(STATE, 0)

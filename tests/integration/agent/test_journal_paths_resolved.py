@@ -28,3 +28,18 @@ def test_a_journalled_path_through_a_linked_directory_is_read_resolved(tmp_path:
     upgrader = Upgrader(config, CoordinatorClient(config.coordinator_url, "n1", tmp_path / "token"))
     assert upgrader.entry is not None and upgrader.entry.binary == str(root / "usr/bin/k3s")
     assert upgrader.entry.lease == lease and upgrader.entry.phase is AgentPhase.APPLYING
+
+
+def test_a_journalled_path_that_loops_is_kept_and_the_agent_starts(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    root.mkdir()
+    os.symlink("/b", root / "a")
+    os.symlink("a", root / "b")
+    lease = LeaseAssignment(lease_id="l1", plan="p", node="n1", target_version="v1.30.4+k3s1", plan_hash="h",
+                            artifact=Artifact(url="http://r/k3s", sha256="a" * 64, name="k3s"))
+    state = tmp_path / "state"
+    Journal(state).save(JournalEntry(lease=lease, phase=AgentPhase.APPLYING, binary=str(root / "a/k3s")))
+    config = AgentConfig(node="n1", coordinator_url="http://coordinator:8080", host_root=root,
+                         state_dir=state)
+    upgrader = Upgrader(config, CoordinatorClient(config.coordinator_url, "n1", tmp_path / "token"))
+    assert upgrader.entry is not None and upgrader.entry.binary == str(root / "a/k3s")

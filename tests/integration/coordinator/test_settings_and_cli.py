@@ -77,6 +77,7 @@ def test_durations(text: str, seconds: float) -> None:
         (["--polling-interval", "0s"], r"--polling-interval must be > 0 \(the channels would be asked"),
         (["--resync-interval", "0"], r"--resync-interval must be > 0"),
         (["--agent-heartbeat-timeout", "0ms"], r"--agent-heartbeat-timeout must be > 0"),
+        (["--poll-wait-max", "0"], r"--poll-wait-max must be > 0 \(every agent would poll without being"),
         (["--listen", "8080"], "--listen"),
         (["--release-base-url", "ftp://x"], "--release-base-url"),
         (["--log-level", "LOUD"], "--log-level"),

@@ -26,7 +26,7 @@ REFUSED = [  # (flag, its environment variable, values refused)
     ("--request-timeout", "REQUEST_TIMEOUT_SECONDS", ["0", "-1", "inf"]),
     ("--poll-wait", "POLL_WAIT_SECONDS", ["-1", "nan", "inf", ""]),
     ("--download-attempts", "DOWNLOAD_ATTEMPTS", ["0", "-3", "1.5", "many"]),
-    ("--space-margin", "SPACE_MARGIN_BYTES", ["-1", "16MiB", "1e6"]),
+    ("--space-margin", "SPACE_MARGIN_BYTES", ["-1", "16MiB", "1e6", "9" * 400]),
 ]
 
 
@@ -68,3 +68,19 @@ def test_a_ca_file_that_does_not_exist_is_left_to_the_requests(tmp_path: Path) -
     config = parse_args(["--node", "n1", "--coordinator", "https://coordinator:8080",
                          "--coordinator-ca-file", str(missing)])
     assert config.coordinator_ca_file == missing
+
+
+def test_the_log_level_is_one_of_four(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse_args([*BASE, "--log-level", "debug"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit):
+        parse_args([*BASE, "--log-level", "loud"])
+    assert "argument --log-level: invalid choice: 'LOUD'" in capsys.readouterr().err
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    assert parse_args(BASE).log_level == "WARNING"
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")  # (which logging.basicConfig refused with a traceback)
+    with pytest.raises(SystemExit):
+        parse_args(BASE)
+    refused = "--log-level (or LOG_LEVEL) 'LOUD' is not one of DEBUG, INFO, WARNING, ERROR"
+    assert refused in capsys.readouterr().err

@@ -8,7 +8,8 @@ another node's root is never ours; the symlinks of the binary's directories are 
 root (an absolute target re-rooted there, `..` stopping at it, a loop an error), in the sandbox too; none
 or several candidates is an error naming them; a binary that is a symlink (relative, or absolute and so not
 even under the host root) is refused with an error naming the link, also in a linked directory, while a
-regular file beside such links is taken.
+regular file beside such links is taken; a process whose path loops is skipped, not the whole scan;
+`same_binary` tells one file place spelt two ways (an older agent's journal) from two.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from agent.discovery import (
     parse_command,
     resolve_binary,
     resolve_in_root,
+    same_binary,
 )
 
 HOST = Path("/host")
@@ -165,3 +167,23 @@ def test_a_symlinked_binary_in_a_linked_directory_is_refused(tmp_path: Path) -> 
     (tmp_path / "usr/local").symlink_to("/opt/local")
     with pytest.raises(DiscoveryError, match=r"symlink \(/usr/local/bin/k3s -> /opt/local/bin/k3s-v1\.30"):
         match_k3s([proc(7, "/usr/local/bin/k3s", "server")], tmp_path)
+
+
+def test_a_process_whose_path_loops_is_skipped_not_the_scan(tmp_path: Path) -> None:
+    live = _k3s_file(tmp_path / "usr/local/bin/k3s")
+    (tmp_path / "a").symlink_to("/b")
+    (tmp_path / "b").symlink_to("a")
+    found = match_k3s([proc(6, "/a/k3s", "agent"), proc(7, "/usr/local/bin/k3s", "server")], tmp_path)
+    assert found.binary == live
+
+
+def test_same_binary_is_the_same_name_in_the_same_directory_however_spelt(tmp_path: Path) -> None:
+    live = _k3s_file(tmp_path / "var/usrlocal/bin/k3s")
+    (tmp_path / "usr").mkdir()
+    (tmp_path / "usr/local").symlink_to("../var/usrlocal")  # Fedora CoreOS
+    unresolved = tmp_path / "usr/local/bin/k3s"  # as an agent before resolve_in_root journalled it
+    assert same_binary(live, live) and same_binary(unresolved, live) and same_binary(live, unresolved)
+    assert same_binary(unresolved.with_name(".k3s-abc"), live.with_name(".k3s-abc")), "need not exist"
+    assert not same_binary(unresolved, live.with_name("k3s-old"))
+    assert not same_binary(tmp_path / "usr/bin/k3s", live)
+    assert not same_binary(tmp_path / "gone/k3s", tmp_path / "also-gone/k3s")
