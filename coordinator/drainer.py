@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from coordinator.draining import terminating_too_long
 from coordinator.kube.errors import EvictionBlocked, KubeError, NotFound
 from coordinator.kube.protocol import Cluster, Obj
 
@@ -55,17 +56,6 @@ def _name(pod: Mapping[str, Any]) -> str:
     return f"{m.get('namespace')}/{m.get('name')}"
 
 
-def _terminating_too_long(pod: Mapping[str, Any], skip_after: int, now: datetime) -> bool:
-    ts = (pod.get("metadata") or {}).get("deletionTimestamp")
-    if not skip_after or not ts:
-        return False
-    try:
-        since = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return (now - since).total_seconds() > skip_after
-
-
 async def drain(
     cluster: Cluster, lease_id: str, node: str, opts: DrainOptions, pick: PodPicker
 ) -> DrainResult:
@@ -87,7 +77,7 @@ async def drain(
                 )
             now = datetime.now(UTC)
             pending = [
-                p for p in targets if not _terminating_too_long(p, opts.skip_wait_for_delete_timeout, now)
+                p for p in targets if not terminating_too_long(p, opts.skip_wait_for_delete_timeout, now)
             ]
             if not pending:
                 return DrainResult(lease_id, node, True, None, tuple(sorted(removed)))
@@ -153,15 +143,21 @@ class Drainer:
                 log.exception("drain of %s crashed", node)
                 result = DrainResult(lease_id, node, False, f"drain of node {node} crashed: {exc!r}")
             finally:
-                self._tasks.pop(lease_id, None)
+                if self._tasks.get(lease_id) is asyncio.current_task():
+                    del self._tasks[lease_id]
             self.results[lease_id] = result
             self._on_done(result)
 
         self._tasks[lease_id] = asyncio.create_task(go(), name=f"drain-{node}")
 
-    def forget(self, keep: set[str]) -> None:
-        """Drop results of leases that no longer exist."""
-        for lid in [k for k in self.results if k not in keep]:
+    def retain(self, draining: set[str]) -> None:
+        """Keep the drains of the leases still `draining` in the stored table, and only those: a lease that
+        left the phase (withdrawn with its Plan, moved on with the outcome, failed) has its drain stopped
+        (it would go on evicting pods from a node that is schedulable again) and its outcome dropped."""
+        for lid in [k for k in self._tasks if k not in draining]:
+            log.info("drain stopped: lease %s is no longer draining", lid)
+            self._tasks.pop(lid).cancel()
+        for lid in [k for k in self.results if k not in draining]:
             del self.results[lid]
 
     async def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from coordinator.selection import SelectorError, matches
+from coordinator.selection import SelectorError, compile_selector, matches
 from coordinator.versions import VersionError, parse_version
 from coordinator.windows import WindowError, parse_window
 
@@ -206,6 +206,11 @@ def parse_plan(obj: dict[str, Any]) -> tuple[Plan | None, list[str]]:
         matches(raw_spec.get("nodeSelector"), {})
     except SelectorError as exc:
         errors.append(f"spec.{exc}")
+    if spec.drain is not None and spec.drain.pod_selector is not None:
+        try:  # (SUC refuses it too; found only at the drain, the node would be cordoned first)
+            compile_selector(spec.drain.pod_selector, "podSelector")
+        except SelectorError as exc:
+            errors.append(f"spec.drain.{exc}")
     annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
     budget = 0
     if FAILURE_BUDGET_ANNOTATION in annotations:

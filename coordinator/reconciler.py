@@ -971,11 +971,13 @@ class Runtime:
         return {name: obj} if obj is not None else {}
 
     def picker(self, drain: Drain) -> PodPicker:
-        return lambda pods: pods_to_evict(pods, drain, self.settings.pod_name, self.settings.pod_namespace)
+        return lambda pods: pods_to_evict(
+            pods, drain, self.settings.pod_name, self.settings.pod_namespace, now=datetime.now(UTC))
 
     def _seen(self, table: LeaseTable) -> None:
         if self._observed is not None and self._observed is not table:
             self._observe(self._observed, table, datetime.now(UTC))
+            self.drainer.retain({le.lease_id for le in table.leases if le.phase is LeasePhase.DRAINING})
         self._observed = table
 
     def _observe(self, old: LeaseTable, new: LeaseTable, now: datetime) -> None:

@@ -29,27 +29,28 @@ def plan_label(plan: str) -> str:
 LabelPredicate = Callable[[Mapping[str, str]], bool]
 
 
-def compile_selector(selector: Mapping[str, object] | None) -> LabelPredicate:
+def compile_selector(selector: Mapping[str, object] | None, field: str = "nodeSelector") -> LabelPredicate:
     """Validate a LabelSelector (its JSON shape) once and return a predicate over a label map.
 
-    Raises SelectorError for a selector that cannot be evaluated, whatever labels it would later see.
+    Raises SelectorError for a selector that cannot be evaluated, whatever labels it would later see (its
+    message starts with `field`, the selector's name in the Plan).
     """
     if not selector:
         return lambda labels: True
     match_labels = selector.get("matchLabels") or {}
     if not isinstance(match_labels, Mapping):
-        raise SelectorError("nodeSelector.matchLabels must be a map")
+        raise SelectorError(f"{field}.matchLabels must be a map")
     equal = tuple((str(k), v) for k, v in match_labels.items())
     exprs = selector.get("matchExpressions") or []
     if not isinstance(exprs, Sequence):
-        raise SelectorError("nodeSelector.matchExpressions must be a list")
+        raise SelectorError(f"{field}.matchExpressions must be a list")
     checks: list[tuple[str, str, frozenset[str]]] = []
     for i, expr in enumerate(exprs):
         if not isinstance(expr, Mapping):
-            raise SelectorError(f"nodeSelector.matchExpressions[{i}] must be an object")
+            raise SelectorError(f"{field}.matchExpressions[{i}] must be an object")
         op = expr.get("operator")
         if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            raise SelectorError(f"nodeSelector.matchExpressions[{i}].operator: unknown operator {op!r}")
+            raise SelectorError(f"{field}.matchExpressions[{i}].operator: unknown operator {op!r}")
         values = frozenset(str(v) for v in (expr.get("values") or []))
         checks.append((str(expr.get("key", "")), str(op), values))
 

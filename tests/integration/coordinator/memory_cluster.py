@@ -48,6 +48,8 @@ class MemoryCluster:
         self.pdb_blocked: set[str] = set()
         """Pods (ns/name) whose eviction a PodDisruptionBudget refuses (429) while listed."""
         self.evictions: list[str] = []
+        self.eviction_attempts: list[str] = []
+        """Every eviction asked for, refused by a budget or not."""
         self.events_gate: asyncio.Event | None = None
         """When set to an Event, every Event post waits for it (an API server that does not answer)."""
         self.events_waiting = 0
@@ -74,6 +76,14 @@ class MemoryCluster:
             if plural == res.plural:
                 q.put_nowait(WatchEvent(typ, copy.deepcopy(obj)))
         return obj
+
+    def remove(self, res: Resource, key: str) -> None:
+        """Delete the object stored under `key` (`namespace/name`), as `kubectl delete` would."""
+        obj = self.objects[res.plural].pop(key)
+        self.rv = next(self._rv)
+        for plural, q in self._watchers:
+            if plural == res.plural:
+                q.put_nowait(WatchEvent("DELETED", copy.deepcopy(obj)))
 
     def set_node_version(self, name: str, version: str, ready: bool = True) -> None:
         node = copy.deepcopy(self.objects["nodes"][name])
@@ -203,6 +213,7 @@ class MemoryCluster:
         return [copy.deepcopy(p) for p in self.objects["pods"].values() if p["spec"].get("nodeName") == node]
 
     async def evict_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+        self.eviction_attempts.append(f"{namespace}/{name}")
         if f"{namespace}/{name}" in self.pdb_blocked:
             raise errors.EvictionBlocked(f"Cannot evict pod {namespace}/{name}: disruption budget", 429)
         self.evictions.append(f"{namespace}/{name}")

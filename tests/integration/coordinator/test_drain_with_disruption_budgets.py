@@ -7,7 +7,8 @@ Aspects covered:
 - the rollout completes and every node is uncordoned;
 - a budget that never allows the eviction: after the plan's drain timeout the lease fails, the plan
   stops with Complete=False/JobFailed naming the node and cause, Warning Events go to the Plan and the
-  Node, and the node is uncordoned (we cordoned it).
+  Node, and the node is uncordoned (we cordoned it);
+- a drain whose lease is withdrawn (its Plan deleted) stops: no eviction after the node is given back.
 """
 
 from __future__ import annotations
@@ -116,3 +117,29 @@ async def test_drain_timeout_fails_the_node_and_gives_it_back(tmp_path: Path) ->
             "plan.upgrade.cattle.io/drained" not in rig.cluster.objects["nodes"][n]["metadata"]["labels"]
             for n in others
         ), "the plan kept going after a failure"
+
+
+async def test_a_drain_stops_when_its_lease_is_withdrawn(tmp_path: Path) -> None:
+    """A drain with no timeout, held by a budget, while its Plan is deleted: the node is given back and the
+    evictions stop (they went on against a schedulable node until a timeout that never came)."""
+    async with coordinator(tmp_path, [NEW], [(n, False, OLD) for n in NODES]) as rig:
+        seed_pods(rig)
+        rig.cluster.pdb_blocked = {f"apps/web-{n}" for n in NODES}
+        rig.cluster.put(PLANS, plan("0s"))  # no drain timeout
+        agents = rig.agents(NODES, OLD)
+        attempts = rig.cluster.eviction_attempts
+
+        def draining() -> bool:
+            return len(attempts) >= 2
+
+        await drive(rig, agents, draining, 20, "the drain did not start")
+        rig.cluster.remove(PLANS, "system-upgrade/drained")
+
+        def given_back() -> bool:
+            return not any(n["spec"].get("unschedulable") for n in rig.cluster.objects["nodes"].values())
+
+        await drive(rig, agents, given_back, 20, "the node was not given back")
+        seen = len(attempts)
+        await asyncio.sleep(5)  # more than two of the drain's 2-s rounds
+        assert len(attempts) == seen, f"evictions went on after the lease was withdrawn: {attempts[seen:]}"
+        assert not rig.runtime.drainer.results
