@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
+from agent.download import NoSpace
 from agent.journal import fsync_dir
 
 SELINUX_XATTR = "security.selinux"
@@ -85,6 +87,11 @@ def keep_rollback_copy(binary: Path) -> Path:
 def swap_in(staged: Path, binary: Path) -> None:
     """Atomically put `staged` at `binary`, keeping the old one as the rollback copy."""
     copy_metadata(binary, staged)
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # its owner, mode and label on disk before it takes the binary's place
+    finally:
+        os.close(fd)
     keep_rollback_copy(binary)
     os.replace(staged, binary)
     fsync_dir(binary.parent)
@@ -99,3 +106,30 @@ def restore(binary: Path) -> None:
 def discard(*paths: Path) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+UNPACK_FACTOR = 3
+"""A new k3s release unpacks about 2.7 times its binary's size into its data directory on its first start
+(195 MB for a 72 MB binary: k3s issue 10586)."""
+DATA_DIR = "var/lib/rancher/k3s"
+"""k3s's default data directory, under the host root (servers and agents alike)."""
+
+
+def check_unpack_space(host_root: Path, binary: Path, margin: int, downloading: bool) -> None:
+    """`NoSpace` unless the new k3s can unpack its data on its first start: UNPACK_FACTOR times the live
+    binary's size free in its data directory (the default one; `binary`'s own when there is none), plus
+    the binary itself when it is still to be downloaded to the same file system. Checked before anything
+    changes: on a full disk the new k3s crash-loops, and the agent's own journal writes, which a rollback
+    needs, fail too."""
+    size = binary.stat().st_size
+    data = host_root / DATA_DIR
+    where = data if data.is_dir() else binary.parent
+    needed = UNPACK_FACTOR * size
+    if downloading and os.stat(where).st_dev == os.stat(binary.parent).st_dev:
+        needed += size
+    free = shutil.disk_usage(where).free
+    if free < needed + margin:
+        raise NoSpace(f"not enough free space in {where} for the new k3s to unpack its data on its first "
+                      f"start: {free} bytes free, about {needed} needed ({UNPACK_FACTOR} times the binary"
+                      f"{' and the binary itself' if needed > UNPACK_FACTOR * size else ''}) plus a "
+                      f"{margin}-byte margin")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from agent.discovery import (
 )
 from agent.download import DownloadError, download
 from agent.install import (
+    check_unpack_space,
     discard,
     finalize_staged,
     restore,
@@ -56,6 +58,15 @@ log = logging.getLogger(__name__)
 
 DISCOVERY_GRACE_SECONDS = 10.0
 """How long staging waits for a k3s process to appear before reporting that none runs."""
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether both names are one file (False when either is missing). A rollback copy that is not the
+    live file is kept: after a failed restore it is the only good binary on the node."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _sha256_or_none(path: Path) -> str | None:
@@ -248,7 +259,11 @@ class Upgrader:
 
     def _drop(self, entry: JournalEntry) -> None:
         if entry.binary:
-            discard(*staging_paths(Path(entry.binary), entry.lease.artifact.sha256))
+            binary = Path(entry.binary)
+            discard(*staging_paths(binary, entry.lease.artifact.sha256))
+            backup = rollback_path(binary)
+            if same_file(backup, binary):  # rolled back: the copy is the live file again, under a second
+                discard(backup)            # name that would keep the old binary once k3s is reinstalled
         self.journal.clear()
         self.entry = None
 
@@ -305,6 +320,8 @@ class Upgrader:
             self.progress = value
 
         try:
+            await asyncio.to_thread(check_unpack_space, self.config.host_root, binary,
+                                    self.config.space_margin, not prefetched)
             if prefetched and await asyncio.to_thread(_sha256_or_none, staged) == lease.artifact.sha256:
                 version = lease.target_version  # ran `--version` when it was prefetched
             else:  # (a prefetched file changed or gone since: fetched again)
@@ -375,6 +392,11 @@ class Upgrader:
                     await self.rollback(f"replacing {binary} failed after the rename: {exc}")
                 return
             log.info("replaced %s with %s", binary, lease.target_version)
+            # The time again, now that the rename is on disk: a k3s that started between the time taken
+            # before it and the rename ran the old file (the journal, metadata and link writes between can
+            # take long on a slow disk). Counted as old, it gets one more restart: the safe side.
+            entry = entry.model_copy(update={"swap_started_at": process_clock()})
+            self._save(entry)
         elif live != lease.artifact.sha256:
             await self._fail(entry, f"{binary} has an unexpected checksum {live}; not touching it")
             return
@@ -451,7 +473,7 @@ class Upgrader:
             await self.report(AgentPhase.ROLLING_BACK, error=cause, best_effort=True)
         log.warning("rolling back %s: %s", binary, cause)
         backup = rollback_path(binary)
-        live = await asyncio.to_thread(sha256_of, binary)
+        live = await asyncio.to_thread(_sha256_or_none, binary)  # (None: the live path is gone: restore it)
         if entry.old_sha256 and live != entry.old_sha256:
             if not backup.exists() or await asyncio.to_thread(sha256_of, backup) != entry.old_sha256:
                 await self._fail(entry, f"{cause}; rollback impossible: copy {backup} missing or changed")
@@ -464,6 +486,8 @@ class Upgrader:
             except OSError as exc:
                 await self._fail(entry, f"{cause}; restoring {binary} from {backup} failed: {exc}")
                 return
+            entry = entry.model_copy(update={"rollback_started_at": process_clock()})  # as after the swap
+            self._save(entry)
         assert entry.rollback_started_at is not None
         proc = await self.observe()
         if proc is None or proc.create_time < entry.rollback_started_at - TICK:

@@ -4,7 +4,8 @@ Aspects: a checksum mismatch is reported `failed` naming both sums, with the liv
 process and the binary's directory unchanged; a connection cut mid-download is resumed with a `Range`
 request and the upgrade completes; a slow download keeps posting the agent's state with its progress; a
 file system too small for the new binary (a real tmpfs) gives a clear
-`failed` report and leaves the old binary intact and running.
+`failed` report and leaves the old binary intact and running, and so does a data directory without room
+for the new k3s to unpack (3 times its binary).
 """
 
 from __future__ import annotations
@@ -114,3 +115,34 @@ async def test_full_file_system_is_a_clear_error(tiny_fs_node: Node, releases,
     finally:
         node.supervisor.stop()
         subprocess.run(["umount", str(bindir)], check=True)  # noqa: ASYNC221 - teardown, must finish
+
+
+async def test_no_room_for_the_new_k3s_to_unpack_fails_before_anything_changes(
+        node: Node, releases, coordinator: ScriptedCoordinator, agent_factory) -> None:
+    """The new k3s unpacks about 3 times its binary into its data directory on its first start; without
+    that room it would crash-loop on a full disk where the agent's journal could not be written either.
+    The data directory is a real tmpfs, full; the binary's own file system has room."""
+    old_pid, old_sha = node.pid(), sha(node.binary)
+    data = node.root / "var/lib/rancher/k3s"
+    data.mkdir(parents=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) here, cannot make a small tmpfs")
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(data)]
+    result = subprocess.run(mount, capture_output=True)  # noqa: ASYNC221 - set-up, before anything runs
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+    try:
+        try:
+            (data / "filler").write_bytes(b"x" * 4096)
+        except OSError:
+            pass
+        assert shutil.disk_usage(data).free < 3 * node.binary.stat().st_size
+        agent = agent_factory(coordinator.url)
+        agent.start()
+        coordinator.instruct(Action.STAGE, make_lease(releases))
+        failed = await coordinator.wait_report(AgentPhase.FAILED)
+        agent.stop()
+    finally:
+        subprocess.run(["umount", str(data)], check=True)  # noqa: ASYNC221 - teardown, must finish
+    assert failed.error and f"not enough free space in {data} for the new k3s to unpack" in failed.error
+    assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []

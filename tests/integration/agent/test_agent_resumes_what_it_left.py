@@ -102,6 +102,27 @@ async def test_k3s_restarted_before_the_restore_is_restarted_after_it(node: Node
     assert node.pid() != on_its_own and node.running_version() == OLD
 
 
+async def test_a_rollback_restores_a_live_binary_that_is_gone(node: Node, releases, tmp_path: Path,
+                                                              coordinator: ScriptedCoordinator,
+                                                              agent_factory) -> None:
+    """The live path missing when a rollback resumes (removed by hand, say): the checked copy is put back
+    (the rollback raised FileNotFoundError at the live file's checksum and was retried forever)."""
+    lease = make_lease(releases)
+    old_sha = sha(node.binary)
+    swap_in(_stage_by_hand(node, lease), node.binary)
+    node.binary.unlink()
+    Journal(tmp_path / "state").save(JournalEntry(
+        lease=lease, phase=AgentPhase.ROLLING_BACK, binary=str(node.binary), old_sha256=old_sha,
+        swap_started_at=process_clock(), rollback_started_at=process_clock(), error="did not verify",
+        boot_id=boot_id(),
+    ))
+    coordinator.auto = False
+    coordinator.instruct(Action.ROLLBACK, lease, reason="did not verify")
+    agent_factory(coordinator.url).start()
+    rolled = await coordinator.wait_report(AgentPhase.ROLLED_BACK)
+    assert rolled.k3s_version == OLD and sha(node.binary) == old_sha and node.running_version() == OLD
+
+
 async def test_an_end_not_heard_is_said_again(node: Node, releases, tmp_path: Path,
                                              coordinator: ScriptedCoordinator, agent_factory) -> None:
     lease = make_lease(releases)
