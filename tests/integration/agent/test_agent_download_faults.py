@@ -72,18 +72,23 @@ async def test_slow_download_keeps_heartbeating_with_progress(node: Node, releas
     assert any(p is not None and 0 < p < 1 for p in during), during
 
 
+def mount_small_tmpfs(directory: Path, size: str) -> None:
+    """Mount a real tmpfs of `size` on `directory` (made here), or skip the test: a full file system is only
+    real with mount(8) and root, which CI has (unmount it with `umount`)."""
+    directory.mkdir(parents=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) here, cannot make a small tmpfs")
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)]
+    result = subprocess.run(command, capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+
+
 @pytest.fixture
 def tiny_fs_node(tmp_path: Path) -> Node:
     """A node whose /usr/local/bin is a tmpfs just big enough for the old binary."""
     root = tmp_path / "tiny"
-    bindir = root / "usr/local/bin"
-    bindir.mkdir(parents=True)
-    if shutil.which("mount") is None:
-        pytest.skip("no mount(8) here, cannot make a small tmpfs")
-    command = ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(bindir)]
-    result = subprocess.run(command, capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+    mount_small_tmpfs(root / "usr/local/bin", "8k")
     return Node(root, NodeSupervisor(root, "agent", restart_delay=0.1))
 
 
@@ -124,13 +129,7 @@ async def test_no_room_for_the_new_k3s_to_unpack_fails_before_anything_changes(
     The data directory is a real tmpfs, full; the binary's own file system has room."""
     old_pid, old_sha = node.pid(), sha(node.binary)
     data = node.root / "var/lib/rancher/k3s"
-    data.mkdir(parents=True)
-    if shutil.which("mount") is None:
-        pytest.skip("no mount(8) here, cannot make a small tmpfs")
-    mount = ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(data)]
-    result = subprocess.run(mount, capture_output=True)  # noqa: ASYNC221 - set-up, before anything runs
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+    mount_small_tmpfs(data, "4k")
     try:
         try:
             (data / "filler").write_bytes(b"x" * 4096)

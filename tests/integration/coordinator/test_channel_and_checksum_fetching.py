@@ -148,11 +148,7 @@ async def test_channels_and_checksums_go_through_the_proxy_the_environment_names
 async def test_an_https_channel_goes_through_a_tunnel_with_the_proxys_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_tls)
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
+    server_tls, client_tls = tls_for_localhost()
     app = web.Application()
 
     async def stable(request: web.Request) -> web.Response:
@@ -175,6 +171,16 @@ async def test_an_https_channel_goes_through_a_tunnel_with_the_proxys_credential
     finally:
         await proxy.stop()
         await runner.cleanup()
+
+
+def tls_for_localhost() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts: a throwaway CA's certificate for localhost, and trust in that CA."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    return server_tls, client_tls
 
 
 async def _serve(app: web.Application, tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
@@ -224,11 +230,7 @@ async def test_checksum_redirects_are_followed_hop_by_hop_each_with_its_own_prox
 
 
 async def test_a_checksum_redirect_from_https_to_http_is_refused() -> None:
-    ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_tls)
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
+    server_tls, client_tls = tls_for_localhost()
     mirror = web.Application()
 
     async def downgrade(request: web.Request) -> web.Response:
