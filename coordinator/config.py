@@ -92,6 +92,11 @@ class Timeouts:
     """Leader election: lease duration; renewed every third of it."""
     channel_request: float = 10.0
     """Timeout of one channel or checksum request."""
+    job_deadline: float = 900.0
+    """Default of a Plan's `jobActiveDeadlineSecs`: a lease not told to apply this long after its grant
+    fails (0: no limit). SUC's default, as its manifest sets it."""
+    job_deadline_max: float = 0.0
+    """Ceiling of a Plan's `jobActiveDeadlineSecs` (0: none), as SUC's."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,19 @@ def _parser() -> argparse.ArgumentParser:
         f"default {DEFAULT_AGENT_SERVICE_ACCOUNT})",
     )
     p.add_argument(
+        "--job-active-deadline-seconds",
+        default=None,
+        help="seconds a node's upgrade may take from its lease to the binary's replacement (the download, "
+        "cordon and drain) when its Plan sets no jobActiveDeadlineSecs; 0: no limit "
+        f"(env SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS; default {t.job_deadline:g})",
+    )
+    p.add_argument(
+        "--job-active-deadline-seconds-max",
+        default=None,
+        help="the most a Plan's jobActiveDeadlineSecs may ask for; 0: no maximum "
+        f"(env SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS_MAX; default {t.job_deadline_max:g})",
+    )
+    p.add_argument(
         "--resync-interval", default=None, help=f"reconcile at least this often (default {t.resync:g}s)"
     )
     p.add_argument(
@@ -270,6 +288,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def help_text() -> str:
     return _parser().format_help()
+
+
+def _seconds(raw: str | None, setting: str, default: float) -> float:
+    """A whole number of seconds >= 0 (SUC's form for its Job deadlines), else `default` when unset."""
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        raise ConfigError(f"{setting}: {raw!r} is not a whole number of seconds >= 0 (0: no limit)")
+    return float(int(text))
 
 
 def _flag_bool(flag: bool | None, env: Mapping[str, str], name: str) -> bool:
@@ -323,6 +351,16 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             d.leader_lease,
         ),
         channel_request=d.channel_request,
+        job_deadline=_seconds(
+            pick(a.job_active_deadline_seconds, "SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS"),
+            "--job-active-deadline-seconds",
+            d.job_deadline,
+        ),
+        job_deadline_max=_seconds(
+            pick(a.job_active_deadline_seconds_max, "SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS_MAX"),
+            "--job-active-deadline-seconds-max",
+            d.job_deadline_max,
+        ),
     )
     if timeouts.restart <= 0:
         raise ConfigError("--restart-timeout must be > 0")

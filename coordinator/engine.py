@@ -26,12 +26,12 @@ repeated on every pass until `drains[lease_id]` holds its outcome: the runtime r
 lease id.
 
 Failures and how to retry (copy for the README):
-  A lease that fails (download/checksum error, drain failure, k3s not coming up, node not Ready on the
-  target within the verify timeout -> rollback) stays in the lease table as a failure record. The node is
-  uncordoned if we cordoned it; the Plan gets Complete=False, reason JobFailed, with a message naming the
-  node and the cause, and Warning Events on the Plan and the Node. The plan grants no new lease while its
-  failures at the current hash exceed its failure budget (annotation `upgrade.k3s.io/failure-budget` on
-  the Plan, default 0). To retry:
+  A lease that fails (download/checksum error, drain failure, not told to apply within the job deadline
+  from its grant, k3s not coming up, node not Ready on the target within the verify timeout -> rollback)
+  stays in the lease table as a failure record. The node is uncordoned if we cordoned it; the Plan gets
+  Complete=False, reason JobFailed, with a message naming the node and the cause, and Warning Events on
+  the Plan and the Node. The plan grants no new lease while its failures at the current hash exceed its
+  failure budget (annotation `upgrade.k3s.io/failure-budget` on the Plan, default 0). To retry:
     * fix the cause and annotate the node: `kubectl annotate node <node> upgrade.k3s.io/retry=now`
       (the coordinator drops that node's failure records and removes the annotation), or
     * change the Plan (new version, or anything in the hash): failure records of the old hash are dropped,
@@ -219,6 +219,24 @@ class EngineSettings:
     prefetch_waves: int = 1
     """How many waves of nodes (a plan's `concurrency` each) past the ones it grants now are asked to
     download the binary before their turn (`Decision.prefetch`); 0: a node downloads once granted."""
+    job_deadline: float = 900.0
+    """SUC's controller default for `jobActiveDeadlineSecs` (`job_deadline`); 0: none."""
+    job_deadline_max: float = 0.0
+    """SUC's ceiling on a Plan's `jobActiveDeadlineSecs`; 0: none."""
+
+
+def job_deadline(asked: int | None, settings: EngineSettings) -> float:
+    """Seconds a lease may take from its grant until its node is told to apply (0: no limit), as SUC
+    computes its Job's `activeDeadlineSeconds`: the Plan's `jobActiveDeadlineSecs` when set (0: none),
+    else the controller default, at most the controller's maximum when one is set.
+
+    SUC's Job holds the download (its image pull), the cordon, the drain and the upgrade. Here the deadline
+    bounds the steps before the binary is touched; from `applying` on, the restart and verification
+    timeouts bound the upgrade, which ends in a rollback rather than a killed Job."""
+    deadline = settings.job_deadline if asked is None else float(asked)
+    if settings.job_deadline_max > 0 and deadline > settings.job_deadline_max:
+        return settings.job_deadline_max
+    return deadline
 
 
 @dataclass(frozen=True)
@@ -601,6 +619,8 @@ class _Decider:
             if self.withdrawn(lease) or not self.alive(node.name, lease.updated_at):
                 self.remove(lease.lease_id)
                 return
+            if self.overdue(lease):
+                return
             if lease.phase is LeasePhase.STAGED:
                 assert pi is not None and pi.plan is not None
                 spec = pi.plan.spec
@@ -615,6 +635,8 @@ class _Decider:
             if self.withdrawn(lease):  # nothing was applied yet: give the node back
                 lease = self.uncordon(lease, node)
                 self.remove(lease.lease_id)
+                return
+            if self.overdue(lease):  # (its drain is stopped: `Drainer.retain`)
                 return
             assert pi is not None and pi.plan is not None
             lease = self.cordon(lease, node)
@@ -656,6 +678,26 @@ class _Decider:
                 return
         if lease.phase is LeasePhase.VERIFIED:
             self.finish(lease, node)
+
+    def overdue(self, lease: Lease) -> bool:
+        """Fail `lease` (of a plan at its hash, not applying yet) when its job deadline has passed since its
+        grant (`job_deadline`), as SUC's Job would have failed; True if it did. The failure record stops
+        the plan as any other (the node is uncordoned, Events name the cause)."""
+        pi = self.plans.get(lease.plan)
+        assert pi is not None and pi.plan is not None
+        deadline = job_deadline(pi.plan.spec.job_active_deadline_secs, self.w.settings)
+        if deadline <= 0 or (self.w.now - lease.granted_at).total_seconds() <= deadline:
+            return False
+        if lease.phase is not LeasePhase.DRAINING:
+            doing = "the download of the binary"
+        elif pi.plan.spec.drain is not None:
+            doing = "the drain"
+        else:
+            doing = "the cordon"
+        self.fail(lease, f"node {lease.node}: {doing} did not finish within the job deadline of "
+                         f"{deadline:g}s from the grant (jobActiveDeadlineSecs)")
+        self.advance(lease.lease_id)
+        return True
 
     def finish(self, lease: Lease, node: NodeView) -> None:
         pi = self.plans.get(lease.plan)

@@ -166,6 +166,10 @@ def parse_plan(obj: dict[str, Any]) -> tuple[Plan | None, list[str]]:
             errors.append(f"spec.version: {exc}")
     if spec.concurrency < 0:
         errors.append(f"spec.concurrency: {spec.concurrency} is negative")
+    if spec.job_active_deadline_secs is not None and spec.job_active_deadline_secs < 0:
+        errors.append(
+            f"spec.jobActiveDeadlineSecs: {spec.job_active_deadline_secs} is negative (0: no deadline)"
+        )
     if not is_k3s_upgrade_image(spec.upgrade.image):
         errors.append(
             f"spec.upgrade.image: {spec.upgrade.image!r} is not supported "

@@ -495,6 +495,8 @@ class Runtime:
                 allow_agent_skew=sf.allow_agent_skew,
             ),
             prefetch_waves=settings.prefetch_waves,
+            job_deadline=t.job_deadline,
+            job_deadline_max=t.job_deadline_max,
         )
 
     # -- caches ---------------------------------------------------------------------------------

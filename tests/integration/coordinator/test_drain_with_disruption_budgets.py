@@ -8,7 +8,9 @@ Aspects covered:
 - a budget that never allows the eviction: after the plan's drain timeout the lease fails, the plan
   stops with Complete=False/JobFailed naming the node and cause, Warning Events go to the Plan and the
   Node, and the node is uncordoned (we cordoned it);
-- a drain whose lease is withdrawn (its Plan deleted) stops: no eviction after the node is given back.
+- a drain whose lease is withdrawn (its Plan deleted) stops: no eviction after the node is given back;
+- a drain with no timeout is ended by the job deadline (SUC's Job deadline): the lease fails and the
+  drain stops.
 """
 
 from __future__ import annotations
@@ -142,4 +144,32 @@ async def test_a_drain_stops_when_its_lease_is_withdrawn(tmp_path: Path) -> None
         seen = len(attempts)
         await asyncio.sleep(5)  # more than two of the drain's 2-s rounds
         assert len(attempts) == seen, f"evictions went on after the lease was withdrawn: {attempts[seen:]}"
+        assert not rig.runtime.drainer.results
+
+
+async def test_a_drain_past_the_job_deadline_stops_and_fails_its_node(tmp_path: Path) -> None:
+    """No drain timeout, a budget that never allows the eviction: the controller's job deadline (SUC's
+    SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS) fails the lease as SUC's Job would fail, the drain stops
+    and the node is given back (it waited, cordoned, for as long as the budget held)."""
+    async with coordinator(
+        tmp_path, [NEW], [(n, False, OLD) for n in NODES], "--job-active-deadline-seconds", "3"
+    ) as rig:
+        seed_pods(rig)
+        rig.cluster.pdb_blocked = {f"apps/web-{n}" for n in NODES}
+        rig.cluster.put(PLANS, plan("0s"))  # no drain timeout
+        plans = rig.cluster.objects["plans"]
+        attempts = rig.cluster.eviction_attempts
+
+        def failed() -> bool:
+            c = condition(plans["system-upgrade/drained"], "Complete")
+            nodes = rig.cluster.objects["nodes"].values()
+            return c.get("reason") == "JobFailed" and not any(n["spec"].get("unschedulable") for n in nodes)
+
+        await drive(rig, rig.agents(NODES, OLD), failed, 30, "the job deadline did not end the drain")
+        msg = condition(plans["system-upgrade/drained"], "Complete")["message"]
+        assert "the drain did not finish within the job deadline of 3s" in msg, msg
+        assert attempts, "the drain never ran"
+        seen = len(attempts)
+        await asyncio.sleep(5)  # more than two of the drain's 2-s rounds
+        assert len(attempts) == seen, f"evictions went on after the deadline: {attempts[seen:]}"
         assert not rig.runtime.drainer.results

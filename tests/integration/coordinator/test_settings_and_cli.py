@@ -4,6 +4,7 @@ Aspects covered:
 - defaults (namespace system-upgrade, listen 0.0.0.0:8080, 15m polling, release base URL);
 - SUC's variable names (SYSTEM_UPGRADE_CONTROLLER_NAMESPACE, SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL,
   POD_NAME) are read, and a flag wins over its variable;
+- SUC's Job deadlines (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS, ..._MAX) in whole seconds;
 - Go-style durations (15m, 1h30m, 250ms, plain seconds) and clear errors for bad values;
 - the real CLI: `--help` documents every flag, a bad value exits 2 with a message naming the setting;
 - leader-election `claim`: take a free or expired Lease, renew our own, never take a live one.
@@ -58,6 +59,17 @@ def test_suc_environment_names_and_flag_precedence() -> None:
     assert (s.namespace, s.polling_interval, s.host, s.port) == ("other", 2.0, "127.0.0.1", 0)
 
 
+def test_job_deadlines_take_sucs_names_and_whole_seconds() -> None:
+    d = config.load([], env={}).timeouts
+    assert (d.job_deadline, d.job_deadline_max) == (900.0, 0.0)
+    env = {"SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS": "1800",
+           "SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS_MAX": "3600"}
+    t = config.load([], env=env).timeouts
+    assert (t.job_deadline, t.job_deadline_max) == (1800.0, 3600.0)
+    t = config.load(["--job-active-deadline-seconds", "0"], env=env).timeouts
+    assert (t.job_deadline, t.job_deadline_max) == (0.0, 3600.0)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("15m", 900), ("90s", 90), ("1h30m", 5400), ("250ms", 0.25), ("2.5", 2.5), ("1m30s", 90)],
@@ -82,6 +94,10 @@ def test_durations(text: str, seconds: float) -> None:
         (["--release-base-url", "ftp://x"], "--release-base-url"),
         (["--log-level", "LOUD"], "--log-level"),
         (["--max-held-polls", "0"], "--max-held-polls"),
+        (["--job-active-deadline-seconds", "15m"], r"--job-active-deadline-seconds: '15m' is not a whole"),
+        (["--job-active-deadline-seconds", "-1"], "--job-active-deadline-seconds: '-1'"),
+        (["--job-active-deadline-seconds-max", "1e3"], "--job-active-deadline-seconds-max: '1e3'"),
+        (["--job-active-deadline-seconds", "9" * 400], "--job-active-deadline-seconds"),
         (["--max-held-polls", "many"], "--max-held-polls"),
         (["--agent-service-account", "a/b/c"], "--agent-service-account"),
         (["--agent-service-account", "system:serviceaccount:x:y"], "--agent-service-account"),
