@@ -8,11 +8,17 @@ end the agent before it resumed an upgrade from its journal, which needs no coor
 
 Why not aiohttp here: an idle agent does nothing but this one exchange, and importing aiohttp costs about
 11 MiB of resident memory (issue #6 wants an idle agent under 40 MiB; with aiohttp and pydantic both
-loaded the interpreter alone is at ~43 MiB). Each exchange is one small JSON POST on its own connection
-(`Connection: close`) over asyncio streams (TLS through `ssl` when the URL is https); the answer is read
-to the end (at most `MAX_ANSWER_BYTES`) and parsed by the standard library's `http.client`, which handles
-the status line, headers and chunked or length-delimited bodies. A long-poll costs one TCP connection per
-`--poll-wait` seconds. Downloads use `http.client` too (`agent.download`).
+loaded the interpreter alone is at ~43 MiB). Each exchange is one small JSON POST over asyncio streams
+(TLS through `ssl` when the URL is https). The answer's end is found from its framing (Content-Length,
+chunks, or the connection's end; at most `MAX_ANSWER_BYTES`), and it is parsed by the standard library's
+`http.client`, which handles the status line, headers and bodies.
+
+Connections are kept for the next exchange (HTTP/1.1 keep-alive), as an agent polls again as soon as it
+is answered: a TLS handshake, and an accept and a close on the coordinator, per exchange cost more than
+the exchange. An idle connection is closed after `KEEP_IDLE` seconds (the coordinator's server keeps one
+75 s). One the coordinator closed while idle fails at the next request before any answer: that request
+is sent once more on a new connection (polls and reports are idempotent). Downloads use `http.client`
+(`agent.download`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 1024 * 1024
 """An instruction is a few hundred bytes; anything past this is not our coordinator talking."""
+MAX_HEAD_BYTES = 64 * 1024
+"""The status line and headers of an answer (asyncio's stream limit)."""
+KEEP_IDLE = 15.0
+"""Seconds an unused connection is kept for the next exchange (aiohttp's client keeps one as long)."""
 _READ = 64 * 1024
 
 
@@ -55,6 +65,83 @@ class _Answer:
 
     def makefile(self, mode: str) -> io.BytesIO:
         return io.BytesIO(self._data)
+
+
+class _Stale(Exception):
+    """A kept connection turned out closed before any byte of the answer came: send again on a new one."""
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.expiry: asyncio.TimerHandle | None = None
+        """While idle: the timer that closes it."""
+
+    def close(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        self.writer.close()
+
+    @property
+    def usable(self) -> bool:
+        """Still open both ways as far as is known without I/O (the peer's close seen as EOF)."""
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """One whole HTTP/1.x answer as received, and whether the connection may carry another exchange.
+
+    `asyncio.IncompleteReadError` when the connection ends first (with nothing read: `.partial` empty),
+    `CoordinatorUnavailable` past `MAX_ANSWER_BYTES`, `http.client.HTTPException` for bad framing."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError as exc:
+        raise CoordinatorUnavailable(f"answer head larger than {MAX_HEAD_BYTES} bytes") from exc
+    status_line, _, fields = head.partition(b"\r\n")
+    headers = http.client.parse_headers(io.BytesIO(fields))
+    keep = status_line.startswith(b"HTTP/1.1 ") and "close" not in headers.get("Connection", "").lower()
+    parts = [head]
+    size = 0
+
+    def take(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise CoordinatorUnavailable(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+        parts.append(chunk)
+
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            take(line)
+            size_field = line.split(b";", 1)[0].strip()
+            try:
+                n = int(size_field, 16)
+            except ValueError:
+                n = -1
+            if n < 0:
+                raise http.client.HTTPException(f"bad chunk size {size_field[:20]!r}")
+            if n == 0:
+                while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    take(trailer)
+                take(trailer)
+                break
+            if n > MAX_ANSWER_BYTES:
+                raise CoordinatorUnavailable(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            take(await reader.readexactly(n + 2))
+    elif (declared := headers.get("Content-Length")) is not None:
+        if not (declared.strip().isascii() and declared.strip().isdigit()):
+            raise http.client.HTTPException(f"bad Content-Length {declared[:20]!r}")
+        n = int(declared)
+        if n > MAX_ANSWER_BYTES:
+            raise CoordinatorUnavailable(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+        take(await reader.readexactly(n))
+    else:  # delimited by the connection's end
+        keep = False
+        while chunk := await reader.read(_READ):
+            take(chunk)
+    return b"".join(parts), keep
 
 
 def parse_answer(raw: bytes) -> tuple[int, bytes]:
@@ -86,6 +173,8 @@ class CoordinatorClient:
         """Made at the first request, then kept."""
         self._file_problem: str | None = None
         """The token or CA file problem last logged (logged again only when it changes)."""
+        self._idle: list[_Connection] = []
+        """Connections kept for the next exchange (a heartbeat may run beside a step's report)."""
 
     def _misconfigured(self, message: str) -> CoordinatorUnavailable:
         """A token or CA file problem: retried like an unreachable coordinator (the agent must go on with
@@ -117,30 +206,75 @@ class CoordinatorClient:
         return token
 
     async def close(self) -> None:
-        """Nothing to release: every exchange closes its own connection."""
+        """Close the kept connections."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        for conn in idle:
+            with suppress(OSError):
+                await conn.writer.wait_closed()
+
+    def _kept(self) -> _Connection | None:
+        """The connection used last, if it is still open."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.expiry is not None:
+                conn.expiry.cancel()
+                conn.expiry = None
+            if conn.usable:
+                return conn
+            conn.close()
+        return None
+
+    def _keep(self, conn: _Connection) -> None:
+        def expire() -> None:
+            conn.expiry = None
+            if conn in self._idle:
+                self._idle.remove(conn)
+            conn.close()
+
+        conn.expiry = asyncio.get_running_loop().call_later(KEEP_IDLE, expire)
+        self._idle.append(conn)
 
     async def _exchange(self, target: str, payload: bytes, token: str | None,
                         tls: ssl.SSLContext | None) -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=tls)
+        head = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", "Accept: application/json",
+                "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        if token:
+            head.append(f"Authorization: Bearer {token}")
+        request = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + payload
+        conn = self._kept()
+        if conn is not None:
+            try:
+                return await self._on(conn, request, kept=True)
+            except _Stale:
+                log.debug("kept connection to the coordinator was closed; sending again on a new one")
+        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=tls, limit=MAX_HEAD_BYTES)
+        return await self._on(_Connection(reader, writer), request, kept=False)
+
+    async def _on(self, conn: _Connection, request: bytes, *, kept: bool) -> tuple[int, bytes]:
+        """`request` on `conn`; the connection is kept afterwards when the answer allows it, else closed
+        (on any error or cancellation too). `_Stale` when a kept one proves closed before any answer."""
+        keep = False
         try:
-            head = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", "Accept: application/json",
-                    "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
-            if token:
-                head.append(f"Authorization: Bearer {token}")
-            writer.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + payload)
-            await writer.drain()
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := await reader.read(_READ):
-                size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
-                    raise CoordinatorUnavailable(f"answer larger than {MAX_ANSWER_BYTES} bytes")
-                chunks.append(chunk)
+            try:
+                conn.writer.write(request)
+                await conn.writer.drain()
+                raw, keep = await read_answer(conn.reader)
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                if kept:
+                    raise _Stale() from exc
+                raise
+            except asyncio.IncompleteReadError as exc:
+                if kept and not exc.partial:
+                    raise _Stale() from exc
+                raise http.client.IncompleteRead(exc.partial, exc.expected) from exc
+            return parse_answer(raw)
         finally:
-            writer.close()
-            with suppress(OSError):
-                await writer.wait_closed()
-        return parse_answer(b"".join(chunks))
+            if keep and conn.usable:
+                self._keep(conn)
+            else:
+                conn.close()
 
     async def _post(self, path: str, body: BaseModel, wait: float, params: dict[str, str]) -> Instruction:
         target = f"{self._prefix}/{API_VERSION}/agents/{quote(self.node, safe='')}/{path}"

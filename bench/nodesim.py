@@ -2,7 +2,8 @@
 
 Each `SimNode` speaks the real agent HTTP API (`wire.messages`, long-poll + reports, bearer token from a
 TokenRequest bound to a Pod on its node) to a real coordinator process through the agent's own client
-(`agent.client.CoordinatorClient`: one connection per exchange, the token read from its file each time),
+(`agent.client.CoordinatorClient`: its connection kept from exchange to exchange, the token read from its
+file each time),
 and plays its node on the API server emulator the way a restarting k3s would: on `apply` it spends a
 fixed `work` time (the node's own upgrade work), then patches its Node's status (`kubeletVersion` =
 target, `Ready`) and reports `restarted`. Nothing else of an agent is simulated (no download, no

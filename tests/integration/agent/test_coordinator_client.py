@@ -7,7 +7,10 @@ an answer that never comes, a truncated or oversized answer, an answer that is n
 token file holding several lines are all temporary, and so are a token file and a CA file that cannot be
 read (the client is made all the same: nothing is read before the first request, and the CA file is read
 again until it loads); a cancelled long-poll returns at once and closes its connection; the agent process
-never imports aiohttp, idle or downloading.
+never imports aiohttp, idle or downloading. Keep-alive: exchanges in a row share one connection; one the
+server closed while idle is replaced and the request sent again once (never on a new connection); an
+answer with `Connection: close` or in HTTP/1.0 ends its connection; an idle one is closed after
+`KEEP_IDLE`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -68,6 +72,23 @@ async def server() -> AsyncIterator[Server]:
         await s.runner.cleanup()
 
 
+Clients = Callable[..., CoordinatorClient]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    """Makes clients, closed (their kept connections with them) at the end of the test."""
+    made: list[CoordinatorClient] = []
+
+    def make(url: str, *args: Any, **kwargs: Any) -> CoordinatorClient:
+        made.append(CoordinatorClient(url, *args, **kwargs))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
 @pytest.fixture
 def token(tmp_path: Path) -> Path:
     path = tmp_path / "token"
@@ -75,8 +96,8 @@ def token(tmp_path: Path) -> Path:
     return path
 
 
-async def test_poll_posts_state_with_token_and_wait(server: Server, token: Path) -> None:
-    client = CoordinatorClient(server.url + "/prefix/", "n1", token, timeout=2)
+async def test_poll_posts_state_with_token_and_wait(clients: Clients, server: Server, token: Path) -> None:
+    client = clients(server.url + "/prefix/", "n1", token, timeout=2)
     assert await client.poll(STATE, 0.5) == STAGE
     await asyncio.to_thread(token.write_text, "tok-2")
     await client.poll(STATE, 0)
@@ -88,7 +109,7 @@ async def test_poll_posts_state_with_token_and_wait(server: Server, token: Path)
     await client.close()
 
 
-async def test_chunked_answer_is_parsed(server: Server, token: Path) -> None:
+async def test_chunked_answer_is_parsed(clients: Clients, server: Server, token: Path) -> None:
     async def chunked(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         response.enable_chunked_encoding()
@@ -102,42 +123,44 @@ async def test_chunked_answer_is_parsed(server: Server, token: Path) -> None:
         return response
 
     server.handler = chunked
-    assert await CoordinatorClient(server.url, "n1", token).poll(STATE, 0) == STAGE
+    assert await clients(server.url, "n1", token).poll(STATE, 0) == STAGE
 
 
 @pytest.mark.parametrize(("status", "error"), [(500, CoordinatorUnavailable), (503, CoordinatorUnavailable),
                                                (401, CoordinatorUnavailable), (429, CoordinatorUnavailable),
                                                (400, Rejected), (403, Rejected), (404, Rejected)])
-async def test_status_classes(server: Server, token: Path, status: int, error: type[Exception]) -> None:
+async def test_status_classes(
+    clients: Clients, server: Server, token: Path, status: int, error: type[Exception]
+) -> None:
     async def answer(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "no", "status": status}, status=status)
 
     server.handler = answer
     with pytest.raises(error, match=f"answered {status}"):
-        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+        await clients(server.url, "n1", token).poll(STATE, 0)
 
 
 @pytest.mark.parametrize("answer", [b'{"action": "explode"}', b"not json", b'{"action": "idle", "x": 1}'])
-async def test_an_answer_that_is_no_instruction_is_temporary(server: Server, token: Path,
+async def test_an_answer_that_is_no_instruction_is_temporary(clients: Clients, server: Server, token: Path,
                                                              answer: bytes) -> None:
     async def bad(request: web.Request) -> web.StreamResponse:
         return web.Response(body=answer, content_type="application/json")
 
     server.handler = bad
     with pytest.raises(CoordinatorUnavailable, match="bad instruction"):
-        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+        await clients(server.url, "n1", token).poll(STATE, 0)
 
 
-async def test_oversized_answer_is_refused(server: Server, token: Path) -> None:
+async def test_oversized_answer_is_refused(clients: Clients, server: Server, token: Path) -> None:
     async def huge(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b" " * (MAX_ANSWER_BYTES + 1), content_type="application/json")
 
     server.handler = huge
     with pytest.raises(CoordinatorUnavailable, match="larger than"):
-        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+        await clients(server.url, "n1", token).poll(STATE, 0)
 
 
-async def test_truncated_answer_is_temporary(token: Path) -> None:
+async def test_truncated_answer_is_temporary(clients: Clients, token: Path) -> None:
     async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"action\":")
@@ -148,18 +171,20 @@ async def test_truncated_answer_is_temporary(token: Path) -> None:
     port = raw.sockets[0].getsockname()[1]
     try:
         with pytest.raises(CoordinatorUnavailable, match="failed"):
-            await CoordinatorClient(f"http://127.0.0.1:{port}", "n1", token).poll(STATE, 0)
+            await clients(f"http://127.0.0.1:{port}", "n1", token).poll(STATE, 0)
     finally:
         raw.close()
         await raw.wait_closed()
 
 
-async def test_refused_connection_and_silence_are_temporary(server: Server, token: Path) -> None:
+async def test_refused_connection_and_silence_are_temporary(
+    clients: Clients, server: Server, token: Path
+) -> None:
     assert server.runner is not None
     port = server.runner.addresses[0][1]
     await server.runner.cleanup()
     with pytest.raises(CoordinatorUnavailable, match="failed"):
-        await CoordinatorClient(f"http://127.0.0.1:{port}", "n1", token).poll(STATE, 0)
+        await clients(f"http://127.0.0.1:{port}", "n1", token).poll(STATE, 0)
     server.runner = None
     await server.start()
 
@@ -170,24 +195,26 @@ async def test_refused_connection_and_silence_are_temporary(server: Server, toke
     server.handler = silent
     started = time.monotonic()
     with pytest.raises(CoordinatorUnavailable, match=r"no answer within 0\.5 s"):
-        await CoordinatorClient(server.url, "n1", token, timeout=0.3).poll(STATE, 0.2)
+        await clients(server.url, "n1", token, timeout=0.3).poll(STATE, 0.2)
     assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("content", ["tok\r\nX-Injected: 1", "tok\u20ac"])
 async def test_a_token_that_is_no_single_line_ascii_is_not_sent(
-    server: Server, token: Path, content: str
+    clients: Clients, server: Server, token: Path, content: str
 ) -> None:
     await asyncio.to_thread(token.write_text, content)  # (a non-latin-1 one ended the agent's poll loop)
     with pytest.raises(CoordinatorUnavailable, match="holds no single-line ASCII token"):
-        await CoordinatorClient(server.url, "n1", token).poll(STATE, 0)
+        await clients(server.url, "n1", token).poll(STATE, 0)
     assert server.requests == []
 
 
-async def test_an_unreadable_token_file_is_temporary(server: Server, tmp_path: Path) -> None:
+async def test_an_unreadable_token_file_is_temporary(
+    clients: Clients, server: Server, tmp_path: Path
+) -> None:
     token = tmp_path / "tokens"
     token.mkdir()  # the projected volume's directory given in place of its file
-    client = CoordinatorClient(server.url, "n1", token)
+    client = clients(server.url, "n1", token)
     cause = rf"token file {re.escape(str(token))} cannot be read: .*Is a directory"
     with pytest.raises(CoordinatorUnavailable, match=cause):
         await client.poll(STATE, 0)
@@ -195,12 +222,13 @@ async def test_an_unreadable_token_file_is_temporary(server: Server, tmp_path: P
 
 
 @pytest.mark.parametrize("content", [None, "not a certificate\n"])
-async def test_a_ca_file_that_does_not_load_is_temporary(tmp_path: Path, token: Path, content: str | None,
+async def test_a_ca_file_that_does_not_load_is_temporary(clients: Clients, tmp_path: Path, token: Path,
+                                                         content: str | None,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     ca = tmp_path / "ca.pem"
     if content is not None:
         ca.write_text(content)
-    client = CoordinatorClient("https://127.0.0.1:9", "n1", token, ca_file=ca)  # made all the same
+    client = clients("https://127.0.0.1:9", "n1", token, ca_file=ca)  # made all the same
     cause = rf"coordinator CA file {re.escape(str(ca))} cannot be loaded: \S"
     with caplog.at_level(logging.ERROR, logger="agent.client"):
         for _ in range(3):
@@ -213,7 +241,7 @@ async def test_a_ca_file_that_does_not_load_is_temporary(tmp_path: Path, token: 
         await client.poll(STATE, 0)
 
 
-async def test_cancelled_long_poll_returns_at_once(server: Server, token: Path) -> None:
+async def test_cancelled_long_poll_returns_at_once(clients: Clients, server: Server, token: Path) -> None:
     held = asyncio.Event()
 
     async def hold(request: web.Request) -> web.StreamResponse:
@@ -222,13 +250,171 @@ async def test_cancelled_long_poll_returns_at_once(server: Server, token: Path) 
         raise AssertionError("not reached")
 
     server.handler = hold
-    task = asyncio.create_task(CoordinatorClient(server.url, "n1", token).poll(STATE, 30))
+    task = asyncio.create_task(clients(server.url, "n1", token).poll(STATE, 30))
     await asyncio.wait_for(held.wait(), 5)
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - started < 1
+
+
+class RawServer:
+    """A bare HTTP/1.1 server over asyncio streams that numbers its connections and answers each request
+    with what `answer(connection, request)` returns (None: close the connection without answering)."""
+
+    def __init__(self, answer: Callable[[int, int], bytes | None]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[int] = []
+        """The connection number of each request, in order."""
+        self.closed: list[int] = []
+        """Connections whose client closed them."""
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = self.connections
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.closed.append(conn)
+                    return
+                length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                self.requests.append(conn)
+                reply = self.answer(conn, len(self.requests))
+                if reply is None:
+                    return
+                writer.write(reply)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def ok(*headers: str) -> bytes:
+    body = STAGE.model_dump_json().encode()
+    head = ["HTTP/1.1 200 OK", "Content-Type: application/json", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_one_connection_carries_exchange_after_exchange(server: Server, token: Path) -> None:
+    """The coordinator's own server (aiohttp): polls and reports in a row go over one connection, and the
+    client asks for no `Connection: close`."""
+    peers: list[object] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response(text=STAGE.model_dump_json())
+
+    server.handler = answer
+    client = CoordinatorClient(server.url, "n1", token)
+    try:
+        for _ in range(5):
+            assert await client.poll(STATE, 0) == STAGE
+    finally:
+        await client.close()
+    assert len(peers) == 5 and len(set(peers)) == 1, peers
+    assert all("close" not in r[2].get("Connection", "").lower() for r in server.requests)
+
+
+async def test_a_connection_closed_while_idle_is_replaced_without_an_error(token: Path) -> None:
+    """The server drops the kept connection on the next request without a byte of answer (as when its
+    keep-alive ran out as the request went out): the request is sent once more, on a new connection."""
+    async with RawServer(lambda conn, n: None if n == 2 else ok()) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            assert await client.poll(STATE, 0) == STAGE
+            assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 1, 2]
+
+
+async def test_an_aiohttp_server_closing_idle_connections(token: Path) -> None:
+    """aiohttp closes a connection idle past its keep-alive timeout: the next poll opens another."""
+    peers: list[object] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response(text=STAGE.model_dump_json())
+
+    app = web.Application()
+    app.router.add_post("/v1/agents/n1/poll", answer)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=0.2, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    client = CoordinatorClient(f"http://127.0.0.1:{runner.addresses[0][1]}", "n1", token)
+    try:
+        assert await client.poll(STATE, 0) == STAGE
+        await asyncio.sleep(0.6)
+        assert await client.poll(STATE, 0) == STAGE
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert len(peers) == 2 and peers[0] != peers[1]
+
+
+async def test_no_second_try_on_a_new_connection(token: Path) -> None:
+    """A new connection that ends without an answer is the coordinator's failure, not a stale connection:
+    reported at once, the request not sent again."""
+    async with RawServer(lambda conn, n: None) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            with pytest.raises(CoordinatorUnavailable, match="failed"):
+                await client.poll(STATE, 0)
+        finally:
+            await client.close()
+    assert raw.requests == [1]
+
+
+@pytest.mark.parametrize("header", ["Connection: close", None])
+async def test_an_answer_that_ends_its_connection_is_not_reused(token: Path, header: str | None) -> None:
+    def answer(conn: int, n: int) -> bytes:
+        if header is not None:
+            return ok(header)
+        return ok().replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+
+    async with RawServer(answer) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            for _ in range(3):
+                assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 2, 3]
+
+
+async def test_an_idle_connection_is_closed_after_keep_idle(
+    token: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.client.KEEP_IDLE", 0.2)
+    async with RawServer(lambda conn, n: ok()) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            assert await client.poll(STATE, 0) == STAGE
+            assert raw.closed == []
+            await asyncio.sleep(0.6)
+            assert raw.closed == [1], "the idle connection was kept past KEEP_IDLE"
+            assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 2]
 
 
 def test_bad_base_url_is_refused(token: Path) -> None:

@@ -65,7 +65,10 @@ class Served:
         token.write_text(TOKEN)
         client = CoordinatorClient(self.url, NODE, token, timeout=5.0, ca_file=ca)
         state = AgentState(node=NODE, agent_version="test", arch="amd64", k3s_version="v1.30.3+k3s1")
-        return (await client.poll(state, 0.0)).action
+        try:
+            return (await client.poll(state, 0.0)).action
+        finally:
+            await client.close()
 
 
 @pytest.fixture
