@@ -16,9 +16,10 @@ chunks, or the connection's end; at most `MAX_ANSWER_BYTES`), and it is parsed b
 Connections are kept for the next exchange (HTTP/1.1 keep-alive), as an agent polls again as soon as it
 is answered: a TLS handshake, and an accept and a close on the coordinator, per exchange cost more than
 the exchange. An idle connection is closed after `KEEP_IDLE` seconds (the coordinator's server keeps one
-75 s). One the coordinator closed while idle fails at the next request before any answer: that request
-is sent once more on a new connection (polls and reports are idempotent). Downloads use `http.client`
-(`agent.download`).
+75 s), and so is one that brought a 5xx answer; a replica that is not the leader closes each one itself,
+so that the next exchange goes through the Service again. One the coordinator closed while idle fails at
+the next request before any answer: that request is sent once more on a new connection (polls and
+reports are idempotent). Downloads use `http.client` (`agent.download`).
 """
 
 from __future__ import annotations
@@ -269,7 +270,9 @@ class CoordinatorClient:
                 if kept and not exc.partial:
                     raise _Stale() from exc
                 raise http.client.IncompleteRead(exc.partial, exc.expected) from exc
-            return parse_answer(raw)
+            status, body = parse_answer(raw)
+            keep = keep and status < 500  # a replica in trouble: the next connection may reach another
+            return status, body
         finally:
             if keep and conn.usable:
                 self._keep(conn)

@@ -239,6 +239,15 @@ async def _parse(request: web.Request, model: type[M]) -> M:
         ) from exc
 
 
+def _from(broker: AgentBroker, response: web.Response) -> web.Response:
+    """`response`, ending its connection when a replica that is not the leader answers: agents keep their
+    connection from exchange to exchange, and the next one must go through the Service again, which may
+    send it to the leader."""
+    if isinstance(broker, IdleBroker):
+        response.force_close()
+    return response
+
+
 async def _authorize(request: web.Request, node: str) -> web.Response | None:
     try:
         await request.app[AUTH].authorize(request.headers.get("Authorization"), node)
@@ -268,11 +277,12 @@ async def poll(request: web.Request) -> web.Response:
     state = await _parse(request, AgentState)
     if state.node != node:
         return error(400, f"body names node {state.node!r} but the path names {node!r}")
+    broker = request.app[BROKER].broker
     try:
-        instruction = await request.app[BROKER].broker.poll(state, min(wait, request.app[POLL_WAIT_MAX]))
+        instruction = await broker.poll(state, min(wait, request.app[POLL_WAIT_MAX]))
     except BrokerError as exc:
-        return error(exc.status, str(exc))
-    return _ok(instruction)
+        return _from(broker, error(exc.status, str(exc)))
+    return _from(broker, _ok(instruction))
 
 
 async def report(request: web.Request) -> web.Response:
@@ -283,11 +293,12 @@ async def report(request: web.Request) -> web.Response:
     body = await _parse(request, Report)
     if body.node != node:
         return error(400, f"body names node {body.node!r} but the path names {node!r}")
+    broker = request.app[BROKER].broker
     try:
-        instruction = await request.app[BROKER].broker.report(body)
+        instruction = await broker.report(body)
     except BrokerError as exc:
-        return error(exc.status, str(exc))
-    return _ok(instruction)
+        return _from(broker, error(exc.status, str(exc)))
+    return _from(broker, _ok(instruction))
 
 
 def add_agent_routes(

@@ -9,8 +9,8 @@ read (the client is made all the same: nothing is read before the first request,
 again until it loads); a cancelled long-poll returns at once and closes its connection; the agent process
 never imports aiohttp, idle or downloading. Keep-alive: exchanges in a row share one connection; one the
 server closed while idle is replaced and the request sent again once (never on a new connection); an
-answer with `Connection: close` or in HTTP/1.0 ends its connection; an idle one is closed after
-`KEEP_IDLE`.
+answer with `Connection: close` or in HTTP/1.0 ends its connection, and so does a 5xx; an idle one is
+closed after `KEEP_IDLE`.
 """
 
 from __future__ import annotations
@@ -398,6 +398,27 @@ async def test_an_answer_that_ends_its_connection_is_not_reused(token: Path, hea
         finally:
             await client.close()
     assert raw.requests == [1, 2, 3]
+
+
+async def test_a_server_error_ends_its_connection(token: Path) -> None:
+    """A 5xx answer (a replica starting, stopping or unable to reach the API server): the next exchange
+    takes a new connection, which a Service may send to another replica."""
+    def answer(conn: int, n: int) -> bytes:
+        if n == 2:
+            body = b'{"error": "not ready", "status": 503}'
+            return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        return ok()
+
+    async with RawServer(answer) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            assert await client.poll(STATE, 0) == STAGE
+            with pytest.raises(CoordinatorUnavailable, match="answered 503"):
+                await client.poll(STATE, 0)
+            assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 1, 2]
 
 
 async def test_an_idle_connection_is_closed_after_keep_idle(

@@ -1,0 +1,96 @@
+"""Agents keep their connection to the coordinator, but not to a replica that is not the leader.
+
+Behind a Service, a connection reaches one replica for as long as it lasts; a replica that is not the
+leader answers `idle` to every poll (and 503 to every report), so an agent kept on it would never be
+granted anything. Such a replica ends each connection with its answer, and the agent's next exchange goes
+through the Service again. The leader's connections are kept.
+
+Aspects: three polls to a replica that is not the leader take three connections, and a report refused
+by it ends its connection too; three polls to the leader take one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.client import CoordinatorClient, CoordinatorUnavailable
+from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
+from coordinator.kube.protocol import TokenIdentity
+from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
+
+NODE, TOKEN = "node-a", "tok-a"
+STATE = AgentState(node=NODE, agent_version="test", arch="amd64", k3s_version="v1.30.3+k3s1")
+
+
+class Reviewer:
+    async def review_token(
+        self, token: str, audience: str, only_user: str | None = None
+    ) -> TokenIdentity | None:
+        return TokenIdentity(username="system:serviceaccount:system-upgrade:agent", node=NODE) \
+            if token == TOKEN else None
+
+
+class Leader:
+    """A broker that answers as the leader would when it has nothing for the node."""
+
+    async def poll(self, state: AgentState, wait: float) -> Instruction:
+        return Instruction(action=Action.IDLE, reason="nothing to do", poll_after_seconds=1.0)
+
+    async def report(self, report: Report) -> Instruction:
+        return Instruction(action=Action.IDLE, reason="noted", poll_after_seconds=1.0)
+
+
+class Replica:
+    def __init__(self, slot: BrokerSlot, url: str, peers: list[object]) -> None:
+        self.slot, self.url, self.peers = slot, url, peers
+
+
+@pytest.fixture
+async def replica() -> AsyncIterator[Replica]:
+    peers: list[object] = []
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return await handler(request)
+
+    app = web.Application(middlewares=[record])
+    slot = BrokerSlot(IdleBroker(max_wait=0.05))
+    add_agent_routes(app, NodeAuthenticator(Reviewer()), slot, 1.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield Replica(slot, f"http://127.0.0.1:{runner.addresses[0][1]}", peers)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_replica_that_is_not_the_leader_ends_each_connection(
+    replica: Replica, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    client = CoordinatorClient(replica.url, NODE, token)
+    try:
+        for _ in range(3):
+            assert (await client.poll(STATE, 1.0)).reason == "this coordinator replica is not the leader"
+        with pytest.raises(CoordinatorUnavailable, match="answered 503"):
+            await client.report(Report(node=NODE, lease_id="l-1", phase=AgentPhase.STAGED))
+        assert await client.poll(STATE, 0) is not None
+        assert len(replica.peers) == 5 and len(set(replica.peers)) == 5, replica.peers
+        replica.peers.clear()
+        replica.slot.broker = Leader()  # this replica won the election
+        for _ in range(3):
+            assert (await client.poll(STATE, 1.0)).reason == "nothing to do"
+        await client.report(Report(node=NODE, lease_id="l-1", phase=AgentPhase.STAGED))
+    finally:
+        await client.close()
+    assert len(replica.peers) == 4 and len(set(replica.peers)) == 1, replica.peers
