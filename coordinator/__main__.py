@@ -168,6 +168,8 @@ async def serve(settings: config.Settings, tls: ServingCertificate | None = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if elector is not None:  # every write has stopped: the next replica need not wait for the expiry
+            await elector.release()
         await runner.cleanup()
         await cluster.aclose()
 

@@ -7,7 +7,9 @@ cannot renew within the lease duration steps down (stops writing) before another
 
 The decision (`claim`) is a pure function of the Lease as read, our identity and the clock; the loop
 (`LeaderElector.run`) does the I/O. Safety of the lease table does not depend on this: every table
-write is conditional anyway; election just keeps a second replica from wasting work.
+write is conditional anyway; election just keeps a second replica from wasting work. A replica that
+stops (SIGTERM) gives the Lease up once it has stopped writing (`released`), so the next one takes over
+at once.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ def claim(
     }
 
 
+def released(spec: Mapping[str, Any] | None, identity: str, now: datetime) -> dict[str, Any] | None:
+    """The Lease spec that gives leadership up (no holder: anyone may take it at once, as client-go's
+    `ReleaseOnCancel` writes), or None when we do not hold it."""
+    if spec is None or spec.get("holderIdentity") != identity:
+        return None
+    return {**spec, "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _fmt(now)}
+
+
 class LeaderElector:
     """Runs the election loop; `leading` is set while this replica may write."""
 
@@ -111,6 +121,28 @@ class LeaderElector:
         except Conflict:
             return False
         return True
+
+    async def release(self, limit: float = 2.0) -> None:
+        """Give the Lease up, once this replica has stopped writing and `run` is cancelled, so that the next
+        replica takes over at once rather than a lease duration later (a Deployment rollout). Best effort:
+        a failure is logged, and the Lease then expires as it would after a crash."""
+        if not self.leading.is_set():
+            return
+        try:
+            async with asyncio.timeout(limit):
+                current = await self._cluster.get_lease(self._namespace, self._name)
+                spec = released(current.spec if current else None, self.identity, self._clock())
+                if current is None or spec is None:
+                    return
+                await self._cluster.write_lease(
+                    self._namespace, self._name, {}, spec, current.resource_version
+                )
+        except (KubeError, TimeoutError) as exc:
+            log.warning("leadership not released (it expires on its own): %s",
+                        exc or f"no answer within {limit:g} s")
+            return
+        self._set(False)
+        log.info("leadership released", extra={"identity": self.identity})
 
     async def run(self) -> None:
         """Forever: renew/acquire every third of the duration; step down when renewals keep failing.

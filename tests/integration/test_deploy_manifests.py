@@ -76,7 +76,10 @@ def test_deployment_is_non_root_with_probes_on_real_routes() -> None:
     tolerated = {t["key"] for t in pod["tolerations"]}  # the servers, as SUC's controller may run there
     assert {"CriticalAddonsOnly", "node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master",
             "node-role.kubernetes.io/etcd"} <= tolerated
-    assert pod["serviceAccountName"] == "system-upgrade"
+    assert pod["serviceAccountName"] == "k3s-upgrade-coordinator"  # not SUC's, which keeps SUC's bindings
+    assert {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"} in \
+        pod["tolerations"]  # a recreated coordinator must start on a one-node cluster being upgraded
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     (c,) = pod["containers"]
     sc = c["securityContext"]
@@ -122,23 +125,28 @@ def test_rbac_is_least_privilege_and_sufficient() -> None:
             assert "*" not in (group, res) and "*" not in verbs
     assert cluster == {
         ("upgrade.cattle.io", "plans"): {"get", "list", "watch"},
-        ("upgrade.cattle.io", "plans/status"): {"get", "patch", "update"},
+        ("upgrade.cattle.io", "plans/status"): {"patch"},
         ("", "nodes"): {"get", "list", "watch", "patch"},
         ("", "pods"): {"get", "list", "delete"},
         ("", "pods/eviction"): {"create"},
-        ("", "events"): {"create", "patch"},
+        ("", "events"): {"create"},
         ("authentication.k8s.io", "tokenreviews"): {"create"},
     }
     assert ns == {
-        ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+        ("coordination.k8s.io", "leases"): {"get", "create", "update"},  # get/update: by name, below
         ("", "secrets"): {"get", "list", "watch"},
     }
     for binding in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
         (subject,) = binding["subjects"]
         assert (subject["kind"], subject["name"], subject["namespace"]) == (
             "ServiceAccount",
-            "system-upgrade",
+            "k3s-upgrade-coordinator",
             "system-upgrade",
         )
+    (role,) = by_kind("Role")
+    named = [r for r in role["rules"] if "leases" in r["resources"] and set(r["verbs"]) & {"get", "update"}]
+    assert [sorted(r.get("resourceNames", [])) for r in named] == [
+        sorted([config.LEADER_LEASE_NAME, config.LEASE_TABLE_NAME])
+    ]
     for namespaced in by_kind("Role") + by_kind("RoleBinding") + by_kind("Deployment") + by_kind("Service"):
         assert namespaced["metadata"]["namespace"] == config.DEFAULT_NAMESPACE

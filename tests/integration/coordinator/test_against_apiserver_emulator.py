@@ -14,7 +14,8 @@ Aspects covered:
 - the 16 invalid Plans of the in-memory test, created on the emulator, each get Validated=False naming
   the field and touch no node, while a valid Plan beside them completes;
 - two `--leader-elect` replicas (processes): never both leaders (their `k3s_upgrade_leader` gauges,
-  sampled throughout), the standby takes over when the leader is SIGKILLed mid-rollout and finishes it.
+  sampled throughout), the standby takes over when the leader is SIGKILLed mid-rollout and finishes it;
+- a leader stopped with SIGTERM gives its Lease up: the standby takes over without waiting it out.
 """
 
 from __future__ import annotations
@@ -463,3 +464,39 @@ async def test_two_replicas_never_both_lead_and_the_standby_takes_over(env: Env,
         await asyncio.to_thread(releases.stop_in_thread)
     both = [s for s in samples if s == (1.0, 1.0)]
     assert not both, f"both replicas led at once in {len(both)} of {len(samples)} samples"
+
+
+async def test_a_leader_stopped_with_sigterm_gives_its_lease_up(env: Env, tmp_path: Path) -> None:
+    """A Deployment rollout stops the leader with SIGTERM: it releases the Lease once it stopped writing
+    (as client-go's ReleaseOnCancel), so the standby need not wait out the lease duration."""
+    await prepared_cluster(env)
+    releases = ReleaseServer([NEW], tmp_path / "releases")
+    await asyncio.to_thread(releases.start_in_thread)
+    ports = {"a": free_port(), "b": free_port()}
+    elect = ("--leader-elect", "--leader-lease-duration", "9")
+    procs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        procs["a"] = await asyncio.to_thread(
+            start_coordinator, env, ports["a"], releases.base_url, *elect, "--identity", "a"
+        )
+        async with aiohttp.ClientSession() as session:
+            deadline = asyncio.get_running_loop().time() + 20
+            while await leader_gauge(session, ports["a"]) != 1.0:
+                assert asyncio.get_running_loop().time() < deadline, "a never led"
+                await asyncio.sleep(0.1)
+            procs["b"] = await asyncio.to_thread(
+                start_coordinator, env, ports["b"], releases.base_url, *elect, "--identity", "b"
+            )
+            procs["a"].send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(procs["a"].wait, 15) == 0
+            lease = await env.api("GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/"
+                                         "k3s-upgrade-coordinator")
+            assert lease["spec"]["holderIdentity"] in ("", "b"), lease["spec"]
+            deadline = asyncio.get_running_loop().time() + 9
+            while await leader_gauge(session, ports["b"]) != 1.0:
+                assert asyncio.get_running_loop().time() < deadline, "the standby did not take over"
+                await asyncio.sleep(0.1)
+    finally:
+        for proc in procs.values():
+            await asyncio.to_thread(stop_coordinator, proc)
+        await asyncio.to_thread(releases.stop_in_thread)

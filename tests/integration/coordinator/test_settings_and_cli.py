@@ -7,7 +7,8 @@ Aspects covered:
 - SUC's Job deadlines (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS, ..._MAX) in whole seconds;
 - Go-style durations (15m, 1h30m, 250ms, plain seconds) and clear errors for bad values;
 - the real CLI: `--help` documents every flag, a bad value exits 2 with a message naming the setting;
-- leader-election `claim`: take a free or expired Lease, renew our own, never take a live one.
+- leader-election `claim`: take a free or expired Lease, renew our own, never take a live one; `released`
+  gives ours up so that another replica takes it at once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from coordinator import config
-from coordinator.election import claim
+from coordinator.election import claim, released
 
 
 def test_defaults() -> None:
@@ -144,3 +145,13 @@ def test_leader_claim() -> None:
     assert renewed is not None and renewed["renewTime"] != fresh["renewTime"]
     taken = claim(fresh, "b", now + timedelta(seconds=16), 15)
     assert taken is not None and taken["holderIdentity"] == "b" and taken["leaseTransitions"] == 1
+
+
+def test_leader_release() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    held = claim(None, "a", now, 15)
+    assert released(held, "b", now) is None and released(None, "a", now) is None, "only the holder's"
+    free = released(held, "a", now + timedelta(seconds=1))
+    assert free is not None and free["holderIdentity"] == "" and free["leaseTransitions"] == 0
+    taken = claim(free, "b", now + timedelta(seconds=1), 15)  # at once, not 15 s later
+    assert taken is not None and taken["holderIdentity"] == "b"
