@@ -7,13 +7,13 @@ A process is k3s when its command line (as /proc/PID/cmdline shows it; k3s rewri
 `<path> server ...`, so one NUL-less string is split on spaces) starts with a path whose basename is
 `k3s` and whose subcommand is `server` or `agent` (options such as `--cluster-init` may follow). A
 `k3s init -- <path> server` wrapper counts only when no real server/agent process is found.
-The binary path is resolved under the host root: a path already under the host root (the sandbox, where
-nodes share one file system) is taken as it is, anything else is joined to the host root. Its directories'
-symlinks are followed within the host root, as a chroot there would (`resolve_in_root`): the host's
-`/usr/local -> /opt/local` is `<host root>/opt/local` to the agent, not the container's `/opt/local`. A
-process whose binary does not exist under our host root belongs to another node (sandbox) and is ignored,
-so an agent can never signal another node's k3s. A binary that is a symlink is refused with a message that
-says so: only a regular file is replaced.
+The binary path, like any host path (`resolve_host_path`), is resolved under the host root: a path
+already under the host root (the sandbox, where nodes share one file system) is taken as it is, anything
+else is joined to the host root. Its directories' symlinks are followed within the host root, as a chroot
+there would (`resolve_in_root`): the host's `/usr/local -> /opt/local` is `<host root>/opt/local` to the
+agent, not the container's `/opt/local`. A process whose binary does not exist under our host root belongs
+to another node (sandbox) and is ignored, so an agent can never signal another node's k3s. A binary that is
+a symlink is refused with a message that says so: only a regular file is replaced.
 """
 
 from __future__ import annotations
@@ -120,13 +120,25 @@ def resolve_in_root(host_root: Path, path: str) -> Path:
     return Path(host_root, *done, last)
 
 
+def resolve_host_path(host_root: Path, path: str, *, follow_last: bool = False) -> Path:
+    """Where the absolute host path `path` is, seen from the agent (`resolve_in_root`); a path already under
+    the host root (the sandbox, where nodes share one file system) is taken relative to it. With
+    `follow_last`, a link in the last component is followed within the host root too: a directory or file
+    that is itself a link (`/var/lib/rancher -> /data/rancher`) is found where the host has it, not in the
+    agent's own view."""
+    root = str(host_root).rstrip("/") or "/"
+    if root != "/" and (path == root or path.startswith(root + "/")):
+        path = path[len(root):]
+    if follow_last:
+        path = path.rstrip("/") + "/."  # the last component becomes a directory walked like the others
+    return resolve_in_root(Path(root), path)
+
+
 def resolve_binary(started_as: str, host_root: Path, exists: bool | None = None) -> Path:
     """Where a host path `started_as` is, seen from the agent (`resolve_in_root`)."""
     root = str(host_root).rstrip("/") or "/"
     if os.path.isabs(started_as):
-        if root != "/" and (started_as == root or started_as.startswith(root + "/")):
-            return resolve_in_root(Path(root), started_as[len(root):])
-        return resolve_in_root(Path(root), started_as)
+        return resolve_host_path(host_root, started_as)
     for directory in _HOST_PATH_DIRS:
         candidate = resolve_in_root(Path(root), f"{directory}/{started_as}")
         if candidate.exists():

@@ -3,7 +3,8 @@
 Every step keeps the invariant that the live path holds a complete binary: the new file is written next
 to the live one (same file system), fsynced and made executable; the live file is hard-linked to the
 rollback copy; then `rename(2)` swaps the new one in and the directory is fsynced. Owner, mode and the
-SELinux label (`security.selinux` xattr) of the old binary are copied to the new one first.
+SELinux label (`security.selinux` xattr) of the old binary are copied to the new one first. Before a stage,
+`check_unpack_space` makes sure k3s's data directory has room for the new release to unpack.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from agent.datadir import DataDir
 from agent.download import NoSpace
 from agent.journal import fsync_dir
 
@@ -111,25 +113,32 @@ def discard(*paths: Path) -> None:
 UNPACK_FACTOR = 3
 """A new k3s release unpacks about 2.7 times its binary's size into its data directory on its first start
 (195 MB for a 72 MB binary: k3s issue 10586)."""
-DATA_DIR = "var/lib/rancher/k3s"
-"""k3s's default data directory, under the host root (servers and agents alike)."""
 
 
-def check_unpack_space(host_root: Path, binary: Path, margin: int, downloading: bool) -> None:
+def nearest_directory(path: Path) -> Path:
+    """`path`, or its nearest parent that is a directory: where a directory not created yet will be made
+    (k3s makes its data directory with its parents on its first start)."""
+    while not path.is_dir() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_unpack_space(data: DataDir, binary: Path, margin: int, downloading: bool) -> None:
     """`NoSpace` unless the new k3s can unpack its data on its first start: UNPACK_FACTOR times the live
-    binary's size free in its data directory (the default one; `binary`'s own when there is none), plus
-    the binary itself when it is still to be downloaded to the same file system. Checked before anything
-    changes: on a full disk the new k3s crash-loops, and the agent's own journal writes, which a rollback
-    needs, fail too."""
+    binary's size free in its data directory `data` (`agent.datadir.find_data_dir`; its nearest parent
+    when it does not exist yet), plus the binary itself when it is still to be downloaded to the same file
+    system. Checked before anything changes: on a full disk the new k3s crash-loops, and the agent's own
+    journal writes, which a rollback needs, fail too."""
     size = binary.stat().st_size
-    data = host_root / DATA_DIR
-    where = data if data.is_dir() else binary.parent
+    where = nearest_directory(data.path)
     needed = UNPACK_FACTOR * size
     if downloading and os.stat(where).st_dev == os.stat(binary.parent).st_dev:
         needed += size
     free = shutil.disk_usage(where).free
     if free < needed + margin:
+        created = "" if where == data.path else ", not created yet"
         raise NoSpace(f"not enough free space in {where} for the new k3s to unpack its data on its first "
                       f"start: {free} bytes free, about {needed} needed ({UNPACK_FACTOR} times the binary"
                       f"{' and the binary itself' if needed > UNPACK_FACTOR * size else ''}) plus a "
-                      f"{margin}-byte margin")
+                      f"{margin}-byte margin (k3s's data directory is {data.host_path}, {data.source}"
+                      f"{created})")

@@ -1,6 +1,7 @@
 """The upgrade of this node, step by step, resumable from the crash journal.
 
-    stage     discover k3s -> download + verify (nothing on the host changes) -> `--version` -> staged
+    stage     discover k3s -> room to unpack in its data directory (`agent.datadir`) -> download +
+              verify (nothing on the host changes) -> `--version` -> staged
     apply     journal(applying) -> journal(swap time, the k3s running now) -> rename new into place ->
               SIGTERM -> a NEW stable process running the new binary -> restarted
               (or, if it does not come up: roll back)
@@ -27,6 +28,7 @@ from pathlib import Path
 from agent import __version__
 from agent.client import CoordinatorClient, CoordinatorUnavailable, Rejected
 from agent.config import AgentConfig
+from agent.datadir import find_data_dir
 from agent.discovery import (
     DiscoveryError,
     K3sProcess,
@@ -320,8 +322,9 @@ class Upgrader:
             self.progress = value
 
         try:
-            await asyncio.to_thread(check_unpack_space, self.config.host_root, binary,
-                                    self.config.space_margin, not prefetched)
+            data_dir = await asyncio.to_thread(find_data_dir, self.config.host_root, proc.pid)
+            await asyncio.to_thread(check_unpack_space, data_dir, binary, self.config.space_margin,
+                                    not prefetched)
             if prefetched and await asyncio.to_thread(_sha256_or_none, staged) == lease.artifact.sha256:
                 version = lease.target_version  # ran `--version` when it was prefetched
             else:  # (a prefetched file changed or gone since: fetched again)

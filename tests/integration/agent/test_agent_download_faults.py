@@ -5,7 +5,8 @@ process and the binary's directory unchanged; a connection cut mid-download is r
 request and the upgrade completes; a slow download keeps posting the agent's state with its progress; a
 file system too small for the new binary (a real tmpfs) gives a clear
 `failed` report and leaves the old binary intact and running, and so does a data directory without room
-for the new k3s to unpack (3 times its binary).
+for the new k3s to unpack (3 times its binary): the default one, or the one k3s was given in a drop-in of
+its config file or with `--data-dir` on its command line (the error names it and where it was set).
 """
 
 from __future__ import annotations
@@ -144,4 +145,41 @@ async def test_no_room_for_the_new_k3s_to_unpack_fails_before_anything_changes(
     finally:
         subprocess.run(["umount", str(data)], check=True)  # noqa: ASYNC221 - teardown, must finish
     assert failed.error and f"not enough free space in {data} for the new k3s to unpack" in failed.error
+    assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []
+
+
+@pytest.mark.parametrize("set_by", ["config drop-in", "--data-dir"])
+async def test_no_room_in_a_data_directory_of_its_own_fails_the_stage(
+        node: Node, releases, coordinator: ScriptedCoordinator, agent_factory, set_by: str) -> None:
+    """A k3s given its own data directory unpacks the new release there: that one is a real tmpfs, full,
+    while the default one (not there: its parent) and the binary's file system have room."""
+    data = node.root / "srv/k3s"
+    if set_by == "config drop-in":
+        dropin = node.root / "etc/rancher/k3s/config.yaml.d/50-data.yaml"
+        dropin.parent.mkdir()
+        dropin.write_text("data-dir: /srv/k3s\n")
+        source = "data-dir in /etc/rancher/k3s/config.yaml.d/50-data.yaml"
+    else:
+        node.supervisor.stop()
+        node.supervisor.args = ("--cluster-init", "--data-dir", "/srv/k3s")
+        node.supervisor.start()
+        node.running_version()
+        source = f"--data-dir of k3s pid {node.pid()}"
+    old_pid, old_sha = node.pid(), sha(node.binary)
+    mount_small_tmpfs(data, "4k")
+    try:
+        try:
+            (data / "filler").write_bytes(b"x" * 4096)
+        except OSError:
+            pass
+        assert shutil.disk_usage(data).free < 3 * node.binary.stat().st_size
+        agent = agent_factory(coordinator.url)
+        agent.start()
+        coordinator.instruct(Action.STAGE, make_lease(releases))
+        failed = await coordinator.wait_report(AgentPhase.FAILED)
+        agent.stop()
+    finally:
+        subprocess.run(["umount", str(data)], check=True)  # noqa: ASYNC221 - teardown, must finish
+    assert failed.error and f"not enough free space in {data} for the new k3s to unpack" in failed.error
+    assert f"(k3s's data directory is /srv/k3s, {source})" in failed.error, failed.error
     assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []
