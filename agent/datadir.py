@@ -16,6 +16,11 @@ directory, the first of these that is set and not empty:
    not keys it reads either;
 4. `/var/lib/rancher/k3s` (k3s run as root; a rootless k3s's `~/.rancher/k3s` is not looked at).
 
+Before all of these, the directory the running k3s unpacked its own release into says it, when it runs
+one: k3s's wrapper execs `<data-dir>/data/<hash>/bin/<program>`, and `/proc/PID/exe` names it
+(`unpacked_into`). It is what the rules above chose at its start, from an environment and arguments that
+are no longer readable (below), and its service starts the new release the same way.
+
 Sources 1 and 2 come from the running k3s process (`/proc/PID/environ`, `/proc/PID/cmdline`): its service
 starts the new release with the same environment and arguments. A real k3s server or agent blanks both
 early (it sets its process title, `<binary> server`, with gspt, which clears the memory of its arguments
@@ -31,8 +36,9 @@ checked. So is it when a config file cannot be read or parsed (k3s itself would 
 warning names the file. Every host path is resolved under the host root with its links followed within it
 (`discovery.resolve_host_path`), the last component too.
 
-Pure rules first (`parse_environ`, `parse_cmdline`, `data_dir_flag`, `process_setting`, `dropin_names`,
-`config_setting`, `absolute_setting`), then the edge that reads /proc and the files (`find_data_dir`).
+Pure rules first (`unpacked_into`, `parse_environ`, `parse_cmdline`, `data_dir_flag`, `process_setting`,
+`dropin_names`, `config_setting`, `absolute_setting`), then the edge that reads /proc and the files
+(`find_data_dir`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import os
 import posixpath
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 import yaml
@@ -246,6 +252,17 @@ def absolute_setting(value: str, *, from_config: bool, cwd: str | None, home: st
 
 # -- the edge: /proc and the config files -------------------------------------------------------------------
 
+def unpacked_into(exe: str) -> str | None:
+    """The data directory a running k3s unpacked its release into, from the program it executes
+    (`/proc/PID/exe`): k3s's wrapper execs `<data-dir>/data/<hash>/bin/<program>` (`stageAndRun`). None
+    for any other program (a k3s that is not the wrapper's, the sandbox's stand-in)."""
+    exe = exe.removesuffix(" (deleted)")  # (the release's files may be gone since; the directory is not)
+    parts = PurePosixPath(exe).parts
+    if not exe.startswith("/") or len(parts) < 6 or parts[-2] != "bin" or parts[-4] != "data":
+        return None
+    return str(PurePosixPath(*parts[:-4]))
+
+
 def _default(host_root: Path) -> DataDir:
     try:
         path = resolve_host_path(host_root, DEFAULT_DATA_DIR, follow_last=True)
@@ -312,6 +329,16 @@ def read_config_files(host_root: Path, config: str) -> list[tuple[str, str]]:
 def find_data_dir(host_root: Path, pid: int | None, proc: Path = PROC) -> DataDir:
     """k3s's data directory on this node, as the k3s of process `pid` (None: none runs) would find it on
     its next start; the default, with a warning saying why, when what sets it cannot be read or placed."""
+    if pid is not None:
+        exe = _read_proc(pid, proc / str(pid) / "exe", "program", os.readlink)
+        unpacked = unpacked_into(exe) if exe is not None else None
+        if unpacked is not None:
+            try:
+                path = resolve_host_path(host_root, unpacked, follow_last=True)
+            except DiscoveryError as exc:
+                log.warning("k3s data directory %s (k3s pid %d runs %s): %s", unpacked, pid, exe, exc)
+            else:
+                return DataDir(unpacked, path, f"where k3s pid {pid} runs its release from")
     env, argv, cwd = read_process(pid, proc) if pid is not None else ({}, (), None)
     of = f" of k3s pid {pid}"
     setting = process_setting(env, argv)

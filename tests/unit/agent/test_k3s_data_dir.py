@@ -34,6 +34,7 @@ from agent.datadir import (
     parse_cmdline,
     parse_environ,
     process_setting,
+    unpacked_into,
 )
 from agent.download import NoSpace
 from agent.install import check_unpack_space
@@ -220,6 +221,37 @@ def k3s_process(proc: Path, *argv: str, env: dict[str, str] | None = None, cwd: 
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("exe", "data_dir"),
+    [
+        ("/var/lib/rancher/k3s/data/0a1b2c/bin/k3s-server", "/var/lib/rancher/k3s"),
+        ("/srv/k3s/data/0a1b2c/bin/k3s-agent", "/srv/k3s"),
+        ("/srv/k3s/data/0a1b2c/bin/k3s-server (deleted)", "/srv/k3s"),  # its release's files removed since
+        ("/data/0a1b2c/bin/k3s", None),  # no room for a data directory above
+        ("/usr/local/bin/k3s", None),  # a k3s that is not the wrapper's
+        ("/usr/bin/python3.11", None),  # the sandbox's stand-in
+        ("/srv/k3s/data/0a1b2c/sbin/k3s", None),
+        ("srv/k3s/data/0a1b2c/bin/k3s", None),
+    ],
+)
+def test_unpacked_into(exe: str, data_dir: str | None) -> None:
+    assert unpacked_into(exe) == data_dir
+
+
+def test_the_release_a_k3s_runs_from_names_it_before_anything_else(host: Path, proc: Path) -> None:
+    """Its arguments and environment blanked (a real k3s), its config naming nothing: the program it runs
+    says where its --data-dir (from its unit's ExecStart, say) put it."""
+    pid = k3s_process(proc, "server", env={})
+    (proc / str(pid) / "exe").symlink_to("/srv/k3s/data/0a1b2c/bin/k3s-server")
+    write(host / "etc/rancher/k3s/config.yaml", "node-name: n1\n")
+    assert find_data_dir(host, pid, proc) == DataDir(
+        "/srv/k3s", host / "srv/k3s", f"where k3s pid {pid} runs its release from"
+    )
+    (proc / str(pid) / "exe").unlink()
+    (proc / str(pid) / "exe").symlink_to("/usr/local/bin/k3s")  # not the wrapper's: the rules decide
+    assert find_data_dir(host, pid, proc).source == "k3s's default"
 
 
 def test_the_default_without_process_nor_config(host: Path, proc: Path) -> None:
