@@ -916,7 +916,8 @@ class _Decider:
             if pi.resolve_error:
                 conds.append(Cond("LatestResolved", False, "Error", pi.resolve_error))
             else:
-                conds.append(Cond("LatestResolved", True, pi.resolved_by, pi.version or ""))
+                # No message, as SUC: the Message column shows the first condition that has one.
+                conds.append(Cond("LatestResolved", True, pi.resolved_by, ""))
             if pi.hash is not None:
                 failures = [le for le in self.t.failures_for_plan(pi.name) if le.plan_hash == pi.hash]
                 applying = [le.node for le in self.t.active_for_plan(pi.name)]

@@ -1,7 +1,8 @@
 """Server-side printing: `meta.k8s.io/v1` Table responses, as `kubectl get` asks for them.
 
 Custom resources use their CRD's additionalPrinterColumns (a small JSONPath subset: `.a.b`, `[n]`, `[*]`,
-`[?(@.k=='v')]`); built-ins get the columns kubectl users know for nodes and pods, and Name/Age
+`[?(@.k=='v')]`, `[?(@.k!='v')]`; an item without `k` matches neither) and show the first value selected,
+as the API server does; built-ins get the columns kubectl users know for nodes and pods, and Name/Age
 otherwise. Cells of type `date` carry the timestamp; kubectl renders it as an age. Pure functions.
 """
 
@@ -17,7 +18,7 @@ from sandbox.apiserver.resources import PrinterColumn, ResourceType
 Obj = dict[str, Any]
 
 _STEP = re.compile(
-    r"\.([A-Za-z0-9_\-]+)|\[(\d+|\*)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*['\"]([^'\"]*)['\"]\)\]"
+    r"\.([A-Za-z0-9_\-]+)|\[(\d+|\*)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*(==|!=)\s*['\"]([^'\"]*)['\"]\)\]"
 )
 
 
@@ -50,7 +51,7 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
                 if isinstance(v, list):
                     for item in v:
                         got = jsonpath(item, "." + m.group(3))
-                        if got and str(got[0]) == m.group(4):
+                        if got and (str(got[0]) == m.group(5)) == (m.group(4) == "=="):
                             nxt.append(item)
         values = nxt
     return values

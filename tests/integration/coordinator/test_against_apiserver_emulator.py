@@ -357,6 +357,9 @@ async def test_invalid_plans_beside_a_valid_one(env: Env, tmp_path: Path) -> Non
         assert validated is not None, f"{name}: no Validated condition in {conditions}"
         assert validated["status"] == "False", f"{name}: {validated}"
         assert field in validated["message"], f"{name}: {field!r} not named in {validated['message']!r}"
+    rows = {r.split()[0]: r for r in env.kubectl("-n", NS, "get", "plans").splitlines()[1:]}
+    for name, (_, field) in BAD.items():  # SUC's Message column: the first condition with a message
+        assert field in rows[name], f"kubectl get plans shows no cause for {name}: {rows[name]!r}"
     nodes = (await env.api("GET", "/api/v1/nodes"))["items"]
     for n in nodes:
         labels = n["metadata"].get("labels") or {}

@@ -165,4 +165,6 @@ def test_printer_column_jsonpath() -> None:
     assert jsonpath(plan, ".status.conditions[?(@.type=='Complete')].status") == ["False"]
     assert jsonpath(plan, ".status.conditions[1].message") == ["m"]
     assert jsonpath(plan, ".status.conditions[*].type") == ["Validated", "Complete"]
+    assert jsonpath(plan, ".status.conditions[?(@.message!='')].message") == ["m"]  # SUC's Message column
+    assert jsonpath(plan, ".status.conditions[?(@.type!='Complete')].type") == ["Validated"]
     assert jsonpath(plan, ".spec.channel") == []
