@@ -1,4 +1,5 @@
-"""`python -m agent` / `k3s-upgrade-agent`: parse settings, log JSON lines, run the loop until SIGTERM."""
+"""`python -m agent` / `k3s-upgrade-agent`: parse settings, log JSON lines, run the loop until SIGTERM
+(deferred while k3s is being replaced or restored: `agent.loop.run`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from contextlib import suppress
 
 from agent.config import parse_args
 from agent.loop import run
@@ -34,21 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level, handlers=[handler])
 
     async def amain() -> None:
-        """Run the loop until SIGTERM/SIGINT."""
+        """Run the loop until SIGTERM/SIGINT (which `run` defers while k3s is being replaced)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(run(config, stop))
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-            return
-        task.result()
+        await run(config, stop)
 
     asyncio.run(amain())
     return 0

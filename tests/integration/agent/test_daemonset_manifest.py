@@ -4,7 +4,8 @@ Aspects: every document parses into the official client's models; the pod runs o
 every taint, system-node-critical, rolling update), sees the host (hostPID, host / at /host, privileged
 root: the image itself is non-root), gets its node name from the downward API, the coordinator's Service
 URL, and a projected token with the coordinator's audience at the agent's default token path, and no
-API credentials of its own; resources have requests and limits; the agent's flags parse from it.
+API credentials of its own; resources have requests and limits; the agent's flags parse from it; its
+grace period outlasts a restart and a rollback (a stop waits for them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from kubernetes import client
 
 from agent.config import DEFAULT_TOKEN_FILE, parse_args
+from coordinator.config import Timeouts
 from wire.messages import TOKEN_AUDIENCE
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,6 +49,8 @@ def test_pod_runs_on_every_node_with_host_access() -> None:
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["hostPID"] is True and pod["automountServiceAccountToken"] is False
+    t = Timeouts()  # a stop waits while k3s is replaced: a restart, a rollback's restart, the stable wait
+    assert pod["terminationGracePeriodSeconds"] >= 2 * t.restart + t.restart_stable
     (container,) = pod["containers"]
     assert container["securityContext"]["privileged"] is True
     assert container["securityContext"]["runAsUser"] == 0
