@@ -102,7 +102,7 @@ def test_deploy_manifests_apply_with_kubectl(env: Env) -> None:
     for name in (
         "deployment.apps/k3s-upgrade-coordinator",
         "service/k3s-upgrade-coordinator",
-        "serviceaccount/system-upgrade",
+        "serviceaccount/k3s-upgrade-coordinator",
     ):
         assert name in out
 
