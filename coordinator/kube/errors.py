@@ -9,7 +9,8 @@ The rest of the coordinator never sees a `kubernetes` exception; the adapter tra
     │   └── LeaseTableConflict     409 on the lease table specifically
     ├── Forbidden                  401/403 for the coordinator itself (permanent: fix RBAC)
     ├── Invalid                    400/422 (permanent: our request or the object is wrong)
-    ├── Expired                    410 on a watch: re-list (temporary)
+    ├── Expired                    410 on a watch: re-list (temporary); on a list's continue token the
+    │                              adapter itself reads the list whole
     └── EvictionBlocked            429 from pods/eviction: a PodDisruptionBudget says not now (temporary)
 """
 
@@ -57,6 +58,6 @@ class EvictionBlocked(KubeError):
 
 
 class Expired(KubeError):
-    """410 Gone: the resourceVersion a watch started from is too old; list again."""
+    """410 Gone: the resourceVersion a watch started from (or a paged list reads at) is too old."""
 
     temporary = True

@@ -2,7 +2,8 @@
 
 At thousands of nodes a list per reconcile would cost the API server and our memory dearly; a watch
 costs one stream. On 410 Expired or a broken stream the informer lists again (with a short backoff)
-and reports what changed meanwhile. `synced` is set after the first full list.
+and reports what changed meanwhile. `synced` is set after the first full list. A `transform` given
+applies to the list page by page (`Cluster.list_objects`), so the whole list is never held as read.
 """
 
 from __future__ import annotations
@@ -51,9 +52,7 @@ class Informer:
         self.resource_version = ""
 
     async def _relist(self) -> None:
-        items, rv = await self._cluster.list_objects(self.res, self._namespace)
-        if self._transform is not None:
-            items = [self._transform(o) for o in items]
+        items, rv = await self._cluster.list_objects(self.res, self._namespace, self._transform)
         fresh = {key(o): o for o in items}
         for k, old in list(self.cache.items()):
             if k not in fresh:

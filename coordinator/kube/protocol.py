@@ -8,7 +8,7 @@ Failures are the typed errors of `coordinator.kube.errors`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,8 +52,11 @@ class Cluster(Protocol):
         its node (before Kubernetes 1.30 finding it takes a Pod GET, which can fail)."""
         ...
 
-    async def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[Obj], str]:
-        """All objects of a kind and the list's resourceVersion."""
+    async def list_objects(
+        self, res: Resource, namespace: str | None = None, transform: Callable[[Obj], Obj] | None = None
+    ) -> tuple[list[Obj], str]:
+        """All objects of a kind and the list's resourceVersion. `transform` is applied to each object as
+        it arrives (a page at a time), so a caller keeping part of each never holds the whole list as read."""
         ...
 
     def watch(

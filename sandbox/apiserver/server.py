@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sandbox.apiserver.app import Api, Faults, LoggedRequest
 from sandbox.apiserver.kubeconfig import write_kubeconfig
-from sandbox.apiserver.persistence import Database
+from sandbox.apiserver.persistence import HISTORY_LIMIT, Database
 from sandbox.apiserver.store import Store
 from sandbox.apiserver.tokens import TokenAuthority
 
@@ -25,10 +25,12 @@ class ApiServer:
     """The API server emulator, in memory or persisted to `state_path` (SQLite)."""
 
     def __init__(self, state_path: Path | None = None, bookmark_interval: float = 1.0,
-                 token_node_name: bool = True) -> None:
-        """`token_node_name=False`: TokenReviews name a token's Pod but not its node, as before 1.30."""
+                 token_node_name: bool = True, history_limit: int = HISTORY_LIMIT) -> None:
+        """`token_node_name=False`: TokenReviews name a token's Pod but not its node, as before 1.30.
+        `history_limit`: changes kept for watches and paged lists (older ones get 410 Expired)."""
         self.state_path = state_path
         self.token_node_name = token_node_name
+        self.history_limit = history_limit
         self.faults = Faults()
         self.request_log: list[LoggedRequest] = []
         self._bookmark_interval = bookmark_interval
@@ -40,7 +42,7 @@ class ApiServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._db = Database(self.state_path) if self.state_path is not None else None
-        self.store = Store(self._db)
+        self.store = Store(self._db, self.history_limit)
         self.api = Api(
             self.store,
             TokenAuthority(self.store, self._db, self.token_node_name),
@@ -77,8 +79,8 @@ class ThreadedApiServer:
     """An ApiServer on a private event loop in a background thread; use as a context manager."""
 
     def __init__(self, state_path: Path | None = None, bookmark_interval: float = 1.0,
-                 token_node_name: bool = True) -> None:
-        self.server = ApiServer(state_path, bookmark_interval, token_node_name)
+                 token_node_name: bool = True, history_limit: int = HISTORY_LIMIT) -> None:
+        self.server = ApiServer(state_path, bookmark_interval, token_node_name, history_limit)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()

@@ -51,6 +51,13 @@ def _check_annotations(rt: ResourceType, obj: Obj) -> None:
         raise errors.invalid(rt.kind, rt.group, name, "metadata.annotations", too_long)
 
 
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter."
+)
+"""kube-apiserver's message for a continue token whose revision etcd has compacted."""
+
+
 def _spec_part(obj: Obj, with_status: bool) -> Obj:
     skip = {"metadata", "apiVersion", "kind"} | ({"status"} if with_status else set())
     return {k: v for k, v in obj.items() if k not in skip}
@@ -113,7 +120,12 @@ class Store:
     def list_objects(
         self, rt: ResourceType, ns: str | None, match: Matcher, limit: int = 0, cont: str | None = None
     ) -> tuple[list[Obj], str, str | None]:
-        """Matching objects in key order, the list's resourceVersion and a continue token (or None)."""
+        """Matching objects in key order, the list's resourceVersion and a continue token (or None).
+
+        Every page carries the first page's resourceVersion, as a real API server's; but its objects are
+        the current ones, not a snapshot at that version (a watch from it delivers what changed anyway).
+        A token whose resourceVersion is older than the kept history gets 410 Expired, as etcd's compaction
+        of the revision a paged list reads at."""
         bucket = self.objects.get(rt.key, {})
         keys = sorted(k for k in bucket if not ns or k[0] == ns)
         rv = str(self.rv)
@@ -122,8 +134,11 @@ class Store:
             try:
                 token = json.loads(base64.urlsafe_b64decode(cont.encode()))
                 start, rv = (token["ns"], token["name"]), token["rv"]
+                expired = int(rv) < self.compacted
             except (ValueError, KeyError, TypeError) as exc:
                 raise errors.bad_request(f"invalid continue token: {exc}") from exc
+            if expired:
+                raise errors.gone(CONTINUE_EXPIRED)
         out: list[Obj] = []
         next_token = None
         for k in keys:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from coordinator.kube import errors
@@ -101,13 +101,15 @@ class MemoryCluster:
         node = self.tokens.get(token)
         return None if node is None else TokenIdentity(username=f"system:serviceaccount:x:{node}", node=node)
 
-    async def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[Obj], str]:
+    async def list_objects(
+        self, res: Resource, namespace: str | None = None, transform: Callable[[Obj], Obj] | None = None
+    ) -> tuple[list[Obj], str]:
         items = [
             copy.deepcopy(o)
             for o in self.objects[res.plural].values()
             if namespace is None or o["metadata"].get("namespace") == namespace
         ]
-        return items, str(self.rv)
+        return [transform(o) for o in items] if transform is not None else items, str(self.rv)
 
     async def watch(
         self, res: Resource, namespace: str | None, resource_version: str, timeout_seconds: int

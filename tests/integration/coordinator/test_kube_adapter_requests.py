@@ -5,7 +5,7 @@ A loopback HTTP server records what arrives and answers like the API server woul
 API server emulator are the rollout tests' business; this pins the wire shape of our adapter.)
 
 Aspects covered:
-- list/get paths for core and custom resources, the bearer token from the kubeconfig;
+- list/get paths for core and custom resources (lists in pages of 500), the bearer token from the kubeconfig;
 - Lease create (POST) vs conditional replace (PUT with metadata.resourceVersion); 409 -> LeaseTableConflict;
   a missing Lease -> None;
 - Node patch as a JSON merge patch (null deletes a label), Plan status via the status subresource;
@@ -134,11 +134,11 @@ async def test_request_shapes_and_error_mapping(api: tuple[KubeCluster, Seen]) -
     assert (items, rv) == ([{"metadata": {"name": "a"}}], "7")
     assert seen[-1][:3] == (
         "GET",
-        "/apis/upgrade.cattle.io/v1/namespaces/system-upgrade/plans",
+        "/apis/upgrade.cattle.io/v1/namespaces/system-upgrade/plans?limit=500",
         "Bearer admin-token",
     )
     await cluster.list_objects(NODES)
-    assert seen[-1][1] == "/api/v1/nodes"
+    assert seen[-1][1] == "/api/v1/nodes?limit=500"
 
     assert await cluster.get_lease("ns", "missing") is None
     created = await cluster.write_lease("ns", "t", {"a": "b"}, {"holderIdentity": "x"}, None)
