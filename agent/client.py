@@ -93,15 +93,32 @@ class _Connection:
 async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
     """One whole HTTP/1.x answer as received, and whether the connection may carry another exchange.
 
-    `asyncio.IncompleteReadError` when the connection ends first (with nothing read: `.partial` empty),
-    `CoordinatorUnavailable` past `MAX_ANSWER_BYTES`, `http.client.HTTPException` for bad framing."""
+    `NoAnswer` when the connection ends before a byte of it, `asyncio.IncompleteReadError` when it ends
+    during it, `CoordinatorUnavailable` past `MAX_ANSWER_BYTES` or for a line past the stream's limit,
+    `http.client.HTTPException` for bad framing."""
+    try:
+        return await _read_answer(reader)
+    except asyncio.LimitOverrunError as exc:  # a line longer than the stream's limit: not our coordinator
+        raise CoordinatorUnavailable(f"answer has a line longer than {MAX_HEAD_BYTES} bytes") from exc
+
+
+class NoAnswer(Exception):
+    """The connection ended before a single byte of the answer came."""
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as exc:
-        raise CoordinatorUnavailable(f"answer head larger than {MAX_HEAD_BYTES} bytes") from exc
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise NoAnswer() from exc
+        raise
     status_line, _, fields = head.partition(b"\r\n")
     headers = http.client.parse_headers(io.BytesIO(fields))
     keep = status_line.startswith(b"HTTP/1.1 ") and "close" not in headers.get("Connection", "").lower()
+    code = status_line.split(b" ", 2)[1:2]
+    if code in ([b"204"], [b"304"]):  # no body, whatever the headers say (RFC 9112, 6.3)
+        return head, keep
     parts = [head]
     size = 0
 
@@ -266,12 +283,18 @@ class CoordinatorClient:
                 if kept:
                     raise _Stale() from exc
                 raise
-            except asyncio.IncompleteReadError as exc:
-                if kept and not exc.partial:
+            except NoAnswer as exc:
+                if kept:
                     raise _Stale() from exc
+                raise http.client.IncompleteRead(b"") from exc
+            except asyncio.IncompleteReadError as exc:
                 raise http.client.IncompleteRead(exc.partial, exc.expected) from exc
+            kept_for_next, keep = keep, False
             status, body = parse_answer(raw)
-            keep = keep and status < 500  # a replica in trouble: the next connection may reach another
+            # Kept when the answer was whole and nothing came after it (bytes past an answer would be
+            # read as the next one; the stream has no public look at its buffer), and not after a 5xx (a
+            # replica in trouble: the next connection may reach another).
+            keep = kept_for_next and status < 500 and not getattr(conn.reader, "_buffer", b"")
             return status, body
         finally:
             if keep and conn.usable:

@@ -47,6 +47,7 @@ import datetime
 import logging
 import os
 import posixpath
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -259,6 +260,8 @@ def unpacked_into(exe: str) -> str | None:
     exe = exe.removesuffix(" (deleted)")  # (the release's files may be gone since; the directory is not)
     parts = PurePosixPath(exe).parts
     if not exe.startswith("/") or len(parts) < 6 or parts[-2] != "bin" or parts[-4] != "data":
+        return None
+    if len(parts[-3]) < 16 or not all(c in string.hexdigits for c in parts[-3]):  # (a SHA-256, in hex)
         return None
     return str(PurePosixPath(*parts[:-4]))
 

@@ -28,7 +28,7 @@ next lease granted" as the coordinator sees it, without the trips to and from th
 and the histogram buckets that hold their p50 and p99 (`_at_most`); and where the slow hand-offs are:
 the first wave's (the first `concurrency` slots freed: nodes that went ahead together and come back
 within a few ms of each other, the burst a rollout of equal nodes starts with) against the rest's. The
-stand-ins open one connection per request and close it: they use `agent.client` itself.
+stand-ins use `agent.client` itself, which keeps its connection from exchange to exchange.
 
 `--api-latency-ms` makes the emulator wait that long before it handles each request but a watch: the
 round trip to an API server across a network, where the hand-off costs what the pass waits for in turn.
@@ -423,6 +423,7 @@ async def rollout(
     coordinator: subprocess.Popen[str] | None = None
     stop = asyncio.Event()
     runs: list[asyncio.Task[None]] = []
+    sims: list[SimNode] = []
     log_path = tmp / "coordinator.log"
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -478,7 +479,6 @@ async def rollout(
             )
             token_dir = tmp / "tokens"
             token_dir.mkdir(exist_ok=True)
-            sims = []
             for n in names:
                 (token_dir / n).write_text(tokens[n])
                 client = CoordinatorClient(url, n, token_dir / n, timeout=30.0)
@@ -525,6 +525,7 @@ async def rollout(
             for t in runs:
                 t.cancel()
             await asyncio.gather(*runs, return_exceptions=True)
+            await asyncio.gather(*(s.client.close() for s in sims), return_exceptions=True)
             if coordinator is not None:
                 await stop_process(coordinator, 20)
             await asyncio.to_thread(releases.stop_in_thread)

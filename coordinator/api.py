@@ -277,12 +277,12 @@ async def poll(request: web.Request) -> web.Response:
     state = await _parse(request, AgentState)
     if state.node != node:
         return error(400, f"body names node {state.node!r} but the path names {node!r}")
-    broker = request.app[BROKER].broker
+    slot = request.app[BROKER]
     try:
-        instruction = await broker.poll(state, min(wait, request.app[POLL_WAIT_MAX]))
+        instruction = await slot.broker.poll(state, min(wait, request.app[POLL_WAIT_MAX]))
     except BrokerError as exc:
-        return _from(broker, error(exc.status, str(exc)))
-    return _from(broker, _ok(instruction))
+        return _from(slot.broker, error(exc.status, str(exc)))
+    return _from(slot.broker, _ok(instruction))  # (the broker now: leadership may have moved during the poll)
 
 
 async def report(request: web.Request) -> web.Response:
@@ -293,12 +293,12 @@ async def report(request: web.Request) -> web.Response:
     body = await _parse(request, Report)
     if body.node != node:
         return error(400, f"body names node {body.node!r} but the path names {node!r}")
-    broker = request.app[BROKER].broker
+    slot = request.app[BROKER]
     try:
-        instruction = await broker.report(body)
+        instruction = await slot.broker.report(body)
     except BrokerError as exc:
-        return _from(broker, error(exc.status, str(exc)))
-    return _from(broker, _ok(instruction))
+        return _from(slot.broker, error(exc.status, str(exc)))
+    return _from(slot.broker, _ok(instruction))
 
 
 def add_agent_routes(

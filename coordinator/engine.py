@@ -636,7 +636,10 @@ class _Decider:
                 lease = self.uncordon(lease, node)
                 self.remove(lease.lease_id)
                 return
-            if self.overdue(lease):  # (its drain is stopped: `Drainer.retain`)
+            outcome = w.drains.get(lease.lease_id)
+            # (A drain that finished in time is not failed for the pass that saw it later; one still running
+            # is stopped once its lease fails: `Drainer.retain`.)
+            if (outcome is None or not outcome.ok) and self.overdue(lease):
                 return
             assert pi is not None and pi.plan is not None
             lease = self.cordon(lease, node)
@@ -681,12 +684,16 @@ class _Decider:
 
     def overdue(self, lease: Lease) -> bool:
         """Fail `lease` (of a plan at its hash, not applying yet) when its job deadline has passed since its
-        grant (`job_deadline`), as SUC's Job would have failed; True if it did. The failure record stops
+        grant (`job_deadline`; since this coordinator's start, if later), as SUC's Job would have failed; True
+        if it did. The failure record stops
         the plan as any other (the node is uncordoned, Events name the cause)."""
         pi = self.plans.get(lease.plan)
         assert pi is not None and pi.plan is not None
         deadline = job_deadline(pi.plan.spec.job_active_deadline_secs, self.w.settings)
-        if deadline <= 0 or (self.w.now - lease.granted_at).total_seconds() <= deadline:
+        # From the grant, or from this coordinator's start if later: while no coordinator ran, no drain
+        # did either (a coordinator away longer than the deadline would fail every drain it finds).
+        since = max(lease.granted_at, self.w.started_at or lease.granted_at)
+        if deadline <= 0 or (self.w.now - since).total_seconds() <= deadline:
             return False
         if lease.phase is not LeasePhase.DRAINING:
             doing = "the download of the binary"

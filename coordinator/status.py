@@ -41,6 +41,11 @@ def _condition(cond: Cond, previous: Mapping[str, Any] | None, now: datetime) ->
     return out
 
 
+ORDER = {"Validated": 0, "LatestResolved": 1, "Complete": 2}
+"""Conditions in the order a Plan is processed, any other after them by name: the Message column
+(`deploy/crd.yaml`, SUC's) shows the first condition with a message, so the first thing wrong comes first
+(a Plan made invalid keeps its last `Complete`, which no longer applies)."""
+
 STATUS_KEYS = ("conditions", "latestVersion", "latestHash", "applying")
 """The keys of `.status` that `plan_status` writes (each may be left out of a status it makes)."""
 
@@ -59,7 +64,7 @@ def plan_status(
     new_types = {c.type for c in conditions}
     conds = [dict(c) for t, c in old.items() if t not in new_types]
     conds += [_condition(c, old.get(c.type), now) for c in conditions]
-    conds.sort(key=lambda c: str(c.get("type")))
+    conds.sort(key=lambda c: (ORDER.get(str(c.get("type")), len(ORDER)), str(c.get("type"))))
     out: dict[str, Any] = {"conditions": conds}
     if latest_version:
         out["latestVersion"] = latest_version

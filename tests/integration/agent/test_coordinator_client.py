@@ -28,7 +28,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from agent.client import MAX_ANSWER_BYTES, CoordinatorClient, CoordinatorUnavailable, Rejected
+from agent.client import MAX_ANSWER_BYTES, MAX_HEAD_BYTES, CoordinatorClient, CoordinatorUnavailable, Rejected
 from tests.integration.agent.conftest import ScriptedCoordinator, make_lease
 from wire.messages import Action, AgentPhase, AgentState, Instruction
 
@@ -270,6 +270,8 @@ class RawServer:
         """The connection number of each request, in order."""
         self.closed: list[int] = []
         """Connections whose client closed them."""
+        self.close_after: set[int] = set()
+        """Request numbers after whose reply the server closes the connection."""
         self.server: asyncio.Server | None = None
         self.url = ""
 
@@ -291,6 +293,8 @@ class RawServer:
                     return
                 writer.write(reply)
                 await writer.drain()
+                if len(self.requests) in self.close_after:
+                    return
         finally:
             writer.close()
 
@@ -419,6 +423,80 @@ async def test_a_server_error_ends_its_connection(token: Path) -> None:
         finally:
             await client.close()
     assert raw.requests == [1, 1, 2]
+
+
+async def test_a_line_longer_than_the_stream_limit_is_a_temporary_error(token: Path) -> None:
+    """A chunk-size line past 64 KiB (not our coordinator talking): CoordinatorUnavailable, not an exception
+    that ends the agent's loop."""
+    long_line = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * (MAX_HEAD_BYTES + 10)
+    async with RawServer(lambda conn, n: long_line) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            with pytest.raises(CoordinatorUnavailable, match="longer than"):
+                await client.poll(STATE, 0)
+        finally:
+            await client.close()
+
+
+async def test_bytes_after_an_answer_are_not_read_as_the_next(token: Path) -> None:
+    def answer(conn: int, n: int) -> bytes:
+        return ok() + b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nleftover" if n == 1 else ok()
+
+    async with RawServer(answer) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            assert await client.poll(STATE, 0) == STAGE
+            await asyncio.sleep(0.1)  # (the extra bytes are in)
+            assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 2], "the second poll was answered with the first one's leftovers"
+
+
+async def test_an_answer_that_does_not_parse_ends_its_connection(token: Path) -> None:
+    def answer(conn: int, n: int) -> bytes:
+        return b"HTTP/1.1 2x0 Fine\r\nContent-Length: 2\r\n\r\n{}" if n == 1 else ok()
+
+    async with RawServer(answer) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            with pytest.raises(CoordinatorUnavailable):
+                await client.poll(STATE, 0)
+            assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 2]
+
+
+async def test_an_answer_cut_after_its_head_is_not_sent_again(token: Path) -> None:
+    """Part of an answer came: the request reached the coordinator, so it is not sent again on a new
+    connection (only a kept connection that ends before a byte of answer is)."""
+    def answer(conn: int, n: int) -> bytes:
+        return ok() if n == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"
+
+    async with RawServer(answer) as raw:
+        raw.close_after = {2}
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            assert await client.poll(STATE, 0) == STAGE
+            with pytest.raises(CoordinatorUnavailable, match="failed"):
+                await client.poll(STATE, 0)
+        finally:
+            await client.close()
+    assert raw.requests == [1, 1]
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+async def test_answers_without_a_body_are_not_waited_for(token: Path, status: bytes) -> None:
+    async with RawServer(lambda conn, n: b"HTTP/1.1 " + status + b"\r\n\r\n") as raw:
+        client = CoordinatorClient(raw.url, "n1", token, timeout=5)
+        started = time.monotonic()
+        try:
+            with pytest.raises(CoordinatorUnavailable, match="bad instruction"):
+                await client.poll(STATE, 0)
+        finally:
+            await client.close()
+        assert time.monotonic() - started < 1, "the client waited for a body that never comes"
 
 
 async def test_an_idle_connection_is_closed_after_keep_idle(

@@ -6,11 +6,13 @@ granted anything. Such a replica ends each connection with its answer, and the a
 through the Service again. The leader's connections are kept.
 
 Aspects: three polls to a replica that is not the leader take three connections, and a report refused
-by it ends its connection too; three polls to the leader take one.
+by it ends its connection too; three polls to the leader take one; a poll held while leadership is lost
+ends its connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -35,9 +37,16 @@ class Reviewer:
 
 
 class Leader:
-    """A broker that answers as the leader would when it has nothing for the node."""
+    """A broker that answers as the leader would when it has nothing for the node (after `hold`, if set)."""
+
+    def __init__(self) -> None:
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
+        if self.hold is not None:
+            self.held.set()
+            await self.hold.wait()
         return Instruction(action=Action.IDLE, reason="nothing to do", poll_after_seconds=1.0)
 
     async def report(self, report: Report) -> Instruction:
@@ -94,3 +103,25 @@ async def test_a_replica_that_is_not_the_leader_ends_each_connection(
     finally:
         await client.close()
     assert len(replica.peers) == 4 and len(set(replica.peers)) == 1, replica.peers
+
+
+async def test_leadership_lost_during_a_held_poll_ends_its_connection(
+    replica: Replica, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    leader = Leader()
+    replica.slot.broker = leader
+    client = CoordinatorClient(replica.url, NODE, token)
+    try:
+        await client.poll(STATE, 1.0)
+        leader.hold = asyncio.Event()
+        held = asyncio.create_task(client.poll(STATE, 1.0))
+        await asyncio.wait_for(leader.held.wait(), 5)
+        replica.slot.broker = IdleBroker(max_wait=0.05)  # lost the election while the poll was held
+        leader.hold.set()
+        await held
+        await client.poll(STATE, 0)
+    finally:
+        await client.close()
+    assert len(replica.peers) == 3 and replica.peers[0] == replica.peers[1] != replica.peers[2], replica.peers

@@ -223,17 +223,21 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+H = "4f6e9a2c0b1d3e5f" * 4  # the hash k3s names a release's directory by
+
+
 @pytest.mark.parametrize(
     ("exe", "data_dir"),
     [
-        ("/var/lib/rancher/k3s/data/0a1b2c/bin/k3s-server", "/var/lib/rancher/k3s"),
-        ("/srv/k3s/data/0a1b2c/bin/k3s-agent", "/srv/k3s"),
-        ("/srv/k3s/data/0a1b2c/bin/k3s-server (deleted)", "/srv/k3s"),  # its release's files removed since
-        ("/data/0a1b2c/bin/k3s", None),  # no room for a data directory above
+        (f"/var/lib/rancher/k3s/data/{H}/bin/k3s-server", "/var/lib/rancher/k3s"),
+        (f"/srv/k3s/data/{H}/bin/k3s-agent", "/srv/k3s"),
+        (f"/srv/k3s/data/{H}/bin/k3s-server (deleted)", "/srv/k3s"),  # its release's files removed since
+        (f"/data/{H}/bin/k3s", None),  # no room for a data directory above
         ("/usr/local/bin/k3s", None),  # a k3s that is not the wrapper's
         ("/usr/bin/python3.11", None),  # the sandbox's stand-in
-        ("/srv/k3s/data/0a1b2c/sbin/k3s", None),
-        ("srv/k3s/data/0a1b2c/bin/k3s", None),
+        (f"/srv/k3s/data/{H}/sbin/k3s", None),
+        (f"srv/k3s/data/{H}/bin/k3s", None),  # not absolute
+        ("/opt/data/k3s/bin/k3s", None),  # a k3s installed under some data/ directory, not unpacked
     ],
 )
 def test_unpacked_into(exe: str, data_dir: str | None) -> None:
@@ -244,7 +248,7 @@ def test_the_release_a_k3s_runs_from_names_it_before_anything_else(host: Path, p
     """Its arguments and environment blanked (a real k3s), its config naming nothing: the program it runs
     says where its --data-dir (from its unit's ExecStart, say) put it."""
     pid = k3s_process(proc, "server", env={})
-    (proc / str(pid) / "exe").symlink_to("/srv/k3s/data/0a1b2c/bin/k3s-server")
+    (proc / str(pid) / "exe").symlink_to(f"/srv/k3s/data/{H}/bin/k3s-server")
     write(host / "etc/rancher/k3s/config.yaml", "node-name: n1\n")
     assert find_data_dir(host, pid, proc) == DataDir(
         "/srv/k3s", host / "srv/k3s", f"where k3s pid {pid} runs its release from"

@@ -11,7 +11,8 @@ Aspects:
   the cause, the Plan's `Complete` condition is False with reason JobFailed and that message, and the plan
   grants nothing more; one second before the deadline it is still draining;
 - a download past the deadline fails its lease (the agent alive all along);
-- an applying lease is never failed by the deadline;
+- an applying lease is never failed by the deadline; a drain done in time is not failed by the pass that
+  sees it later; a coordinator away counts the deadline again from its start (the drain is its own);
 - `jobActiveDeadlineSecs: 0` means no deadline even with a controller default; a Plan's own value
   overrides the default; a negative value is refused at validation.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.engine import AgentView, EngineSettings, EventWrite, job_deadline
+from coordinator.engine import AgentView, DrainOutcome, EngineSettings, EventWrite, job_deadline
 from coordinator.leasing import LeasePhase
 from coordinator.plans import parse_plan
 from coordinator.status import condition_of
@@ -171,6 +172,30 @@ def test_zero_means_no_deadline_and_a_plans_own_value_wins() -> None:
     keep_draining(sim, 20)
     assert only_lease(sim).phase is LeasePhase.FAILED
     assert "job deadline of 60s" in only_lease(sim).cause
+
+
+def test_a_coordinator_away_does_not_count_against_a_drain() -> None:
+    """The drain is the coordinator's: a coordinator away past the deadline (its pod rescheduled, say)
+    counts the deadline again from its start, and fails the drain only if it still does not finish."""
+    sim = make(EngineSettings(agent_heartbeat=30, verify=60, job_deadline=120))
+    lease = start_drain(sim)
+    sim.tick(600)  # no coordinator for 10 minutes
+    sim.restart_coordinator()
+    keep_draining(sim, 110)
+    assert only_lease(sim).phase is LeasePhase.DRAINING
+    keep_draining(sim, 20)
+    assert only_lease(sim).phase is LeasePhase.FAILED and only_lease(sim).lease_id == lease.lease_id
+
+
+def test_a_drain_done_in_time_is_not_failed_by_a_later_pass() -> None:
+    sim = make(EngineSettings(agent_heartbeat=30, verify=60, job_deadline=120))
+    lease = start_drain(sim)
+    keep_draining(sim, 110)
+    sim.drains[lease.lease_id] = DrainOutcome(ok=True)  # done; the next pass comes after the deadline
+    sim.tick(30)
+    polled(sim)
+    sim.step()
+    assert only_lease(sim).phase is LeasePhase.APPLYING
 
 
 def test_a_negative_deadline_is_refused_naming_the_field() -> None:

@@ -46,7 +46,7 @@ def test_timestamps_follow_changes() -> None:
     assert "applying" not in flip
     kept = plan_status(flip, [Cond("Validated", True, "PlanIsValid", "")], T, latest_version=None,
                        latest_hash=None, applying=[])
-    assert [c["type"] for c in kept["conditions"]] == ["Complete", "Validated"]
+    assert [c["type"] for c in kept["conditions"]] == ["Validated", "Complete"]
     assert "latestVersion" not in kept
 
 
@@ -84,3 +84,23 @@ def test_unresolved_channel_and_missing_arch() -> None:
     assert resolved is not None and resolved["reason"] == "Channel" and not resolved.get("message")  # as SUC
     assert complete is not None and "no v1.30.2+k3s1 binary for arch arm64" in complete["message"]
     assert st["latestVersion"] == "v1.30.2+k3s1"
+
+
+def test_the_first_condition_with_a_message_is_the_first_thing_wrong() -> None:
+    """SUC's Message column shows the first condition with a message. A Plan that failed and was then made
+    invalid keeps its last Complete (nothing writes it without a hash): Validated must come before it."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ran = [Cond("Validated", True, "PlanIsValid", ""), Cond("LatestResolved", True, "Version", ""),
+           Cond("Complete", False, "JobFailed", "node n1: drain failed")]
+    failed = plan_status({}, ran, now, latest_version="v1", latest_hash="h", applying=[])
+    invalid = plan_status(failed, [Cond("Validated", False, "Error", "spec.concurrency: -1 is negative")],
+                          now, latest_version=None, latest_hash=None, applying=[])
+    assert [c["type"] for c in invalid["conditions"]] == ["Validated", "LatestResolved", "Complete"]
+    assert next(c for c in invalid["conditions"] if c.get("message"))["type"] == "Validated"
+    unresolved = plan_status(failed, [Cond("Validated", True, "PlanIsValid", ""),
+                                      Cond("LatestResolved", False, "Error", "channel answered 404")],
+                             now, latest_version=None, latest_hash=None, applying=[])
+    assert next(c for c in unresolved["conditions"] if c.get("message"))["type"] == "LatestResolved"
+    other = plan_status({"conditions": [{"type": "Applied", "status": "True"}]}, [], now,
+                        latest_version=None, latest_hash=None, applying=[])
+    assert [c["type"] for c in other["conditions"]] == ["Applied"]  # others kept, after SUC's three
