@@ -29,7 +29,7 @@ from tests.integration.agent.conftest import (
     make_lease,
     sha,
 )
-from wire.messages import Action, AgentPhase
+from wire.messages import Action, AgentPhase, Report
 
 
 async def test_checksum_mismatch_changes_nothing(node: Node, releases, coordinator: ScriptedCoordinator,
@@ -130,6 +130,14 @@ async def test_no_room_for_the_new_k3s_to_unpack_fails_before_anything_changes(
     The data directory is a real tmpfs, full; the binary's own file system has room."""
     old_pid, old_sha = node.pid(), sha(node.binary)
     data = node.root / "var/lib/rancher/k3s"
+    failed = await stage_on_a_full_directory(data, node, releases, coordinator, agent_factory)
+    assert failed.error and f"not enough free space in {data} for the new k3s to unpack" in failed.error
+    assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []
+
+
+async def stage_on_a_full_directory(data: Path, node: Node, releases, coordinator: ScriptedCoordinator,
+                                    agent_factory) -> Report:
+    """Mount a full 4 KiB tmpfs on `data`, have a fresh agent stage a lease, and return its failure."""
     mount_small_tmpfs(data, "4k")
     try:
         try:
@@ -144,8 +152,7 @@ async def test_no_room_for_the_new_k3s_to_unpack_fails_before_anything_changes(
         agent.stop()
     finally:
         subprocess.run(["umount", str(data)], check=True)  # noqa: ASYNC221 - teardown, must finish
-    assert failed.error and f"not enough free space in {data} for the new k3s to unpack" in failed.error
-    assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []
+    return failed
 
 
 @pytest.mark.parametrize("set_by", ["config drop-in", "--data-dir"])
@@ -166,20 +173,7 @@ async def test_no_room_in_a_data_directory_of_its_own_fails_the_stage(
         node.running_version()
         source = f"--data-dir of k3s pid {node.pid()}"
     old_pid, old_sha = node.pid(), sha(node.binary)
-    mount_small_tmpfs(data, "4k")
-    try:
-        try:
-            (data / "filler").write_bytes(b"x" * 4096)
-        except OSError:
-            pass
-        assert shutil.disk_usage(data).free < 3 * node.binary.stat().st_size
-        agent = agent_factory(coordinator.url)
-        agent.start()
-        coordinator.instruct(Action.STAGE, make_lease(releases))
-        failed = await coordinator.wait_report(AgentPhase.FAILED)
-        agent.stop()
-    finally:
-        subprocess.run(["umount", str(data)], check=True)  # noqa: ASYNC221 - teardown, must finish
+    failed = await stage_on_a_full_directory(data, node, releases, coordinator, agent_factory)
     assert failed.error and f"not enough free space in {data} for the new k3s to unpack" in failed.error
     assert f"(k3s's data directory is /srv/k3s, {source})" in failed.error, failed.error
     assert sha(node.binary) == old_sha and node.pid() == old_pid and node.stray_files() == []

@@ -7,7 +7,7 @@ through the Service again. The leader's connections are kept.
 
 Aspects: three polls to a replica that is not the leader take three connections, and a report refused
 by it ends its connection too; three polls to the leader take one; a poll held while leadership is lost
-ends its connection.
+ends its connection; so does an answer that tells the agent to come back after `CLOSE_BEYOND` seconds.
 """
 
 from __future__ import annotations
@@ -20,34 +20,26 @@ import pytest
 from aiohttp import web
 
 from agent.client import CoordinatorClient, CoordinatorUnavailable
-from coordinator.api import BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
-from coordinator.kube.protocol import TokenIdentity
+from coordinator.api import CLOSE_BEYOND, BrokerSlot, IdleBroker, NodeAuthenticator, add_agent_routes
+from tests.integration.coordinator.test_agent_api_over_tls import NODE, TOKEN, Reviewer
 from wire.messages import Action, AgentPhase, AgentState, Instruction, Report
 
-NODE, TOKEN = "node-a", "tok-a"
 STATE = AgentState(node=NODE, agent_version="test", arch="amd64", k3s_version="v1.30.3+k3s1")
-
-
-class Reviewer:
-    async def review_token(
-        self, token: str, audience: str, only_user: str | None = None
-    ) -> TokenIdentity | None:
-        return TokenIdentity(username="system:serviceaccount:system-upgrade:agent", node=NODE) \
-            if token == TOKEN else None
 
 
 class Leader:
     """A broker that answers as the leader would when it has nothing for the node (after `hold`, if set)."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll_after: float = 1.0) -> None:
         self.hold: asyncio.Event | None = None
         self.held = asyncio.Event()
+        self.poll_after = poll_after
 
     async def poll(self, state: AgentState, wait: float) -> Instruction:
         if self.hold is not None:
             self.held.set()
             await self.hold.wait()
-        return Instruction(action=Action.IDLE, reason="nothing to do", poll_after_seconds=1.0)
+        return Instruction(action=Action.IDLE, reason="nothing to do", poll_after_seconds=self.poll_after)
 
     async def report(self, report: Report) -> Instruction:
         return Instruction(action=Action.IDLE, reason="noted", poll_after_seconds=1.0)
@@ -125,3 +117,20 @@ async def test_leadership_lost_during_a_held_poll_ends_its_connection(
     finally:
         await client.close()
     assert len(replica.peers) == 3 and replica.peers[0] == replica.peers[1] != replica.peers[2], replica.peers
+
+
+async def test_an_agent_told_to_come_back_later_does_not_keep_its_connection(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """Agents paced beyond --max-held-polls are told to come back in some seconds: their connections are
+    ended rather than kept idle by the thousand until then."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    replica.slot.broker = Leader(poll_after=CLOSE_BEYOND + 1)
+    client = CoordinatorClient(replica.url, NODE, token)
+    try:
+        for _ in range(3):
+            await client.poll(STATE, 0)
+    finally:
+        await client.close()
+    assert len(set(replica.peers)) == 3, replica.peers
