@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -98,6 +99,8 @@ log = logging.getLogger("coordinator.reconciler")
 LABEL_PREFIX = "plan.upgrade.cattle.io/"
 EFFECT_PARALLELISM = 16
 """Node patches and Events of one pass performed at the same time."""
+LULL_MAX = 0.5
+"""Seconds an Event or a Plan status write waits at most for a lull between passes (`_after_lull`)."""
 ANNOUNCE_PARALLELISM = 8
 """Closing Events (`split_announcements`) posted at the same time, over all passes: with a slow API server
 they queue here instead of taking the pooled connections (`KUBE_CONNECTIONS`) from the writes a rollout
@@ -425,6 +428,8 @@ class Runtime:
         self.started_at = datetime.now(UTC)
         self.agents = AgentRegistry()
         self._wake = asyncio.Event()
+        self._lull = asyncio.Event()
+        """Set while the loop waits for something to happen (no pass due or running): see `_after_lull`."""
         ns = settings.namespace
         self.plans = Informer(cluster, PLANS, ns, self._on_plan_event)
         self.nodes = Informer(cluster, NODES, None, self._on_node_event, transform=slim_node)
@@ -458,7 +463,7 @@ class Runtime:
         self._announcing: set[asyncio.Task[bool]] = set()
         """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
         self._announce_gate = asyncio.Semaphore(ANNOUNCE_PARALLELISM)
-        self.statuses = StatusLane(self._perform_one, self._status_failed, self._cached_status)
+        self.statuses = StatusLane(self._after_lull, self._status_failed, self._cached_status)
         self._plan_shapes: dict[str, tuple[dict[str, Any], Any]] = {}
         """plan -> its metadata (but the resourceVersion) and spec as last seen: a status echo of ours that
         comes with no other change wakes no pass."""
@@ -578,6 +583,7 @@ class Runtime:
         self.running = True
         try:
             while True:
+                self._lull.clear()
                 await asyncio.sleep(0.001)  # coalesce a burst of events into one pass
                 self._wake.clear()
                 try:
@@ -590,6 +596,8 @@ class Runtime:
                     await asyncio.sleep(1.0)
                     if self._reports:  # their agents wait for an answer: not until the next resync
                         self._wake.set()
+                if not self._wake.is_set():
+                    self._lull.set()
                 try:
                     async with asyncio.timeout(
                         self.settings.timeouts.resync
@@ -686,7 +694,7 @@ class Runtime:
                     self.statuses.put(status)
             if announcements and settled in stored_at:  # the Events describe the table write they follow
                 task = asyncio.create_task(
-                    self._perform_group(announcements, self._announce_gate, "event not posted"),
+                    self._perform_group(announcements, self._announce_gate, "event not posted", lull=True),
                     name="announcements",
                 )
                 self._announcing.add(task)
@@ -920,15 +928,18 @@ class Runtime:
         group: list[Write],
         gate: asyncio.Semaphore | None = None,
         failed: str = "write failed, deciding again",
+        *,
+        lull: bool = False,
     ) -> bool:
-        """Perform `group` concurrently (at most `EFFECT_PARALLELISM` at a time, or as `gate` allows); False
-        if a write failed (each failure is logged as `failed`)."""
+        """Perform `group` concurrently (at most `EFFECT_PARALLELISM` at a time, or as `gate` allows), each
+        write after a lull if `lull` (`_after_lull`); False if a write failed (each failure is logged as
+        `failed`)."""
         gate = gate or asyncio.Semaphore(EFFECT_PARALLELISM)
 
         async def one(w: Write) -> bool:
             async with gate:
                 try:
-                    await self._perform_one(w)
+                    await (self._after_lull(w) if lull else self._perform_one(w))
                     return True
                 except KubeError as exc:
                     log.warning("%s: %s", failed, exc, extra={"write": type(w).__name__})
@@ -938,6 +949,17 @@ class Runtime:
         if len(group) == 1:
             return await one(group[0])
         return all(await asyncio.gather(*(one(w) for w in group)))
+
+    async def _after_lull(self, w: Write) -> None:
+        """`w` once the loop waits for something to happen (no pass due or running), or after `LULL_MAX`
+        seconds: for the writes nothing waits for (the Events of a pass, Plan status). In a burst of
+        hand-offs (a wave of nodes coming back together) they would take the coordinator's one thread, and
+        the API server's share of the cores, from the passes that grant the next nodes."""
+        if not self._lull.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LULL_MAX):
+                    await self._lull.wait()
+        await self._perform_one(w)
 
     async def _perform_one(self, w: Write) -> None:
         ns = self.settings.namespace

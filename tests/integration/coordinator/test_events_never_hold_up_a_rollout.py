@@ -4,7 +4,8 @@ Aspects: with every Event post left unanswered, a Plan still rolls out over its 
 passes that follow do not wait for the Events of the ones before), one by one or ten at a time; at most
 `ANNOUNCE_PARALLELISM` of those posts wait at once, over all passes (the others queue in the coordinator,
 leaving the API connections to the writes the rollout needs); the runtime, told to stop, waits for them
-at most `ANNOUNCE_GRACE` seconds and then gives them up.
+at most `ANNOUNCE_GRACE` seconds and then gives them up; Events and Plan status writes wait for a lull
+between passes, at most `LULL_MAX` seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.engine import EventWrite
 from coordinator.kube.resources import PLANS
 from coordinator.reconciler import ANNOUNCE_GRACE, ANNOUNCE_PARALLELISM
 from tests.integration.coordinator.harness import condition, coordinator, drive, plan_manifest
@@ -57,3 +59,24 @@ async def test_unanswered_event_posts_hold_up_neither_the_rollout_nor_the_stop(
         labels = rig.cluster.objects["nodes"][n]["metadata"]["labels"]
         assert labels["plan.upgrade.cattle.io/rollout"] == done
     assert ANNOUNCE_GRACE - 0.1 <= took < ANNOUNCE_GRACE + 2.0
+
+
+async def test_events_and_statuses_wait_for_a_lull_between_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a burst of hand-offs the writes nothing waits for (Events, Plan status) go out once the loop waits
+    for something to happen, so that they do not take the coordinator's thread from the passes; never
+    later than LULL_MAX."""
+    monkeypatch.setattr("coordinator.reconciler.LULL_MAX", 0.3)
+    async with coordinator(tmp_path, [NEW], [("node-1", False, OLD)]) as rig:
+        await asyncio.wait_for(rig.runtime._lull.wait(), 10)  # the loop runs and has nothing to do
+        write = EventWrite("Node", "node-1", "default", "Normal", "Test", "between passes")
+        started = time.monotonic()
+        await rig.runtime._after_lull(write)
+        assert time.monotonic() - started < 0.1, "a write waited although the loop had nothing to do"
+        rig.runtime._lull.clear()  # a pass is due (as while a burst of reports keeps it busy)
+        started = time.monotonic()
+        await rig.runtime._after_lull(write)
+        waited = time.monotonic() - started
+        assert 0.25 < waited < 1.0, f"waited {waited:.2f} s, not until LULL_MAX"
+        assert sum(1 for e in rig.cluster.events if e[3] == "Test") == 2
