@@ -86,8 +86,9 @@ class _Connection:
 
     @property
     def usable(self) -> bool:
-        """Still open both ways as far as is known without I/O (the peer's close seen as EOF)."""
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        """Still open both ways as far as is known without I/O (the peer's close seen as EOF), and nothing
+        came on it since its last answer (it would be read as the next one)."""
+        return not self.writer.is_closing() and not self.reader.at_eof() and not _buffered(self.reader)
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
@@ -102,6 +103,11 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
         raise CoordinatorUnavailable(f"answer has a line longer than {MAX_HEAD_BYTES} bytes") from exc
 
 
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Whether bytes have come that nothing read yet (the stream has no public look at its buffer)."""
+    return bool(getattr(reader, "_buffer", b""))
+
+
 class NoAnswer(Exception):
     """The connection ended before a single byte of the answer came."""
 
@@ -111,6 +117,10 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
+            raise NoAnswer() from exc
+        raise
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        if not _buffered(reader):
             raise NoAnswer() from exc
         raise
     status_line, _, fields = head.partition(b"\r\n")
@@ -278,11 +288,12 @@ class CoordinatorClient:
             try:
                 conn.writer.write(request)
                 await conn.writer.drain()
-                raw, keep = await read_answer(conn.reader)
             except (ConnectionResetError, BrokenPipeError) as exc:
                 if kept:
                     raise _Stale() from exc
                 raise
+            try:
+                raw, keep = await read_answer(conn.reader)
             except NoAnswer as exc:
                 if kept:
                     raise _Stale() from exc
@@ -294,7 +305,7 @@ class CoordinatorClient:
             # Kept when the answer was whole and nothing came after it (bytes past an answer would be
             # read as the next one; the stream has no public look at its buffer), and not after a 5xx (a
             # replica in trouble: the next connection may reach another).
-            keep = kept_for_next and status < 500 and not getattr(conn.reader, "_buffer", b"")
+            keep = kept_for_next and status < 500 and not _buffered(conn.reader)
             return status, body
         finally:
             if keep and conn.usable:

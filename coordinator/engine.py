@@ -690,9 +690,12 @@ class _Decider:
         pi = self.plans.get(lease.plan)
         assert pi is not None and pi.plan is not None
         deadline = job_deadline(pi.plan.spec.job_active_deadline_secs, self.w.settings)
-        # From the grant, or from this coordinator's start if later: while no coordinator ran, no drain
-        # did either (a coordinator away longer than the deadline would fail every drain it finds).
-        since = max(lease.granted_at, self.w.started_at or lease.granted_at)
+        # A drain counts from the grant, or from this coordinator's start if later: while no coordinator
+        # ran, no drain did either (one away longer than the deadline would fail every drain it finds). A
+        # download is the agent's, and went on meanwhile.
+        since = lease.granted_at
+        if lease.phase is LeasePhase.DRAINING and self.w.started_at is not None:
+            since = max(since, self.w.started_at)
         if deadline <= 0 or (self.w.now - since).total_seconds() <= deadline:
             return False
         if lease.phase is not LeasePhase.DRAINING:

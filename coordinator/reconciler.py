@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -430,6 +429,8 @@ class Runtime:
         self._wake = asyncio.Event()
         self._lull = asyncio.Event()
         """Set while the loop waits for something to happen (no pass due or running): see `_after_lull`."""
+        self._lull_late = False
+        """A write waited `LULL_MAX` for a lull in vain: the others go at once until the next lull."""
         ns = settings.namespace
         self.plans = Informer(cluster, PLANS, ns, self._on_plan_event)
         self.nodes = Informer(cluster, NODES, None, self._on_node_event, transform=slim_node)
@@ -597,6 +598,7 @@ class Runtime:
                     if self._reports:  # their agents wait for an answer: not until the next resync
                         self._wake.set()
                 if not self._wake.is_set():
+                    self._lull_late = False
                     self._lull.set()
                 try:
                     async with asyncio.timeout(
@@ -606,6 +608,7 @@ class Runtime:
                 except TimeoutError:
                     pass
         finally:
+            self._lull.set()  # no pass to yield to any more: the last Events and statuses go at once
             resolving.cancel()
             announcing = list(self._announcing)
             loop = asyncio.get_running_loop()
@@ -937,9 +940,11 @@ class Runtime:
         gate = gate or asyncio.Semaphore(EFFECT_PARALLELISM)
 
         async def one(w: Write) -> bool:
+            if lull:  # (before the gate: a slot is not held while waiting)
+                await self._until_lull()
             async with gate:
                 try:
-                    await (self._after_lull(w) if lull else self._perform_one(w))
+                    await self._perform_one(w)
                     return True
                 except KubeError as exc:
                     log.warning("%s: %s", failed, exc, extra={"write": type(w).__name__})
@@ -951,15 +956,22 @@ class Runtime:
         return all(await asyncio.gather(*(one(w) for w in group)))
 
     async def _after_lull(self, w: Write) -> None:
-        """`w` once the loop waits for something to happen (no pass due or running), or after `LULL_MAX`
+        await self._until_lull()
+        await self._perform_one(w)
+
+    async def _until_lull(self) -> None:
+        """Until the loop waits for something to happen (no pass due or running), or after `LULL_MAX`
         seconds: for the writes nothing waits for (the Events of a pass, Plan status). In a burst of
         hand-offs (a wave of nodes coming back together) they would take the coordinator's one thread, and
-        the API server's share of the cores, from the passes that grant the next nodes."""
-        if not self._lull.is_set():
-            with contextlib.suppress(TimeoutError):
+        the API server's share of the cores, from the passes that grant the next nodes. Once one write has
+        waited in vain, the others go at once until the next lull: a loop busy for long delays them by
+        `LULL_MAX` in all, not by `LULL_MAX` each."""
+        if not self._lull.is_set() and not self._lull_late:
+            try:
                 async with asyncio.timeout(LULL_MAX):
                     await self._lull.wait()
-        await self._perform_one(w)
+            except TimeoutError:
+                self._lull_late = True
 
     async def _perform_one(self, w: Write) -> None:
         ns = self.settings.namespace

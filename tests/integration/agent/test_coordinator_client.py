@@ -270,6 +270,8 @@ class RawServer:
         """The connection number of each request, in order."""
         self.closed: list[int] = []
         """Connections whose client closed them."""
+        self.writers: list[asyncio.StreamWriter] = []
+        """Each connection's writer, in order."""
         self.close_after: set[int] = set()
         """Request numbers after whose reply the server closes the connection."""
         self.server: asyncio.Server | None = None
@@ -278,6 +280,7 @@ class RawServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         conn = self.connections
+        self.writers.append(writer)
         try:
             while True:
                 try:
@@ -451,6 +454,20 @@ async def test_bytes_after_an_answer_are_not_read_as_the_next(token: Path) -> No
         finally:
             await client.close()
     assert raw.requests == [1, 2], "the second poll was answered with the first one's leftovers"
+
+
+async def test_bytes_on_an_idle_connection_are_not_read_as_the_next_answer(token: Path) -> None:
+    async with RawServer(lambda conn, n: ok()) as raw:
+        client = CoordinatorClient(raw.url, "n1", token)
+        try:
+            assert await client.poll(STATE, 0) == STAGE
+            assert raw.writers, "no connection"
+            raw.writers[0].write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nunasked!")  # while idle
+            await asyncio.sleep(0.1)
+            assert await client.poll(STATE, 0) == STAGE
+        finally:
+            await client.close()
+    assert raw.requests == [1, 2]
 
 
 async def test_an_answer_that_does_not_parse_ends_its_connection(token: Path) -> None:

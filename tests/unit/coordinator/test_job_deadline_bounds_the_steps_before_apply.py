@@ -187,6 +187,23 @@ def test_a_coordinator_away_does_not_count_against_a_drain() -> None:
     assert only_lease(sim).phase is LeasePhase.FAILED and only_lease(sim).lease_id == lease.lease_id
 
 
+def test_a_download_counts_from_its_grant_whatever_the_coordinator_did() -> None:
+    """The download is the agent's: it went on while no coordinator ran, and its deadline with it."""
+    sim = make(EngineSettings(agent_heartbeat=30, verify=60, job_deadline=120))
+    polled(sim)
+    sim.step()
+    lease = only_lease(sim)
+    sim.tick(100)
+    sim.restart_coordinator()
+    for _ in range(3):
+        sim.tick(10)
+        state = AgentState(node=lease.node, agent_version="t", arch="amd64", k3s_version="v1.30.1+k3s1",
+                           lease_id=lease.lease_id, phase=AgentPhase.DOWNLOADING)
+        sim.agents[lease.node] = AgentView(state, sim.now)
+        sim.step()
+    assert only_lease(sim).phase is LeasePhase.FAILED
+
+
 def test_a_drain_done_in_time_is_not_failed_by_a_later_pass() -> None:
     sim = make(EngineSettings(agent_heartbeat=30, verify=60, job_deadline=120))
     lease = start_drain(sim)
