@@ -99,7 +99,7 @@ LABEL_PREFIX = "plan.upgrade.cattle.io/"
 EFFECT_PARALLELISM = 16
 """Node patches and Events of one pass performed at the same time."""
 LULL_MAX = 0.5
-"""Seconds an Event or a Plan status write waits at most for a lull between passes (`_after_lull`)."""
+"""Seconds an Event or a Plan status write waits at most for a lull between passes (`_until_lull`)."""
 ANNOUNCE_PARALLELISM = 8
 """Closing Events (`split_announcements`) posted at the same time, over all passes: with a slow API server
 they queue here instead of taking the pooled connections (`KUBE_CONNECTIONS`) from the writes a rollout
@@ -428,7 +428,7 @@ class Runtime:
         self.agents = AgentRegistry()
         self._wake = asyncio.Event()
         self._lull = asyncio.Event()
-        """Set while the loop waits for something to happen (no pass due or running): see `_after_lull`."""
+        """Set while the loop waits for something to happen (no pass due or running): see `_until_lull`."""
         self._lull_late = False
         """A write waited `LULL_MAX` for a lull in vain: the others go at once until the next lull."""
         ns = settings.namespace
@@ -464,7 +464,9 @@ class Runtime:
         self._announcing: set[asyncio.Task[bool]] = set()
         """Events of past passes still being posted (a failed one is logged by `_perform_group`)."""
         self._announce_gate = asyncio.Semaphore(ANNOUNCE_PARALLELISM)
-        self.statuses = StatusLane(self._after_lull, self._status_failed, self._cached_status)
+        self.statuses = StatusLane(
+            self._perform_one, self._status_failed, self._cached_status, until_due=self._until_lull
+        )
         self._plan_shapes: dict[str, tuple[dict[str, Any], Any]] = {}
         """plan -> its metadata (but the resourceVersion) and spec as last seen: a status echo of ours that
         comes with no other change wakes no pass."""
@@ -935,7 +937,7 @@ class Runtime:
         lull: bool = False,
     ) -> bool:
         """Perform `group` concurrently (at most `EFFECT_PARALLELISM` at a time, or as `gate` allows), each
-        write after a lull if `lull` (`_after_lull`); False if a write failed (each failure is logged as
+        write after a lull if `lull` (`_until_lull`); False if a write failed (each failure is logged as
         `failed`)."""
         gate = gate or asyncio.Semaphore(EFFECT_PARALLELISM)
 
@@ -954,10 +956,6 @@ class Runtime:
         if len(group) == 1:
             return await one(group[0])
         return all(await asyncio.gather(*(one(w) for w in group)))
-
-    async def _after_lull(self, w: Write) -> None:
-        await self._until_lull()
-        await self._perform_one(w)
 
     async def _until_lull(self) -> None:
         """Until the loop waits for something to happen (no pass due or running), or after `LULL_MAX`

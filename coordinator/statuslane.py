@@ -50,9 +50,13 @@ class StatusLane:
         write: Callable[[PlanStatusWrite], Awaitable[None]],
         failed: Callable[[PlanStatusWrite, Exception], None],
         cached: Callable[[str], Mapping[str, Any]],
+        until_due: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """`write` writes one status; `failed` hears of a write that raised; `cached(plan)` is the Plan's
-        status as the cache holds it now (empty if none)."""
+        status as the cache holds it now (empty if none); `until_due`, awaited before the lane takes the
+        next status (the coordinator's lull between passes), so that a status decided meanwhile replaces
+        it."""
+        self._until_due = until_due
         self._write = write
         self._failed = failed
         self._cached = cached
@@ -99,6 +103,10 @@ class StatusLane:
 
     async def _run(self) -> None:
         while self._pending:
+            if self._until_due is not None:
+                await self._until_due()
+                if not self._pending:  # (closed meanwhile)
+                    break
             plan = next(iter(self._pending))
             w = self._pending.pop(plan)
             sent = self._sent[plan] = _Sent(w.status, self._cached(plan))

@@ -61,6 +61,11 @@ async def test_unanswered_event_posts_hold_up_neither_the_rollout_nor_the_stop(
     assert ANNOUNCE_GRACE - 0.1 <= took < ANNOUNCE_GRACE + 2.0
 
 
+async def after_lull(rig: Any, write: EventWrite) -> None:
+    await rig.runtime._until_lull()
+    await rig.runtime._perform_one(write)
+
+
 async def test_events_and_statuses_wait_for_a_lull_between_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,15 +77,15 @@ async def test_events_and_statuses_wait_for_a_lull_between_passes(
         await asyncio.wait_for(rig.runtime._lull.wait(), 10)  # the loop runs and has nothing to do
         write = EventWrite("Node", "node-1", "default", "Normal", "Test", "between passes")
         started = time.monotonic()
-        await rig.runtime._after_lull(write)
+        await after_lull(rig, write)
         assert time.monotonic() - started < 0.1, "a write waited although the loop had nothing to do"
         rig.runtime._lull.clear()  # a pass is due (as while a burst of reports keeps it busy)
         started = time.monotonic()
-        await rig.runtime._after_lull(write)
+        await after_lull(rig, write)
         waited = time.monotonic() - started
         assert 0.25 < waited < 1.0, f"waited {waited:.2f} s, not until LULL_MAX"
         started = time.monotonic()  # the loop still busy: the next ones do not wait LULL_MAX each
         for _ in range(5):
-            await rig.runtime._after_lull(write)
+            await after_lull(rig, write)
         assert time.monotonic() - started < 0.2, "each write waited LULL_MAX again"
         assert sum(1 for e in rig.cluster.events if e[3] == "Test") == 7

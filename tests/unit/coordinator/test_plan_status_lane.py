@@ -7,7 +7,8 @@ the cache shows what it showed before that write, and is once the cache moved (a
 someone else's write) or that time is over; a failed write is reported with its status and cause, kept
 as `failure` until a write succeeds, the Plan's status may be put again, and the lane goes on with the
 other Plans; a deleted Plan's waiting status is dropped; `close` writes nothing more, waits at most its
-grace for the write out, then cancels it.
+grace for the write out, then cancels it; a status decided while the lane waits to be due (`until_due`)
+replaces the one put before.
 """
 
 from __future__ import annotations
@@ -174,3 +175,22 @@ async def test_close_lets_the_write_out_finish_but_not_those_waiting() -> None:
     asyncio.get_running_loop().call_later(0.05, rec.gate.set)
     await lane.close(2.0)
     assert rec.written == [status("p", 1)]  # q's was decided in a term that is over
+
+
+async def test_a_status_decided_while_the_lane_waits_to_be_due_replaces_the_one_put_before() -> None:
+    """The lane waits (`until_due`: the coordinator's lull between passes) before it takes a status: one
+    decided meanwhile is the one written, and the cache is read as it is when the write goes out."""
+    rec = Recorder()
+    due = asyncio.Event()
+
+    def failed(w: PlanStatusWrite, exc: Exception) -> None:
+        rec.failed.append((w, exc))
+
+    lane = StatusLane(rec.write, failed, lambda p: rec.cache.get(p, {}), until_due=due.wait)
+    lane.put(status("p", 1))
+    await asyncio.sleep(0.01)
+    assert rec.written == []  # not due yet
+    lane.put(status("p", 2))
+    due.set()
+    await settle(lane)
+    assert rec.written == [status("p", 2)]
