@@ -302,10 +302,9 @@ class CoordinatorClient:
                 raise http.client.IncompleteRead(exc.partial, exc.expected) from exc
             kept_for_next, keep = keep, False
             status, body = parse_answer(raw)
-            # Kept when the answer was whole and nothing came after it (bytes past an answer would be
-            # read as the next one; the stream has no public look at its buffer), and not after a 5xx (a
-            # replica in trouble: the next connection may reach another).
-            keep = kept_for_next and status < 500 and not _buffered(conn.reader)
+            # Kept when the answer parsed, and not after a 5xx (a replica in trouble: the next connection
+            # may reach another); bytes past the answer are `usable`'s to catch.
+            keep = kept_for_next and status < 500
             return status, body
         finally:
             if keep and conn.usable:
