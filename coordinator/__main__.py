@@ -5,6 +5,11 @@ to the API server (kubeconfig or in-cluster), serve HTTP (agent API, /status, /m
 /readyz) and print `coordinator listening on http://HOST:PORT`. Without `--leader-elect` this replica
 acts at once; with it, only while it holds the Lease `k3s-upgrade-coordinator` (otherwise agents are
 answered "idle" and nothing is written). SIGTERM/SIGINT: stop acting, close the server, exit 0.
+
+The event loop is uvloop's (libuv's): the coordinator's one thread answers every agent and makes every API
+request, and in a wave of hand-offs its CPU is the bound (`bench.rollout`). In 3 alternated runs of that
+rollout (1,000 nodes, concurrency 50) the coordinator used 7.1-7.4 s of CPU on uvloop, 7.8-9.0 s on
+asyncio's own loop.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 from coordinator import config, gc_tuning
@@ -190,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     setup_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings, tls))
+        uvloop.run(serve(settings, tls))
     except Exception:
         log.exception("coordinator stopped on an error")
         return 1
