@@ -272,11 +272,6 @@ class World:
     """node -> its lease released lately (`Decision.released`, once stored), while its Node view may not
     show the plan label yet: the watch brings the echo of the label patch, possibly after the next pass has
     started. Such a node is not a candidate for that plan at that hash (see `label_on_its_way`)."""
-    more_reports: bool = False
-    """Agents' reports wait for the pass after this one, which the caller makes at once (a wave of nodes
-    coming back together). Then the leases this decision grants from a prefetch are stored `draining`
-    and left for that pass to cordon and move to `applying`, with its own Node patches and in its one
-    table write, instead of two more writes in this one (`_Decider.go_ahead`)."""
 
 
 @dataclass(frozen=True)
@@ -840,13 +835,7 @@ class _Decider:
         """The leases granted `staged` in this decision go on to `applying` in it too: one more table
         write (`mid`: as `draining`, with `cordonedByUs`) before their cordon, and the last one after it,
         so the go-ahead follows the grant without another pass. A drain is started afterwards, as for any
-        lease (its outcome moves the lease on).
-
-        With `World.more_reports`, the next pass comes at once: the leases are stored `draining` (with
-        `cordonedByUs`) in the decision's last write, and that pass cordons them along with its own Node
-        patches and stores them `applying` in its one write (`advance`). Each pass of a wave then makes
-        one round of Node patches and one table write, not two of each, and the next one starts sooner."""
-        later = self.w.more_reports
+        lease (its outcome moves the lease on)."""
         drains: list[tuple[Lease, Drain]] = []
         cordoned: list[Lease] = []  # to store `applying` once the cordons are done
         for lease_id in self.ready:
@@ -861,12 +850,9 @@ class _Decider:
             lease = replace(lease, phase=LeasePhase.DRAINING)
             if not self.is_unschedulable(node):
                 lease = replace(lease, cordoned_by_us=True)
-                if not later:
-                    self.effects_after.append(NodePatch(node.name, unschedulable=True))
-                    self.cordoned.add(node.name)
+                self.effects_after.append(NodePatch(node.name, unschedulable=True))
+                self.cordoned.add(node.name)
             self.t = self.t.put(lease)
-            if later:  # the next pass cordons it, drains it, stores it `applying` (`advance`)
-                continue
             if spec.drain is not None:
                 drains.append((lease, spec.drain))
             else:

@@ -671,7 +671,7 @@ class Runtime:
                     pending.answer.set_exception(BrokerError(exc.status, str(exc)))
         done = False
         try:
-            world = self.world(table, stored=as_stored, more_reports=bool(self._reports))
+            world = self.world(table, stored=as_stored)
             self._slots = sum(max(pi.plan.spec.concurrency, 1) for pi in world.plans if pi.plan is not None)
             decision = decide(world)  # its table writes store the reports too (see World.stored)
             self.metrics.decide_seconds.observe(time.monotonic() - started)
@@ -824,7 +824,7 @@ class Runtime:
                 retry.append(pending)
         self._reports[:0] = retry
 
-    def world(self, table: LeaseTable, stored: LeaseTable | None = None, more_reports: bool = False) -> World:
+    def world(self, table: LeaseTable, stored: LeaseTable | None = None) -> World:
         now = datetime.now(UTC)
         nodes = tuple(self._views.values())
         arches = self.node_arches()
@@ -849,7 +849,6 @@ class Runtime:
             listening=held if self.paced else None,
             held=held,
             labelled=self._labelled,
-            more_reports=more_reports,
         )
 
     def plan_input(self, obj: Obj, arches: set[str]) -> PlanInput:

@@ -80,7 +80,6 @@ class Sim:
         self.views = NodeViews()
         self.labelled: dict[str, Lease] = {}  # kept as the runtime keeps it (`World.labelled`)
         self.prefetch: Mapping[str, Prefetch] = {}  # the last decision's hints, told with `idle` answers
-        self.more_reports = False  # `World.more_reports`: reports wait for the next pass
 
     # -- the World ---------------------------------------------------------------------------------
     def inputs(self) -> tuple[Any, ...]:
@@ -105,7 +104,7 @@ class Sim:
         return World(now=self.now, namespace="system-upgrade", plans=inputs, nodes=tuple(self.views.values()),
                      table=self.table, agents=dict(self.agents), drains=dict(self.drains),
                      started_at=self.started_at, settings=self.settings, selections=self.views,
-                     labelled=dict(self.labelled), more_reports=self.more_reports)
+                     labelled=dict(self.labelled))
 
     def step(self, prefix: int | None = None) -> Decision:
         world = self.world()

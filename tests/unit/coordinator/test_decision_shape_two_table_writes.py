@@ -6,9 +6,7 @@ writes per phase), three when a grant goes ahead at once (a node that holds the 
 cordoned after a table write that says so, and told `apply` in the last); Node patches and failure
 Events sit between the first two; Plan status, grant and upgraded Events and StartDrain come after the
 last table write; a node's slot is handed to the next node in the same pass that labels and releases it
-(and, if it prefetched, goes ahead in that pass too, unless agents' reports wait for the next pass: then
-it is stored `draining` and the next pass cordons it before its one table write, which says `applying`).
-Agent reports the pass has not stored yet are
+(and, if it prefetched, goes ahead in that pass too). Agent reports the pass has not stored yet are
 stored by its table writes: a `restarted` report with the release (not in a write of its own before the
 label), a failure report before the uncordon it causes.
 """
@@ -157,65 +155,6 @@ def test_nodes_that_go_ahead_at_once_start_their_drain_in_that_pass() -> None:
     (new,) = [le for le in last.table.leases if le.node != restarted[0].node]
     assert new.phase is LeasePhase.DRAINING and new.cordoned_by_us
     assert [w.node for w in writes if isinstance(w, StartDrain)] == [new.node]
-
-
-def until_a_prefetched_node_is_handed_a_slot(sim: Sim) -> tuple[World, Lease]:
-    """Step `sim` up to the pass that releases a node whose slot goes to a node that prefetched the
-    binary: that pass's World (not decided yet) and the released node's lease."""
-    for _ in range(20):
-        world = sim.world()
-        restarted = [le for le in world.table.leases if le.phase is LeasePhase.RESTARTED]
-        if restarted and any(n.prefetched for n in sim.nodes.values()):
-            return world, restarted[0]
-        sim.step()
-        for name in sim.nodes:
-            sim.agent_poll(name)
-        sim.tick(1)
-    raise AssertionError("no hand-off seen in 20 passes")
-
-
-@pytest.mark.parametrize("drain", [False, True])
-def test_with_reports_waiting_the_next_pass_cordons_the_nodes_granted_from_a_prefetch(drain: bool) -> None:
-    sim = Sim(cluster(3), [plan(1, drain)], EngineSettings(agent_heartbeat=30, verify=60, prefetch_waves=1))
-    world, released = until_a_prefetched_node_is_handed_a_slot(sim)
-    busy = decide(replace(world, more_reports=True))
-    # One table write: the release, and the grant stored `draining` with the cordon to come; no cordon,
-    # no drain in this pass.
-    assert re.fullmatch(r"E+TA*", shape(busy.writes)), shape(busy.writes)
-    (last,) = [w for w in busy.writes if isinstance(w, TableWrite)]
-    (new,) = [le for le in last.table.leases if le.node != released.node]
-    assert new.phase is LeasePhase.DRAINING and new.cordoned_by_us
-    assert not [w for w in busy.writes if isinstance(w, (NodePatch, StartDrain)) and w.node == new.node]
-    for w in busy.writes:
-        sim.perform(w, world)
-    assert not sim.nodes[new.node].unschedulable
-    # The next pass (no report waiting) cordons it, then stores it `applying` in its one table write
-    # (with a drain: starts the drain, the lease stays `draining`, and the table does not change).
-    following = sim.step()
-    assert re.fullmatch(r"C+A+" if drain else r"C+TA*", shape(following.writes)), shape(following.writes)
-    assert sim.nodes[new.node].unschedulable
-    lease = sim.table.by_id(new.lease_id)
-    assert lease is not None and lease.cordoned_by_us
-    if drain:
-        assert lease.phase is LeasePhase.DRAINING
-        assert [w.node for w in following.writes if isinstance(w, StartDrain)] == [new.node]
-    else:
-        assert lease.phase is LeasePhase.APPLYING
-
-
-@pytest.mark.parametrize("drain", [False, True])
-def test_a_rollout_whose_passes_all_have_reports_waiting_makes_one_table_write_per_pass_after_effects(
-    drain: bool,
-) -> None:
-    sim = Sim(cluster(30), [plan(10, drain)], EngineSettings(agent_heartbeat=30, verify=60, prefetch_waves=1))
-    sim.more_reports = True
-    shapes = run(sim, 40)
-    # [T] effects [T] afterwards: never the third write of a go-ahead; the Sim checks that no node is
-    # drained or told to apply before its cordon.
-    assert all(re.fullmatch(r"T?[EC]*T?A*", s) for s in shapes), shapes
-    # A go-ahead's cordons, in the next pass: before its table write (with a drain: before the drains).
-    assert any(re.fullmatch(r"C+A+" if drain else r"E*C+E*TA*", s) for s in shapes), shapes
-    assert all(n.labels.get("plan.upgrade.cattle.io/p") for n in sim.nodes.values())
 
 
 def test_one_grant_event_per_plan_and_pass_naming_the_nodes() -> None:

@@ -3,8 +3,7 @@
 Hypothesis drives `decide` + `apply_report` through random sequences of: node Ready flips, kubelet
 version changes, node deletions, agent polls (upgrade works, fails, or the agent is silent), failed
 drains, plan edits (new version), clock advances, coordinator restarts (agents forgotten, table kept),
-decisions of which only a random prefix of writes lands (a crash mid-way), passes with reports waiting
-for the next one (which then cordons the nodes granted from a prefetch), and admin retries.
+decisions of which only a random prefix of writes lands (a crash mid-way), and admin retries.
 The simulator (cluster_sim) checks on every write:
   * per plan, active leases never exceed `concurrency`; a node never holds two active leases;
   * no node of a plan with prepare -> X gets a lease before X is complete at its current hash;
@@ -76,7 +75,6 @@ action = st.one_of(
     st.tuples(st.just("retry"), node_name),
     st.tuples(st.just("admin_cordon"), node_name, st.booleans()),
     st.tuples(st.just("healthy"), node_name, st.booleans()),
-    st.tuples(st.just("busy"), st.booleans()),  # reports wait for the next pass (`World.more_reports`)
 )
 
 
@@ -109,8 +107,6 @@ def play(sim: Sim, act: tuple[Any, ...]) -> None:
                 sim.drains[le.lease_id] = DrainOutcome(ok=False, message="PDB blocks eviction")
     elif kind == "retry" and act[1] in sim.nodes:
         sim.nodes[act[1]].annotations[RETRY_ANNOTATION] = "now"
-    elif kind == "busy":
-        sim.more_reports = act[1]
     elif kind == "healthy" and act[1] in sim.nodes:
         sim.nodes[act[1]].healthy_upgrades = act[2]
     elif kind == "admin_cordon" and act[1] in sim.nodes:
