@@ -3,7 +3,7 @@
 The runtime (coordinator.reconciler) gathers a World (Plans, Nodes, the lease table as read, agent
 heartbeats, drain outcomes), calls `decide`, and performs the Decision's writes IN ORDER, stopping at the
 first that fails and deciding again on fresh state. A Decision has one shape, whatever the number of
-leases it moves, so a pass costs at most two lease-table writes (three, below):
+leases it moves, so a pass costs at most two lease-table writes:
 
     [TableWrite(before)]  effects...  [TableWrite(after)]  afterwards...
 
@@ -14,12 +14,9 @@ effects happened (a lease is released only after its node was labelled and uncor
 after the cordon; `announced` only after the Events) plus every new grant (a grant may use a slot freed
 in `after`); `afterwards` are writes that describe the stored table (Plan status, grant Events) or must
 follow the cordon (`StartDrain`). A decision that grants nodes whose agents prefetched the binary makes
-them go ahead at once (`_Decider.go_ahead`), with one more table write and round of effects:
-
-    [TableWrite(before)]  effects...  [TableWrite(mid)]  cordons...  [TableWrite(after)]  afterwards...
-
-`mid` is `after` with those grants as `draining` (`cordonedByUs`), written before their cordon; the last
-write holds them `applying`. Agent reports not stored yet (`World.stored`) go with `before`, so a
+them go ahead at once (`_Decider.go_ahead`): they are cordoned among the effects (each cordon marked as
+ours on the Node itself, `coordinator.cordons`, since the grant is not stored yet), and `after` holds
+them `applying`, with `cordonedByUs`. Agent reports not stored yet (`World.stored`) go with `before`, so a
 report is stored before the effects it causes, except a `restarted` report that verifies its node: that
 one is stored with the release (`after`). A lease takes at most one round of effects per pass. `StartDrain` is
 repeated on every pass until `drains[lease_id]` holds its outcome: the runtime runs at most one drain per
@@ -48,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from coordinator.cordons import CORDON_ANNOTATION, mark, marked_lease, orphaned
 from coordinator.hashing import plan_hash
 from coordinator.leasing import MAX_ACTIVE_LEASES, TERMINAL, UNDISRUPTED, Lease, LeasePhase, LeaseTable
 from coordinator.plans import Drain, Plan, parse_plan
@@ -63,6 +61,8 @@ if TYPE_CHECKING:
 
 RETRY_ANNOTATION = "upgrade.k3s.io/retry"
 """Node annotation (any value): drop this node's failure records, then the annotation."""
+UNMARK: Mapping[str, str | None] = {CORDON_ANNOTATION: None}
+"""The annotations of a Node patch that uncordons a node we cordoned (`coordinator.cordons`)."""
 
 
 @dataclass(frozen=True)
@@ -327,19 +327,15 @@ class Decision:
     """Nodes a plan would have granted a free slot to, had their agents been in `World.listening`: the
     coordinator decides again when one of them is held."""
     released: Mapping[str, Lease] = field(default_factory=dict)
-    """node -> the lease this decision releases after labelling the node: once the write that stores it
-    (`settled`) is stored, the caller keeps it in `World.labelled` until the Node view shows the label."""
-    settled: LeaseTable | None = None
-    """The table of the write that stores this decision's releases and grants: its last, or the one
-    before the cordons of the nodes that go ahead at once (`_Decider.go_ahead`). Once it is stored, the
-    announcements (which describe them) may be posted and the releases kept as `World.labelled`, whether
-    or not the writes after it succeed."""
+    """node -> the lease this decision releases after labelling the node: once its last table write (which
+    stores the releases and grants) is stored, the caller keeps it in `World.labelled` until the Node view
+    shows the label."""
     prefetch: Mapping[str, Prefetch] = field(default_factory=dict)
     """node -> the binary its agent should download now, before its turn: the next nodes in each plan's
     order after the ones it grants (`EngineSettings.prefetch_waves` times its concurrency). A node whose
     agent says it holds that binary (`AgentFacts.prefetched`) and is there now (`World.held`) is granted
     as `staged` (no download, no `staged` report between the grant and the cordon), and cordoned and
-    told `apply` in the same pass (`_Decider.go_ahead`)."""
+    told `apply` in the same pass, with no further table write (`_Decider.go_ahead`)."""
 
 
 LABEL_ECHO_GRACE = timedelta(seconds=30)
@@ -455,9 +451,6 @@ class _Decider:
         self.prefetch: dict[str, Prefetch] = {}
         self.ready: list[str] = []
         """Lease ids granted `staged` in this decision (their agents hold the binary): `go_ahead`."""
-        self.mid: LeaseTable | None = None
-        """The table with those grants as `draining`, written before their cordon (`effects_after`)."""
-        self.effects_after: list[Write] = []
 
     def writes(self) -> tuple[Write, ...]:
         """The decision in its one shape: [before] effects [after] afterwards."""
@@ -467,10 +460,6 @@ class _Decider:
             out.append(TableWrite(self.before))
             written = self.before
         out.extend(self.effects)
-        if self.mid is not None:
-            out.append(TableWrite(self.mid))
-            written = self.mid
-            out.extend(self.effects_after)
         if self.t != written:
             out.append(TableWrite(self.t))
         out.extend(self.afterwards)
@@ -539,20 +528,34 @@ class _Decider:
             return False
         return node.unschedulable
 
+    def ours(self, node: NodeView) -> bool:
+        """Whether the node carries the mark of a cordon of ours (`coordinator.cordons`), as read."""
+        return CORDON_ANNOTATION in node.annotations and node.name not in self.uncordoned
+
+    def cordon_patch(self, lease_id: str, node: str) -> NodePatch:
+        """Our cordon of `node` for `lease_id`, marked as ours (`coordinator.cordons`)."""
+        self.cordoned.add(node)
+        return NodePatch(node, unschedulable=True,
+                         annotations={CORDON_ANNOTATION: mark(lease_id, self.w.now)})
+
     def cordon(self, lease: Lease, node: NodeView) -> Lease:
         if not self.is_unschedulable(node):
             if not lease.cordoned_by_us:
                 lease = self.update(lease, cordoned_by_us=True)
-            self.effect(lease.lease_id, NodePatch(node.name, unschedulable=True))
-            self.cordoned.add(node.name)
+            self.effect(lease.lease_id, self.cordon_patch(lease.lease_id, node.name))
+        elif not lease.cordoned_by_us and self.ours(node):  # by a pass whose table write was not stored
+            lease = self.update(lease, cordoned_by_us=True)
         return lease
 
     def uncordon(self, lease: Lease, node: NodeView | None) -> Lease:
-        if lease.cordoned_by_us:
-            if node is not None and self.is_unschedulable(node):
-                self.effect(lease.lease_id, NodePatch(node.name, unschedulable=False))
+        if lease.cordoned_by_us or (node is not None and self.ours(node)):
+            if node is not None and (self.is_unschedulable(node) or self.ours(node)):
+                cordoned = self.is_unschedulable(node)
+                patch = NodePatch(node.name, unschedulable=False if cordoned else None, annotations=UNMARK)
+                self.effect(lease.lease_id, patch)
                 self.uncordoned.add(node.name)
-            lease = self.update(lease, cordoned_by_us=False)
+            if lease.cordoned_by_us:
+                lease = self.update(lease, cordoned_by_us=False)
         return lease
 
     def withdrawn(self, lease: Lease) -> bool:
@@ -718,22 +721,25 @@ class _Decider:
                 labels[k] = _substitute(v, lease.target_version, lease.plan_hash)
             delay = pi.plan.post_complete_delay_seconds
         unlabelled = any(node.labels.get(k) != v for k, v in labels.items())
-        uncordon = lease.cordoned_by_us and self.is_unschedulable(node)
+        marked = self.ours(node)
+        uncordon = (lease.cordoned_by_us or marked) and self.is_unschedulable(node)
         verified = lease.verified_at or lease.updated_at
         release = self.w.now >= verified + timedelta(seconds=delay)
-        if unlabelled or uncordon:
-            patch = NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None)
+        if unlabelled or uncordon or marked:
+            patch = NodePatch(node.name, labels=labels, unschedulable=False if uncordon else None,
+                              annotations=UNMARK if uncordon or marked else {})
             self.effect(lease.lease_id, patch)
-            if uncordon:
+            if uncordon or marked:
                 self.uncordoned.add(node.name)
-            # An announcement: after the table write, so the next grant does not wait for it.
-            msg = f"plan {lease.plan}: node {node.name} verified on {lease.target_version}"
-            self.announce("Node", node.name, "Upgraded", msg)
             if not release and lease.cordoned_by_us:
                 self.update(lease, cordoned_by_us=False)
         if release:  # stored after the patch above: the slot is free for a grant of this same pass
             self.remove(lease.lease_id, finished=True)
             self.released[node.name] = lease
+            # An announcement: after the table write, so the next grant does not wait for it. With the release
+            # (stored once), not with the patch: a pass cut short after its patch would lose it.
+            msg = f"plan {lease.plan}: node {node.name} verified on {lease.target_version}"
+            self.announce("Node", node.name, "Upgraded", msg)
 
     def grants(self, pi: PlanInput) -> tuple[list[str], str | None]:
         """Grant what the plan may; returns (messages about blocked nodes, why the plan waits or None)."""
@@ -832,12 +838,11 @@ class _Decider:
         return sorted(blocked), None  # by node: the order of `pending` is not the Nodes' (`selections`)
 
     def go_ahead(self) -> None:
-        """The leases granted `staged` in this decision go on to `applying` in it too: one more table
-        write (`mid`: as `draining`, with `cordonedByUs`) before their cordon, and the last one after it,
-        so the go-ahead follows the grant without another pass. A drain is started afterwards, as for any
-        lease (its outcome moves the lease on)."""
-        drains: list[tuple[Lease, Drain]] = []
-        cordoned: list[Lease] = []  # to store `applying` once the cordons are done
+        """The leases granted `staged` in this decision go on to `applying` in it too (to `draining`, with
+        their drain started afterwards, as for any lease): each node is cordoned in the round of Node patches
+        that labels and uncordons the nodes whose slots it takes, marked as ours (`coordinator.cordons`), and
+        its lease is stored `applying`, with `cordonedByUs`, in the one table write after that round. The
+        go-ahead follows the grant without another pass, another table write or another round."""
         for lease_id in self.ready:
             lease = self.t.by_id(lease_id)
             assert lease is not None
@@ -847,22 +852,49 @@ class _Decider:
             if not (spec.cordon or spec.drain is not None):
                 self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
                 continue
-            lease = replace(lease, phase=LeasePhase.DRAINING)
             if not self.is_unschedulable(node):
                 lease = replace(lease, cordoned_by_us=True)
-                self.effects_after.append(NodePatch(node.name, unschedulable=True))
-                self.cordoned.add(node.name)
-            self.t = self.t.put(lease)
+                self.effects.append(self.cordon_patch(lease.lease_id, node.name))
+            elif self.ours(node):  # by a pass whose table write was not stored
+                lease = replace(lease, cordoned_by_us=True)
             if spec.drain is not None:
-                drains.append((lease, spec.drain))
+                self.t = self.t.put(replace(lease, phase=LeasePhase.DRAINING))
+                # After the cordon: evicted pods must not come back.
+                self.afterwards.append(StartDrain(lease.lease_id, lease.node, spec.drain))
             else:
-                cordoned.append(lease)
-        if self.effects_after:
-            self.mid = self.t
-        for lease in cordoned:
-            self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
-        for lease, drain in drains:  # after the cordon: evicted pods must not come back
-            self.afterwards.append(StartDrain(lease.lease_id, lease.node, drain))
+                self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
+
+    def orphaned_cordons(self) -> None:
+        """Give back the nodes cordoned by a pass whose table write was never stored (`coordinator.cordons`):
+        marked as ours, no lease in the table for them, none taken by this decision, not released lately
+        (the echo of the patch that uncordoned them and removed the mark may still be on its way:
+        `World.labelled`, `finished`), and the mark older than `cordons.ORPHAN_GRACE`."""
+        kept = self.w.selections
+        if kept is not None:
+            marked = kept.marked()
+        else:
+            marked = [n for n in self.w.nodes if CORDON_ANNOTATION in n.annotations]
+        if not marked:
+            return
+        in_table = {le.node for le in self.t.leases}
+        labelled = self.w.labelled
+        for node in sorted(marked, key=lambda n: n.name):
+            name, value = node.name, node.annotations[CORDON_ANNOTATION]
+            if name in in_table or name in self.cordoned or name in self.uncordoned or name in self.released:
+                continue
+            if name in labelled:
+                continue
+            done = self.t.finished.get(name)
+            lease_id, _ = marked_lease(value)
+            if (done is not None and done.lease_id == lease_id) or not orphaned(value, self.w.now):
+                continue
+            self.effects.append(NodePatch(name, unschedulable=False if node.unschedulable else None,
+                                          annotations=UNMARK))
+            self.uncordoned.add(name)
+            if node.unschedulable:
+                lease = lease_id or "unknown"
+                msg = f"node {name}: cordoned by us (lease {lease}), held by no lease; uncordoned"
+                self.announce("Node", name, "Uncordoned", msg)
 
     def prefetch_first(self, pi: PlanInput) -> None:
         """A plan that waits for its prepare plan: its first nodes download its binary meanwhile, so its
@@ -965,6 +997,7 @@ def decide(world: World) -> Decision:
     for pi in sorted(world.plans, key=lambda p: p.name):
         outcome[pi.name] = d.grants(pi)
     d.go_ahead()
+    d.orphaned_cordons()
     for pi in sorted(world.plans, key=lambda p: p.name):
         d.status(pi, *outcome[pi.name])
     progress = {}
@@ -974,5 +1007,5 @@ def decide(world: World) -> Decision:
             progress[pi.name] = (len(nodes), done)
     return Decision(
         writes=d.writes(), progress=progress, grantable=d.grantable, waiting_for=frozenset(d.waiting_for),
-        released=d.released, prefetch=d.prefetch, settled=d.mid if d.mid is not None else d.t,
+        released=d.released, prefetch=d.prefetch,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, ValuesView
 
+from coordinator.cordons import CORDON_ANNOTATION
 from coordinator.engine import RETRY_ANNOTATION, NodeView
 from coordinator.selection import LabelPredicate, chooser, plan_label
 
@@ -75,6 +76,7 @@ class NodeViews(Mapping[str, NodeView]):
         self._selections: dict[tuple[str, str, str | None], _Selection] = {}
         self._servers: dict[str, NodeView] = {}
         self._retries: dict[str, NodeView] = {}
+        self._marked: dict[str, NodeView] = {}
 
     def __getitem__(self, name: str) -> NodeView:
         return self._views[name]
@@ -102,7 +104,8 @@ class NodeViews(Mapping[str, NodeView]):
         for selection in self._selections.values():
             selection.put(view)
         retry = RETRY_ANNOTATION in view.annotations
-        for kept, wanted in ((self._servers, view.server), (self._retries, retry)):
+        marked = CORDON_ANNOTATION in view.annotations
+        for kept, wanted in ((self._servers, view.server), (self._retries, retry), (self._marked, marked)):
             if wanted:
                 kept[name] = view
             else:
@@ -116,6 +119,7 @@ class NodeViews(Mapping[str, NodeView]):
                 selection.discard(name)
             self._servers.pop(name, None)
             self._retries.pop(name, None)
+            self._marked.pop(name, None)
         return view
 
     def servers(self) -> Collection[NodeView]:
@@ -125,6 +129,10 @@ class NodeViews(Mapping[str, NodeView]):
     def retries(self) -> Collection[NodeView]:
         """The views of the Nodes annotated `RETRY_ANNOTATION` (a person asks to try them again)."""
         return self._retries.values()
+
+    def marked(self) -> Collection[NodeView]:
+        """The views of the Nodes marked as cordoned by us (`coordinator.cordons.CORDON_ANNOTATION`)."""
+        return self._marked.values()
 
     def select(self, selector: Mapping[str, object] | None, plan: str, plan_hash: str | None) -> Answer:
         """(the views `plan`'s `selector` picks, those of them not done at `plan_hash`; all of them

@@ -5,11 +5,10 @@ only wake the loop; each pass takes the lease table this replica last read or wr
 while it leads; every write is conditional on the resourceVersion, so a 409 just means: read again and
 decide again), applies the agent reports that arrived since the last pass (up to `reports_per_pass` of them:
 the others get a pass of their own right after), asks the pure engine what to do, and performs the writes in
-the engine's order: at most two table writes per pass (three when nodes that prefetched the binary go ahead
-at once), with the Node patches and Events between them performed concurrently. The Events after the last
-table write (a node upgraded, a lease granted) describe what the write that stored the releases and grants
-holds (`Decision.settled`): once it is stored they are posted beside the next passes, which do not wait for
-them (`split_announcements`).
+the engine's order: at most two table writes per pass, with the Node patches and Events between them
+performed concurrently. The Events after the last table write (a node upgraded, a lease granted) describe
+what that write (which stores the releases and grants) holds: once it is stored they are posted beside the
+next passes, which do not wait for them (`split_announcements`).
 Agent heartbeats stay in memory (`AgentRegistry`); they are never written to the API.
 
 This module also answers agents (`RuntimeBroker`): a poll records the agent's state and returns the
@@ -678,11 +677,8 @@ class Runtime:
             self._note_evidence(table)
             self.waiting_for = decision.waiting_for
             self._hint(decision.prefetch)
-            tables = [(i, w.table) for i, w in enumerate(decision.writes) if isinstance(w, TableWrite)]
-            last = tables[-1][0] if tables else -1
-            # The write that stores the pass's releases and grants: the last, or the one before the cordons
-            # of the nodes that go ahead at once (`Decision.settled`).
-            settled = next((i for i, t in tables if t is decision.settled), last)
+            tables = [i for i, w in enumerate(decision.writes) if isinstance(w, TableWrite)]
+            last = tables[-1] if tables else -1  # the write that stores the pass's releases and grants
             writes, statuses, announcements = split_announcements(decision.writes, last)
             stored_at: list[int] = []
 
@@ -692,12 +688,12 @@ class Runtime:
                     self._answer(accepted, stored)
 
             done = await self.perform(writes, stored, via=table, on_stored=on_stored)
-            if settled in stored_at:  # the releases are stored: until their labels' echo, not candidates
+            if last in stored_at:  # the releases are stored: until their labels' echo, not candidates
                 self._labelled.update(decision.released)
             if done:  # (after a failed write, the next pass decides them again)
                 for status in statuses:
                     self.statuses.put(status)
-            if announcements and settled in stored_at:  # the Events describe the table write they follow
+            if announcements and last in stored_at:  # the Events describe the table write they follow
                 task = asyncio.create_task(
                     self._perform_group(announcements, self._announce_gate, "event not posted", lull=True),
                     name="announcements",

@@ -2,10 +2,13 @@
 its slot, through the real runtime, broker and HTTP API.
 
 Aspects: the next node is told the binary in an `idle` answer; once its agent says it holds it and its
-poll is held, the pass that verifies the node before it grants it, cordons it and answers its held poll
-`apply` (it is never told `stage`); when the cordon fails after the write that stored the release and
-the grant, the Events of that write are posted all the same (once), the released node is not granted
-again, and the next pass cordons the node and tells it `apply`; an agent whose last poll said it holds
+poll is held, the pass that verifies the node before it grants it, cordons it (in the round of Node
+patches that labels the node before it, marked as ours on the Node) and answers its held poll `apply`
+(it is never told `stage`); when that cordon fails, the pass stores nothing, and the next one releases
+the node before it, grants, cordons and tells `apply`, and the Events (the node upgraded, the grant)
+are posted once; when the cordon is done but the table write after it fails, the next pass takes the
+cordon over (no second cordon; the lease says we cordoned it, so it is uncordoned, and its mark removed,
+once upgraded); the released node is never granted again; an agent whose last poll said it holds
 the binary but whose poll is not held now is granted as any node and told `stage`; an agent of a
 version before prefetch is never named a binary (it would refuse the field) and its idle poll is held.
 """
@@ -19,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from agent import __version__
+from coordinator.cordons import CORDON_ANNOTATION, marked_lease
 from coordinator.kube.errors import KubeError
 from coordinator.kube.resources import PLANS
 from tests.integration.coordinator.harness import Rig, coordinator, plan_manifest
@@ -87,10 +91,7 @@ async def test_held_prefetched_node_goes_ahead_even_when_its_first_cordon_fails(
 
         rig.cluster.patch_node = cordon_fails_once  # type: ignore[method-assign]
         held = asyncio.create_task(poll(rig, second, state(second, sha), wait=10))
-        for _ in range(100):  # its poll is held now
-            if second in rig.runtime.holding:
-                break
-            await asyncio.sleep(0.02)
+        await until_held(rig, second)
         events = len(rig.cluster.events)
         answer = await asyncio.wait_for(rig.runtime.broker.report(restarted), 10)
         assert answer.action is Action.FINISH
@@ -99,6 +100,8 @@ async def test_held_prefetched_node_goes_ahead_even_when_its_first_cordon_fails(
         assert told.action is Action.APPLY and told.lease is not None and told.lease.node == second
         node = rig.cluster.objects["nodes"][second]
         assert node["spec"].get("unschedulable") is True
+        lease, _ = marked_lease(node["metadata"]["annotations"][CORDON_ANNOTATION])
+        assert lease == told.lease.lease_id
         for _ in range(100):  # posted after the pass, beside the next ones
             reasons = [e[3] for e in rig.cluster.events[events:]]
             if "Upgraded" in reasons and "LeaseGranted" in reasons:
@@ -111,6 +114,59 @@ async def test_held_prefetched_node_goes_ahead_even_when_its_first_cordon_fails(
         assert second in granted[0]
         leases = [le for t in rig.cluster.table_history for le in t.leases if le.node == first]
         assert {le.lease_id for le in leases} == {lease_id}, "the released node was granted again"
+
+
+async def until_held(rig: Rig, node: str) -> None:
+    for _ in range(100):
+        if node in rig.runtime.holding:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the poll of {node} was not held")
+
+
+async def test_a_cordon_whose_table_write_failed_is_taken_over_by_the_next_grant(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], NODES) as rig:
+        first, lease_id, second, sha = await first_and_next(rig)
+        restarted = await upgraded(rig, first, lease_id)
+        write_lease, patch_node, failed = rig.cluster.write_lease, rig.cluster.patch_node, []
+        cordons: list[dict[str, Any]] = []
+
+        async def table_write_fails_once(*args: Any, **kwargs: Any) -> Any:
+            node = rig.cluster.objects["nodes"][second]
+            if node["spec"].get("unschedulable") and not failed:
+                failed.append(second)
+                raise KubeError("injected: the API server failed this table write", 500)
+            return await write_lease(*args, **kwargs)
+
+        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("unschedulable") is True:
+                cordons.append({"node": name, **kwargs})
+            return await patch_node(name, *args, **kwargs)
+
+        rig.cluster.write_lease = table_write_fails_once  # type: ignore[method-assign]
+        rig.cluster.patch_node = counted  # type: ignore[method-assign]
+        held = asyncio.create_task(poll(rig, second, state(second, sha), wait=10))
+        await until_held(rig, second)
+        answer = await asyncio.wait_for(rig.runtime.broker.report(restarted), 10)
+        assert answer.action is Action.FINISH
+        told = await asyncio.wait_for(held, 10)
+        assert failed == [second], "the table write after the cordon did not fail"
+        assert told.action is Action.APPLY and told.lease is not None and told.lease.node == second
+        assert [c["node"] for c in cordons] == [second], "cordoned again instead of taken over"
+        stored = rig.cluster.table_history[-1].by_id(told.lease.lease_id)
+        assert stored is not None and stored.cordoned_by_us
+        # The mark names the grant that was never stored; the lease stored in its place holds the node.
+        node = rig.cluster.objects["nodes"][second]
+        marked, _ = marked_lease(node["metadata"]["annotations"][CORDON_ANNOTATION])
+        assert marked is not None and marked != told.lease.lease_id
+        leases = [le for t in rig.cluster.table_history for le in t.leases if le.node == first]
+        assert {le.lease_id for le in leases} == {lease_id}, "the released node was granted again"
+        # Once upgraded, it is uncordoned (the lease says we cordoned it) and the mark removed.
+        done = await upgraded(rig, second, told.lease.lease_id)
+        assert (await asyncio.wait_for(rig.runtime.broker.report(done), 10)).action is Action.FINISH
+        node = rig.cluster.objects["nodes"][second]
+        assert node["spec"].get("unschedulable") is False
+        assert CORDON_ANNOTATION not in node["metadata"].get("annotations", {})
 
 
 async def test_a_node_whose_poll_is_not_held_is_told_to_stage(tmp_path: Path) -> None:

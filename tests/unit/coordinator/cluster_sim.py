@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from coordinator.cordons import CORDON_ANNOTATION
 from coordinator.engine import (
     AgentView,
     Decision,
@@ -80,6 +81,7 @@ class Sim:
         self.views = NodeViews()
         self.labelled: dict[str, Lease] = {}  # kept as the runtime keeps it (`World.labelled`)
         self.prefetch: Mapping[str, Prefetch] = {}  # the last decision's hints, told with `idle` answers
+        self.ungranted: set[str] = set()  # nodes cordoned in this decision before a write stores their lease
 
     # -- the World ---------------------------------------------------------------------------------
     def inputs(self) -> tuple[Any, ...]:
@@ -115,6 +117,9 @@ class Sim:
         writes = decision.writes if prefix is None else decision.writes[:prefix]
         for w in writes:
             self.perform(w, world)
+        if self.ungranted and prefix is None:
+            raise InvariantBroken(f"{sorted(self.ungranted)} cordoned, and no table write after stores it")
+        self.ungranted = set()  # (a crash mid-way: cordoned and marked, the lease never stored)
         final = [w for w in decision.writes if isinstance(w, TableWrite)]
         if final and self.table is final[-1].table:
             self.labelled.update(decision.released)
@@ -126,6 +131,13 @@ class Sim:
         if isinstance(w, TableWrite):
             before = {le.lease_id: le for le in self.table.leases}
             self.table = w.table
+            for name in self.ungranted:
+                le = self.table.active_for_node(name)
+                if le is None or not le.cordoned_by_us:
+                    raise InvariantBroken(f"{name} cordoned before a grant, and the write after does not "
+                                          f"store it as ours: {le}")
+            self.ungranted = set()
+            self.check_cordons()
             for le in w.table.leases:
                 if le.lease_id not in before:  # granted (as `staged`, or further, from a prefetch)
                     self.check_grant(le.plan, le.node, world)
@@ -154,12 +166,17 @@ class Sim:
                     node.annotations.pop(k, None)
                 else:
                     node.annotations[k] = v
-            if w.unschedulable is True and not node.unschedulable:
+            if w.unschedulable is True:
+                if not w.annotations.get(CORDON_ANNOTATION):
+                    raise InvariantBroken(f"{node.name} cordoned without our mark: {w}")
+                if self.table.active_for_node(node.name) is None:
+                    self.ungranted.add(node.name)
                 node.unschedulable, node.we_cordoned = True, True
-                self.check_cordons(node.name)
             elif w.unschedulable is False and node.unschedulable:
                 if not node.we_cordoned:
                     raise InvariantBroken(f"{node.name} uncordoned although we did not cordon it")
+                if CORDON_ANNOTATION not in w.annotations or node.annotations.get(CORDON_ANNOTATION):
+                    raise InvariantBroken(f"{node.name} uncordoned, and our mark left: {w}")
                 node.unschedulable, node.we_cordoned = False, False
         elif isinstance(w, PlanStatusWrite):
             self.plans[w.plan]["status"] = w.status
@@ -187,18 +204,25 @@ class Sim:
             if pi.hash is None or any(n.labels.get(plan_label(other)) != pi.hash for n in sel):
                 raise InvariantBroken(f"{node} granted for {plan} before {other} was complete")
 
-    def check_cordons(self, name: str) -> None:
-        """Per plan, never more nodes cordoned by us than its concurrency, even for the length of one round
-        of patches (a node we cordoned and hold no lease of counts against every plan)."""
-        lease = next((le for le in self.table.leases if le.node == name and le.active), None)
-        if lease is None:
-            raise InvariantBroken(f"{name} cordoned without an active lease")
-        plans = {n: {le.plan for le in self.table.leases if le.node == n} for n in self.nodes}
-        ours = sorted(n for n, node in self.nodes.items()
-                      if node.we_cordoned and (lease.plan in plans[n] or not plans[n]))
-        limit = max(int(self.plans[lease.plan]["spec"].get("concurrency", 1)), 1)
-        if len(ours) > limit:
-            raise InvariantBroken(f"plan {lease.plan}: {ours} cordoned at once, concurrency {limit}")
+    def check_cordons(self) -> None:
+        """As each table write lands: per plan, never more nodes cordoned by us for its leases than its
+        concurrency, and every node cordoned by us that holds no lease carries our mark. (Within one round of
+        Node patches a node that goes ahead is cordoned while the node whose slot it takes is uncordoned; a
+        node cordoned by a pass cut short is marked, and taken by its next grant or given back.)"""
+        held: dict[str, list[str]] = {}
+        for n, node in self.nodes.items():
+            if not node.we_cordoned:
+                continue
+            leases = [le for le in self.table.leases if le.node == n]
+            if not leases and not node.annotations.get(CORDON_ANNOTATION):
+                raise InvariantBroken(f"{n} cordoned by us, with no lease and no mark")
+            for le in leases:
+                if le.active:
+                    held.setdefault(le.plan, []).append(n)
+        for plan, ours in held.items():
+            limit = max(int(self.plans[plan]["spec"].get("concurrency", 1)), 1) if plan in self.plans else 1
+            if len(ours) > limit:
+                raise InvariantBroken(f"plan {plan}: {sorted(ours)} cordoned at once, concurrency {limit}")
 
     def check_table(self) -> None:
         for name, p in self.plans.items():
