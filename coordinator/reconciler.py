@@ -920,6 +920,9 @@ class Runtime:
                 except KubeError as exc:
                     log.warning("lease table write failed, deciding again: %s", exc)
                     self.last_error = str(exc)
+                    # It may have been stored all the same (a timeout, a lost answer): read the table again
+                    # rather than decide on the copy from before it.
+                    self.lease_table = None
                     return False
                 stored = self.table
         return True

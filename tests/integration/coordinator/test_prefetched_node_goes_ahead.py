@@ -8,20 +8,24 @@ patches that labels the node before it, marked as ours on the Node) and answers 
 the node before it, grants, cordons and tells `apply`, and the Events (the node upgraded, the grant)
 are posted once; when the cordon is done but the table write after it fails, the next pass takes the
 cordon over (no second cordon; the lease says we cordoned it, so it is uncordoned, and its mark removed,
-once upgraded); the released node is never granted again; an agent whose last poll said it holds
-the binary but whose poll is not held now is granted as any node and told `stage`; an agent of a
-version before prefetch is never named a binary (it would refuse the field) and its idle poll is held.
+once upgraded); a table write whose answer was lost, though it was stored, is read again rather than
+decided over from the copy before it (no lost race); the released node is never granted again; an
+agent whose last poll said it holds the binary but whose poll is not held now is granted as any node and
+told `stage`; an agent of a version before prefetch is never named a binary (it would refuse the field)
+and its idle poll is held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from agent import __version__
+from coordinator.api import BrokerError
 from coordinator.cordons import CORDON_ANNOTATION, marked_lease
 from coordinator.kube.errors import KubeError
 from coordinator.kube.resources import PLANS
@@ -167,6 +171,33 @@ async def test_a_cordon_whose_table_write_failed_is_taken_over_by_the_next_grant
         node = rig.cluster.objects["nodes"][second]
         assert node["spec"].get("unschedulable") is False
         assert CORDON_ANNOTATION not in node["metadata"].get("annotations", {})
+
+
+async def test_a_table_write_that_failed_but_was_stored_is_read_again(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, [NEW], NODES) as rig:
+        first, lease_id, second, sha = await first_and_next(rig)
+        restarted = await upgraded(rig, first, lease_id)
+        write_lease, lost = rig.cluster.write_lease, []
+
+        async def answer_lost_once(*args: Any, **kwargs: Any) -> Any:
+            written = await write_lease(*args, **kwargs)
+            if rig.cluster.objects["nodes"][second]["spec"].get("unschedulable") and not lost:
+                lost.append(second)
+                raise KubeError("injected: the answer to this table write was lost", 504)
+            return written
+
+        rig.cluster.write_lease = answer_lost_once  # type: ignore[method-assign]
+        held = asyncio.create_task(poll(rig, second, state(second, sha), wait=10))
+        await until_held(rig, second)
+        # Its report was stored with the write whose answer was lost: asked again, the lease is gone (its
+        # agent learns `finish` from its next poll).
+        with contextlib.suppress(BrokerError):
+            await asyncio.wait_for(rig.runtime.broker.report(restarted), 10)
+        told = await asyncio.wait_for(held, 10)
+        assert lost == [second]
+        assert told.action is Action.APPLY and told.lease is not None and told.lease.node == second
+        conflicts = rig.runtime.metrics.write_conflicts.labels("lease_table")._value.get()
+        assert conflicts == 0, "decided on the table from before the write, and lost the race with it"
 
 
 async def test_a_node_whose_poll_is_not_held_is_told_to_stage(tmp_path: Path) -> None:
