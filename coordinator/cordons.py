@@ -6,12 +6,14 @@ and its lease is stored `applying`, with `cordonedByUs`, in the one table write 
 that write is stored, only the Node can say who cordoned it: every cordon of ours sets the annotation
 `CORDON_ANNOTATION` in the same patch (the lease and the time), and every uncordon of ours removes it.
 
-A pass that finds a node cordoned with our mark:
-  * whose lease, or another lease of the same node, is in the table: the lease keeps it (and takes it
-    over, `cordonedByUs`, when it reaches its cordon);
-  * whose lease the table does not know: that table write failed, or the coordinator stopped before it.
-    After `ORPHAN_GRACE` (a write still on its way, or a replica that has just lost the lead, could yet
-    store it), the node is uncordoned and the mark removed, unless a lease of this pass takes it.
+The mark counts for the lease it names, and only for it: a failure record of one plan never uncordons
+the node that another plan's lease holds now. A pass that finds a node cordoned with our mark:
+  * naming a lease in the table: that lease keeps it (and uncordons it when it ends);
+  * naming a lease the table does not know (that table write failed, or the coordinator stopped before
+    it): the next lease of the node, when it reaches its cordon, cordons it once more with a mark that
+    names itself (a view of a node given back since may be stale, so the old mark proves nothing), and
+    stores `cordonedByUs`. A node no lease holds is uncordoned and the mark removed after `ORPHAN_GRACE`
+    (a write still on its way, or a replica that has just lost the lead, could yet store it).
 """
 
 from __future__ import annotations

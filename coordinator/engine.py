@@ -528,9 +528,28 @@ class _Decider:
             return False
         return node.unschedulable
 
-    def ours(self, node: NodeView) -> bool:
-        """Whether the node carries the mark of a cordon of ours (`coordinator.cordons`), as read."""
-        return CORDON_ANNOTATION in node.annotations and node.name not in self.uncordoned
+    def mark_of(self, node: NodeView) -> str | None:
+        """The lease the mark of a cordon of ours on the node names (`coordinator.cordons`), as read; "" for
+        a mark that cannot be read, None without a mark (or once this decision removes it)."""
+        value = node.annotations.get(CORDON_ANNOTATION)
+        if value is None or node.name in self.uncordoned:
+            return None
+        return marked_lease(value)[0] or ""
+
+    def ours(self, lease: Lease, node: NodeView) -> bool:
+        """Whether the node is cordoned by us for `lease`: the mark names it (a cordon of a pass whose table
+        write was not stored names a lease that the next grant takes over by cordoning again)."""
+        return self.mark_of(node) == lease.lease_id
+
+    def cordon_needed(self, lease: Lease, node: NodeView) -> bool | None:
+        """Whether `lease` must cordon the node now: True to cordon (not cordoned, or cordoned by a pass of
+        ours for a lease never stored: cordoned again with a mark naming this lease, so a stale view of
+        a node given back since does not count as cordoned), False if it is cordoned for this lease,
+        None if someone else cordoned it (not ours to uncordon later)."""
+        mark = self.mark_of(node)
+        if not self.is_unschedulable(node) or (mark is not None and mark != lease.lease_id):
+            return True
+        return False if mark == lease.lease_id or lease.cordoned_by_us else None
 
     def cordon_patch(self, lease_id: str, node: str) -> NodePatch:
         """Our cordon of `node` for `lease_id`, marked as ours (`coordinator.cordons`)."""
@@ -539,17 +558,23 @@ class _Decider:
                          annotations={CORDON_ANNOTATION: mark(lease_id, self.w.now)})
 
     def cordon(self, lease: Lease, node: NodeView) -> Lease:
-        if not self.is_unschedulable(node):
-            if not lease.cordoned_by_us:
-                lease = self.update(lease, cordoned_by_us=True)
-            self.effect(lease.lease_id, self.cordon_patch(lease.lease_id, node.name))
-        elif not lease.cordoned_by_us and self.ours(node):  # by a pass whose table write was not stored
+        needed = self.cordon_needed(lease, node)
+        if needed is None:
+            return lease
+        if not lease.cordoned_by_us:
             lease = self.update(lease, cordoned_by_us=True)
+        if needed:
+            self.effect(lease.lease_id, self.cordon_patch(lease.lease_id, node.name))
         return lease
 
     def uncordon(self, lease: Lease, node: NodeView | None) -> Lease:
-        if lease.cordoned_by_us or (node is not None and self.ours(node)):
-            if node is not None and (self.is_unschedulable(node) or self.ours(node)):
+        mine = node is not None and self.ours(lease, node)
+        if lease.cordoned_by_us or mine:
+            # Never the node another lease holds now (a failure record of one plan, a lease of another).
+            holder = self.t.active_for_node(lease.node)
+            if node is not None and (holder is None or holder.lease_id == lease.lease_id) and (
+                self.is_unschedulable(node) or mine
+            ):
                 cordoned = self.is_unschedulable(node)
                 patch = NodePatch(node.name, unschedulable=False if cordoned else None, annotations=UNMARK)
                 self.effect(lease.lease_id, patch)
@@ -721,7 +746,7 @@ class _Decider:
                 labels[k] = _substitute(v, lease.target_version, lease.plan_hash)
             delay = pi.plan.post_complete_delay_seconds
         unlabelled = any(node.labels.get(k) != v for k, v in labels.items())
-        marked = self.ours(node)
+        marked = self.ours(lease, node)
         uncordon = (lease.cordoned_by_us or marked) and self.is_unschedulable(node)
         verified = lease.verified_at or lease.updated_at
         release = self.w.now >= verified + timedelta(seconds=delay)
@@ -734,6 +759,7 @@ class _Decider:
             if not release and lease.cordoned_by_us:
                 self.update(lease, cordoned_by_us=False)
         if release:  # stored after the patch above: the slot is free for a grant of this same pass
+            self.store_after_effects(lease.lease_id)  # (with the Event below: in the last table write)
             self.remove(lease.lease_id, finished=True)
             self.released[node.name] = lease
             # An announcement: after the table write, so the next grant does not wait for it. With the release
@@ -852,11 +878,13 @@ class _Decider:
             if not (spec.cordon or spec.drain is not None):
                 self.t = self.t.put(replace(lease, phase=LeasePhase.APPLYING))
                 continue
-            if not self.is_unschedulable(node):
+            if node.name in self.uncordoned:  # uncordoned in this round: cordoned by the next pass, in order
+                continue
+            needed = self.cordon_needed(lease, node)
+            if needed is not None:
                 lease = replace(lease, cordoned_by_us=True)
+            if needed:
                 self.effects.append(self.cordon_patch(lease.lease_id, node.name))
-            elif self.ours(node):  # by a pass whose table write was not stored
-                lease = replace(lease, cordoned_by_us=True)
             if spec.drain is not None:
                 self.t = self.t.put(replace(lease, phase=LeasePhase.DRAINING))
                 # After the cordon: evicted pods must not come back.
@@ -876,16 +904,18 @@ class _Decider:
             marked = [n for n in self.w.nodes if CORDON_ANNOTATION in n.annotations]
         if not marked:
             return
-        in_table = {le.node for le in self.t.leases}
+        active = self.t.active_nodes()
         labelled = self.w.labelled
         for node in sorted(marked, key=lambda n: n.name):
             name, value = node.name, node.annotations[CORDON_ANNOTATION]
-            if name in in_table or name in self.cordoned or name in self.uncordoned or name in self.released:
+            if name in active or name in self.cordoned or name in self.uncordoned or name in self.released:
                 continue
             if name in labelled:
                 continue
             done = self.t.finished.get(name)
             lease_id, _ = marked_lease(value)
+            if lease_id is not None and self.t.by_id(lease_id) is not None:  # (its own record uncordons it)
+                continue
             if (done is not None and done.lease_id == lease_id) or not orphaned(value, self.w.now):
                 continue
             self.effects.append(NodePatch(name, unschedulable=False if node.unschedulable else None,

@@ -444,6 +444,8 @@ class Runtime:
         self.running = False
         """The reconcile loop runs (only then can a report be stored)."""
         self._table_read_at = 0.0
+        self._read_again = False
+        """A table write failed with an error other than a conflict: read the table before the next pass."""
         self._last_export = 0.0
         self._views = NodeViews()
         """node name -> its NodeView, kept up to date by the Node watch (not rebuilt per pass), with
@@ -922,7 +924,7 @@ class Runtime:
                     self.last_error = str(exc)
                     # It may have been stored all the same (a timeout, a lost answer): read the table again
                     # rather than decide on the copy from before it.
-                    self.lease_table = None
+                    self._read_again = True
                     return False
                 stored = self.table
         return True
@@ -1070,6 +1072,11 @@ class Runtime:
         anyone else write, the next conditional write fails with a conflict and the table is read again.
         """
         stale = asyncio.get_running_loop().time() - self._table_read_at > self.settings.timeouts.resync
+        if self._read_again and self.lease_table is not None:  # a write that failed may have been stored
+            self._read_again, old = False, self.lease_table
+            stored, table = await self.read_table()
+            self.agents.notify(changed_nodes(old, table))  # (its agents' held polls learn it at once)
+            return stored, table
         if self.lease_table is None or stale:
             return await self.read_table()
         return self.table, self.lease_table

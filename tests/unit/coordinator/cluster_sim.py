@@ -205,24 +205,21 @@ class Sim:
                 raise InvariantBroken(f"{node} granted for {plan} before {other} was complete")
 
     def check_cordons(self) -> None:
-        """As each table write lands: per plan, never more nodes cordoned by us for its leases than its
-        concurrency, and every node cordoned by us that holds no lease carries our mark. (Within one round of
-        Node patches a node that goes ahead is cordoned while the node whose slot it takes is uncordoned; a
-        node cordoned by a pass cut short is marked, and taken by its next grant or given back.)"""
-        held: dict[str, list[str]] = {}
+        """As each table write lands: every node cordoned by us that holds no lease carries our mark, and
+        every node whose lease (of a plan that cordons) is stored `applying` or `restarted` as cordoned by
+        us is cordoned. (Within one round of Node patches a node that goes ahead is cordoned while the node
+        whose slot it takes is uncordoned; a node cordoned by a pass cut short is marked, and taken by its
+        next grant or given back.)"""
         for n, node in self.nodes.items():
-            if not node.we_cordoned:
-                continue
             leases = [le for le in self.table.leases if le.node == n]
-            if not leases and not node.annotations.get(CORDON_ANNOTATION):
+            if node.we_cordoned and not leases and not node.annotations.get(CORDON_ANNOTATION):
                 raise InvariantBroken(f"{n} cordoned by us, with no lease and no mark")
             for le in leases:
-                if le.active:
-                    held.setdefault(le.plan, []).append(n)
-        for plan, ours in held.items():
-            limit = max(int(self.plans[plan]["spec"].get("concurrency", 1)), 1) if plan in self.plans else 1
-            if len(ours) > limit:
-                raise InvariantBroken(f"plan {plan}: {sorted(ours)} cordoned at once, concurrency {limit}")
+                spec = self.plans[le.plan]["spec"] if le.plan in self.plans else {}
+                cordons = spec.get("cordon") or spec.get("drain")
+                if (le.active and le.cordoned_by_us and cordons and not node.unschedulable
+                        and le.phase in (LeasePhase.APPLYING, LeasePhase.RESTARTED)):
+                    raise InvariantBroken(f"{n} uncordoned while its lease is {le.phase.value}: {le}")
 
     def check_table(self) -> None:
         for name, p in self.plans.items():
