@@ -880,11 +880,7 @@ class _Decider:
                 continue
             if node.name in self.uncordoned:  # uncordoned in this round: cordoned by the next pass, in order
                 continue
-            needed = self.cordon_needed(lease, node)
-            if needed is not None:
-                lease = replace(lease, cordoned_by_us=True)
-            if needed:
-                self.effects.append(self.cordon_patch(lease.lease_id, node.name))
+            lease = self.cordon(lease, node)  # (a grant of this decision: its changes go `after`)
             if spec.drain is not None:
                 self.t = self.t.put(replace(lease, phase=LeasePhase.DRAINING))
                 # After the cordon: evicted pods must not come back.
@@ -894,7 +890,8 @@ class _Decider:
 
     def orphaned_cordons(self) -> None:
         """Give back the nodes cordoned by a pass whose table write was never stored (`coordinator.cordons`):
-        marked as ours, no lease in the table for them, none taken by this decision, not released lately
+        marked as ours, no active lease and no lease the mark names in the table, none taken by this
+        decision, not released lately
         (the echo of the patch that uncordoned them and removed the mark may still be on its way:
         `World.labelled`, `finished`), and the mark older than `cordons.ORPHAN_GRACE`."""
         kept = self.w.selections
